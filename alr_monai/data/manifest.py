@@ -1,0 +1,520 @@
+"""The hospital-facing input: a manifest CSV with one row per image.
+
+A manifest has the required columns ``id``, ``image`` and ``label``, the optional columns ``patient_id`` and
+``split``, and any number of extra columns, which are kept and passed through untouched. ``image`` is a path to a
+DICOM (``.dcm``), NIfTI (``.nii``, ``.nii.gz``), PNG or JPEG file, either absolute or relative to the folder that
+holds the manifest.
+
+:func:`load_manifest` validates the whole file before anything is trained and reports every problem at once, so a
+data manager can fix a spreadsheet in one pass instead of one error per run. :func:`build_manifest_from_folder`
+writes a manifest for the common ``ROOT/<class>/<files>`` layout.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ManifestError",
+    "Manifest",
+    "load_manifest",
+    "build_manifest_from_folder",
+    "load_class_map",
+    "image_extension",
+    "image_kind",
+]
+
+REQUIRED_COLUMNS: tuple[str, ...] = ("id", "image", "label")
+OPTIONAL_COLUMNS: tuple[str, ...] = ("patient_id", "split")
+
+ImageKind = Literal["dicom", "nifti", "pil"]
+
+# Lower-case extension -> the library that reads it. ".nii.gz" must be matched before any shorter suffix.
+IMAGE_EXTENSIONS: dict[str, ImageKind] = {
+    ".nii.gz": "nifti",
+    ".nii": "nifti",
+    ".dcm": "dicom",
+    ".png": "pil",
+    ".jpg": "pil",
+    ".jpeg": "pil",
+}
+
+
+class ManifestError(ValueError):
+    """Raised when a manifest is invalid.
+
+    The message lists every problem found, one per line; ``problems`` holds the same lines as a list. Each problem
+    names the manifest file and the row (``<manifest path> row <n>: <reason>``, the header being row 1).
+
+    Attributes:
+        problems: all problems found in the manifest, in file order.
+    """
+
+    problems: list[str]
+
+    def __init__(self, problems: Sequence[str], path: str | Path | None = None):
+        self.problems = list(problems)
+        where = f" in manifest {path}" if path is not None else ""
+        count = len(self.problems)
+        header = f"{count} problem{'s' if count != 1 else ''}{where}:"
+        super().__init__("\n".join([header, *(f"  - {p}" for p in self.problems)]))
+
+
+@dataclass
+class Manifest:
+    """A validated manifest.
+
+    Attributes:
+        path: the manifest CSV file.
+        class_names: class names in index order; ``records[i]["label"]`` indexes into this list.
+        records: one dict per data row, in file order, with keys ``id`` (str), ``image`` (absolute path str),
+            ``label`` (int class index), ``label_name`` (str), ``patient_id`` (str or None), ``split`` (str or
+            None), ``row`` (row number in the file, header = row 1) and ``extra`` (dict of pass-through columns).
+    """
+
+    path: Path
+    class_names: list[str]
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def class_to_index(self) -> dict[str, int]:
+        """Returns the mapping from class name to class index."""
+        return {name: index for index, name in enumerate(self.class_names)}
+
+    def splits(self) -> list[str]:
+        """Returns the distinct non-empty split values, sorted."""
+        return sorted({r["split"] for r in self.records if r["split"] is not None})
+
+    def select(self, split: str | None) -> list[dict[str, Any]]:
+        """Returns the records of one split.
+
+        Args:
+            split: split name, compared case-insensitively (``"Train"`` matches ``"train"``); None returns all records.
+
+        Returns:
+            The matching records, in file order.
+
+        Raises:
+            ValueError: a split was asked for but no row of the manifest has a split value, which would otherwise
+                silently give an empty dataset.
+        """
+        if split is None:
+            return list(self.records)
+        if not any(r["split"] is not None for r in self.records):
+            raise ValueError(f"{self.path}: split {split!r} requested but the manifest has no 'split' values")
+        wanted = split.strip().casefold()
+        return [r for r in self.records if r["split"] is not None and r["split"].casefold() == wanted]
+
+    def items(self, split: str | None = None) -> list[dict[str, Any]]:
+        """Returns the data dicts for a MONAI ``Dataset``.
+
+        Args:
+            split: as in :meth:`select`.
+
+        Returns:
+            One dict per selected record: ``{"image": path str, "label": int, "index": position within this
+            selection (0..n-1), "id": str}``. ``index`` is what per-sample trackers key on.
+        """
+        return [
+            {"image": r["image"], "label": r["label"], "index": i, "id": r["id"]}
+            for i, r in enumerate(self.select(split))
+        ]
+
+    def save_class_map(self, path: str | Path) -> None:
+        """Writes ``{"class_names": [...]}`` as JSON, atomically (temporary file then ``os.replace``).
+
+        Args:
+            path: destination JSON file; its parent folder is created if needed.
+        """
+        text = json.dumps({"class_names": list(self.class_names)}, indent=2) + "\n"
+        _atomic_write_text(Path(path), text)
+
+
+def load_class_map(path: str | Path) -> list[str]:
+    """Reads class names written by :meth:`Manifest.save_class_map`.
+
+    Args:
+        path: the JSON file.
+
+    Returns:
+        The class names in index order.
+    """
+    with open(path, encoding="utf-8") as handle:
+        data = json.load(handle)
+    names = data.get("class_names") if isinstance(data, dict) else None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{path}: expected a JSON object with a list of strings under 'class_names'")
+    return names
+
+
+def image_extension(path: str | os.PathLike[str], extensions: Iterable[str] | None = None) -> str | None:
+    """Returns the lower-case image extension of ``path`` (``".nii.gz"`` counts as one), or None if unsupported.
+
+    Args:
+        path: file path or name.
+        extensions: accepted extensions (with leading dot, any case); defaults to :data:`IMAGE_EXTENSIONS`.
+    """
+    name = os.path.basename(os.fspath(path)).lower()
+    candidates = IMAGE_EXTENSIONS if extensions is None else _normalise_extensions(extensions)
+    # Longest first so ".nii.gz" wins over a hypothetical ".gz".
+    for ext in sorted(candidates, key=len, reverse=True):
+        if name.endswith(ext) and len(name) > len(ext):
+            return ext
+    return None
+
+
+def image_kind(path: str | os.PathLike[str]) -> ImageKind | None:
+    """Returns which library reads ``path`` (``"dicom"``, ``"nifti"`` or ``"pil"``), or None if unsupported."""
+    ext = image_extension(path)
+    return IMAGE_EXTENSIONS[ext] if ext is not None else None
+
+
+def load_manifest(
+    path: str | Path,
+    class_names: Sequence[str] | None = None,
+    root: str | Path | None = None,
+    check_images: bool = True,
+) -> Manifest:
+    """Reads and validates a manifest CSV.
+
+    Every problem in the file is collected and reported in one :class:`ManifestError`. Nothing is written.
+
+    Args:
+        path: the manifest CSV (UTF-8, with or without BOM).
+        class_names: class names in index order. If None, they are inferred as the sorted set of labels, sorted
+            numerically when every label is an integer (so ``"10"`` comes after ``"9"``).
+        root: if given, every image must resolve (following symlinks) to a location inside this folder. Relative
+            image paths are still relative to the manifest's folder.
+        check_images: open each image to make sure it can be decoded (PIL verify for PNG/JPEG, pydicom for DICOM
+            including a PixelData check, nibabel header for NIfTI). Existence and size are checked regardless.
+
+    Returns:
+        The validated :class:`Manifest`.
+
+    Raises:
+        ManifestError: the file is missing, empty or invalid; ``problems`` lists every problem.
+        ValueError: ``class_names`` itself is invalid (empty, blank or duplicate names).
+    """
+    manifest_path = Path(path).expanduser().absolute()
+    given_classes = _check_class_names(class_names) if class_names is not None else None
+    root_resolved = Path(root).expanduser().resolve() if root is not None else None
+
+    def problem_at(row: int, reason: str) -> str:
+        return f"{manifest_path} row {row}: {reason}"
+
+    if not manifest_path.is_file():
+        raise ManifestError([problem_at(1, "manifest file not found")], manifest_path)
+    try:
+        with open(manifest_path, encoding="utf-8-sig", newline="") as handle:
+            table = list(csv.reader(handle))
+    except UnicodeDecodeError as err:
+        raise ManifestError([problem_at(1, f"manifest is not UTF-8 text ({err.reason})")], manifest_path) from err
+    except csv.Error as err:
+        raise ManifestError([problem_at(1, f"manifest is not valid CSV ({err})")], manifest_path) from err
+
+    if not table or not any(cell.strip() for cell in table[0]):
+        raise ManifestError([problem_at(1, "manifest is empty (no header row)")], manifest_path)
+
+    problems: list[str] = []
+    header = [cell.strip() for cell in table[0]]
+    column_index: dict[str, int] = {}
+    for position, name in enumerate(header):
+        if name in column_index:
+            problems.append(problem_at(1, f"duplicate column name {name!r}"))
+        elif name:
+            column_index[name] = position
+    for required in REQUIRED_COLUMNS:
+        if required not in column_index:
+            near = [name for name in column_index if name.casefold() == required]
+            hint = f" (found {near[0]!r}; column names are lower case)" if near else ""
+            problems.append(problem_at(1, f"missing required column {required!r}{hint}"))
+    extra_columns = [name for name in column_index if name not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
+
+    # Row numbers follow the spreadsheet convention: header = 1, blank lines still count.
+    data_rows = [(number, cells) for number, cells in enumerate(table[1:], start=2) if any(c.strip() for c in cells)]
+    if not data_rows:
+        problems.append(problem_at(2, "manifest has no data rows"))
+        raise ManifestError(problems, manifest_path)
+
+    drafts: list[dict[str, Any]] = []
+    first_row_of_id: dict[str, int] = {}
+    for number, cells in data_rows:
+        if len(cells) > len(header) and any(c.strip() for c in cells[len(header) :]):
+            problems.append(problem_at(number, f"row has {len(cells)} values but the header has {len(header)} columns"))
+        # Spreadsheet exports may drop trailing empty cells, so short rows are padded rather than rejected.
+        values = [c.strip() for c in cells] + [""] * max(0, len(header) - len(cells))
+
+        def cell(column: str, values: list[str] = values) -> str | None:
+            return values[column_index[column]] if column in column_index else None
+
+        sample_id, image, label = cell("id"), cell("image"), cell("label")
+        row_ok = True
+        if sample_id == "":
+            problems.append(problem_at(number, "empty id"))
+            row_ok = False
+        elif sample_id is not None:
+            if sample_id in first_row_of_id:
+                problems.append(
+                    problem_at(number, f"duplicate id {sample_id!r} (rows {first_row_of_id[sample_id]} and {number})")
+                )
+                row_ok = False
+            else:
+                first_row_of_id[sample_id] = number
+        if label == "":
+            problems.append(problem_at(number, "empty label"))
+            row_ok = False
+        elif label is not None and given_classes is not None and label not in given_classes:
+            problems.append(problem_at(number, f"label {label!r} is not in the class list {given_classes}"))
+            row_ok = False
+
+        image_path: Path | None = None
+        if image == "":
+            problems.append(problem_at(number, "empty image path"))
+            row_ok = False
+        elif image is not None:
+            image_path = _absolute_image_path(image, manifest_path.parent)
+            reason = _image_problem(image_path, root_resolved, check_images)
+            if reason is not None:
+                problems.append(problem_at(number, reason))
+                row_ok = False
+
+        if row_ok and sample_id is not None and label is not None and image_path is not None:
+            drafts.append(
+                {
+                    "id": sample_id,
+                    "image": str(image_path),
+                    "label_name": label,
+                    "patient_id": cell("patient_id") or None,
+                    "split": cell("split") or None,
+                    "row": number,
+                    "extra": {name: values[column_index[name]] for name in extra_columns},
+                }
+            )
+
+    if problems:
+        raise ManifestError(problems, manifest_path)
+
+    names = given_classes if given_classes is not None else _infer_class_names(d["label_name"] for d in drafts)
+    lookup = {name: index for index, name in enumerate(names)}
+    records = [{**d, "label": lookup[d["label_name"]]} for d in drafts]
+    return Manifest(path=manifest_path, class_names=names, records=records)
+
+
+def build_manifest_from_folder(
+    root: str | Path,
+    out: str | Path,
+    extensions: Sequence[str] = (".dcm", ".nii", ".nii.gz", ".png", ".jpg", ".jpeg"),
+) -> Path:
+    """Writes a manifest CSV for a ``ROOT/<class>/<files>`` folder tree.
+
+    Each immediate sub-folder of ``root`` is a class; image files are searched recursively inside it (extension
+    match is case-insensitive, hidden files and folders are skipped). Columns are ``id,image,label,patient_id``:
+    ``id`` is the path relative to ``root`` without extension, with ``/`` separators; ``image`` is relative to the
+    output CSV's folder when possible, else absolute; ``patient_id`` comes from the DICOM ``PatientID`` tag when
+    present, else empty. Rows are sorted by class then path, and the file is written atomically.
+
+    Args:
+        root: the dataset folder.
+        out: the manifest CSV to write; its parent folder is created if needed.
+        extensions: image extensions to include (``".nii.gz"`` counts as one extension).
+
+    Returns:
+        The path of the written manifest.
+
+    Raises:
+        ValueError: ``root`` is not a folder, has no class folders, holds no matching images, or two files would
+            get the same id (e.g. ``a/x.png`` and ``a/x.dcm``).
+    """
+    root_path = Path(root).expanduser().absolute()
+    out_path = Path(out).expanduser().absolute()
+    if not root_path.is_dir():
+        raise ValueError(f"dataset root {root_path} is not a folder")
+    wanted = _normalise_extensions(extensions)
+    class_dirs = sorted(p for p in root_path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise ValueError(f"no class folders under {root_path}: expected ROOT/<class>/<image files>")
+
+    rows: list[dict[str, str]] = []
+    id_source: dict[str, Path] = {}
+    for class_dir in class_dirs:
+        for file_path in _find_images(class_dir, wanted):
+            relative = file_path.relative_to(root_path)
+            ext = image_extension(file_path, wanted)
+            assert ext is not None  # _find_images only yields matching files
+            sample_id = relative.as_posix()[: -len(ext)]
+            if sample_id in id_source:
+                raise ValueError(f"files {id_source[sample_id]} and {file_path} would both get id {sample_id!r}")
+            id_source[sample_id] = file_path
+            rows.append(
+                {
+                    "id": sample_id,
+                    "image": _path_for_csv(file_path, out_path.parent),
+                    "label": class_dir.name,
+                    "patient_id": _dicom_patient_id(file_path) if IMAGE_EXTENSIONS.get(ext) == "dicom" else "",
+                }
+            )
+    if not rows:
+        raise ValueError(f"no image files with extensions {sorted(wanted)} in the class folders under {root_path}")
+
+    lines: list[str] = []
+    writer = csv.writer(_LineCollector(lines), lineterminator="\n")
+    writer.writerow(["id", "image", "label", "patient_id"])
+    writer.writerows([r["id"], r["image"], r["label"], r["patient_id"]] for r in rows)
+    _atomic_write_text(out_path, "".join(lines))
+    return out_path
+
+
+class _LineCollector:
+    """File-like sink for csv.writer so the whole CSV can be written atomically in one go."""
+
+    def __init__(self, lines: list[str]):
+        self._lines = lines
+
+    def write(self, text: str) -> int:
+        self._lines.append(text)
+        return len(text)
+
+
+def _check_class_names(class_names: Sequence[str]) -> list[str]:
+    # Configs may give class names as numbers; labels in a CSV are always text.
+    if isinstance(class_names, str):
+        raise ValueError("class_names must be a sequence of names, not a single string")
+    names = [str(name).strip() for name in class_names]
+    if not names:
+        raise ValueError("class_names is empty")
+    if any(not name for name in names):
+        raise ValueError(f"class_names contains an empty name: {list(class_names)}")
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"class_names contains duplicates: {duplicates}")
+    return names
+
+
+def _infer_class_names(labels: Iterable[str]) -> list[str]:
+    unique = set(labels)
+    try:
+        # Ties such as "1" and "01" are broken by the string so the order stays deterministic.
+        return sorted(unique, key=lambda name: (int(name), name))
+    except ValueError:
+        return sorted(unique)
+
+
+def _absolute_image_path(image: str, base: Path) -> Path:
+    candidate = Path(image).expanduser()
+    if not candidate.is_absolute():
+        candidate = base / candidate
+    # normpath collapses "a/../b" without following symlinks, so the stored path is what the user wrote.
+    return Path(os.path.normpath(candidate))
+
+
+def _image_problem(image_path: Path, root: Path | None, check_images: bool) -> str | None:
+    """Returns why an image row is unusable, or None if it is fine."""
+    if root is not None:
+        resolved = image_path.resolve()
+        if resolved != root and root not in resolved.parents:
+            return f"image path {image_path} escapes the dataset root {root}"
+    kind = image_kind(image_path)
+    if kind is None:
+        supported = ", ".join(IMAGE_EXTENSIONS)
+        return f"unsupported file extension for {image_path.name!r} (supported: {supported})"
+    if not image_path.exists():
+        return f"image file not found: {image_path}"
+    if not image_path.is_file():
+        return f"image path is not a file: {image_path}"
+    if image_path.stat().st_size == 0:
+        return f"image file is empty (0 bytes): {image_path}"
+    if check_images:
+        error = _read_error(image_path, kind)
+        if error is not None:
+            return f"unreadable image {image_path}: {error}"
+    return None
+
+
+def _read_error(image_path: Path, kind: ImageKind) -> str | None:
+    """Opens the image with the library that will later load it; returns the error text, or None if readable."""
+    try:
+        if kind == "pil":
+            from PIL import Image
+
+            with Image.open(image_path) as img:
+                img.verify()
+        elif kind == "dicom":
+            import pydicom
+
+            # defer_size keeps the pixel bytes on disk: we only need to know PixelData is there.
+            dataset = pydicom.dcmread(image_path, defer_size="1 KB")
+            if "PixelData" not in dataset:
+                return "DICOM file has no PixelData"
+        else:
+            import nibabel
+
+            nibabel.load(image_path)
+    except Exception as err:  # any decoder failure means the row is unusable; report it, do not crash
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def _normalise_extensions(extensions: Iterable[str]) -> set[str]:
+    if isinstance(extensions, str):
+        extensions = [extensions]
+    normalised = {ext.lower() if ext.startswith(".") else f".{ext.lower()}" for ext in extensions}
+    if not normalised:
+        raise ValueError("no image extensions given")
+    return normalised
+
+
+def _find_images(class_dir: Path, extensions: set[str]) -> list[Path]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(class_dir):
+        # Hidden folders and files (".git", macOS "._x.png") are never images of the dataset.
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            if not name.startswith(".") and image_extension(name, extensions) is not None:
+                found.append(Path(dirpath) / name)
+    return sorted(found, key=lambda p: p.relative_to(class_dir).as_posix())
+
+
+def _path_for_csv(file_path: Path, csv_dir: Path) -> str:
+    try:
+        return Path(os.path.relpath(file_path, csv_dir)).as_posix()
+    except ValueError:  # e.g. another drive on Windows: no relative path exists
+        return str(file_path)
+
+
+def _dicom_patient_id(file_path: Path) -> str:
+    import pydicom
+
+    try:
+        dataset = pydicom.dcmread(file_path, stop_before_pixels=True)
+    except Exception:  # an unreadable file is reported by load_manifest; the import itself should not fail
+        return ""
+    return str(dataset.get("PatientID", "") or "").strip()
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The temporary file lives in the destination folder so os.replace is a same-filesystem atomic rename.
+    handle = tempfile.NamedTemporaryFile(
+        "w", encoding="utf-8", newline="", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
+    )
+    try:
+        with handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        # mkstemp files are private (0600); keep an existing file's mode, else use the usual 0644.
+        os.chmod(handle.name, path.stat().st_mode & 0o777 if path.exists() else 0o644)
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,160 @@
+"""MedMNIST ``.npz`` input: the official layout, held in memory, with long-tailed subsampling.
+
+The official files hold ``{train,val,test}_images`` (N, H, W) or (N, H, W, 3) uint8 and ``*_labels`` (N, 1)
+or (N,). The embedded demo set ships as the same layout compressed with xz (``.npz.xz``).
+"""
+
+from __future__ import annotations
+
+import io
+import lzma
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+SPLITS = ("train", "val", "test")
+
+EMBEDDED_DIR = Path(__file__).resolve().parent / "embedded"
+EMBEDDED_BLOODMNIST = EMBEDDED_DIR / "bloodmnist_lt20.npz.xz"
+
+BLOODMNIST_CLASSES = [
+    "basophil",
+    "eosinophil",
+    "erythroblast",
+    "immature_granulocytes",
+    "lymphocyte",
+    "monocyte",
+    "neutrophil",
+    "platelet",
+]
+
+
+@dataclass
+class MedMNISTSplit:
+    """One split held in memory: images uint8 (N, H, W[, C]), labels int64 (N,), ids str."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def items(self, labels: np.ndarray | None = None) -> list[dict]:
+        """Dicts for a MONAI Dataset: ``image`` (array), ``label``, ``index`` (position in this split), ``id``.
+
+        Args:
+            labels: labels to attach instead of the stored ones (for example the noisy labels of a study).
+        """
+        labels = self.labels if labels is None else np.asarray(labels)
+        if len(labels) != len(self):
+            raise ValueError(f"got {len(labels)} labels for a split of {len(self)} images")
+        return [
+            {"image": self.images[i], "label": int(labels[i]), "index": i, "id": self.ids[i]} for i in range(len(self))
+        ]
+
+
+@dataclass
+class MedMNISTData:
+    """The three splits of a MedMNIST-layout file plus what was read from it."""
+
+    splits: dict[str, MedMNISTSplit]
+    num_classes: int
+    in_channels: int
+    source: str
+    class_names: list[str] = field(default_factory=list)
+
+    def __getitem__(self, split: str) -> MedMNISTSplit:
+        return self.splits[split]
+
+
+def read_npz_arrays(path: str | Path) -> dict[str, np.ndarray]:
+    """Read every array of a ``.npz`` (or xz-compressed ``.npz.xz``) file into memory."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"MedMNIST file not found: {path}")
+    if path.name.endswith(".xz"):
+        with lzma.open(path, "rb") as handle:
+            source: io.BytesIO | Path = io.BytesIO(handle.read())
+    else:
+        source = path
+    with np.load(source, allow_pickle=False) as npz:
+        return {key: npz[key] for key in npz.files}
+
+
+def long_tail_counts(class_counts: np.ndarray, imbalance_ratio: float, n_max: int | None = None) -> np.ndarray:
+    """Per-class counts after long-tailing: n_c = n_max * (1/IR)^(rank_c / (C-1)), rank 0 = largest class.
+
+    Ties in size are ranked by class index so the result is deterministic. A class never gets more images
+    than it has. ``n_max`` defaults to the largest class's size (a smaller value shrinks the whole set).
+    """
+    class_counts = np.asarray(class_counts, dtype=np.int64)
+    num_classes = len(class_counts)
+    if imbalance_ratio < 1:
+        raise ValueError(f"imbalance_ratio must be >= 1, got {imbalance_ratio}")
+    order = np.argsort(-class_counts, kind="stable")
+    n_max = int(class_counts.max()) if n_max is None else int(n_max)
+    targets = np.zeros(num_classes, dtype=np.int64)
+    for rank, cls in enumerate(order):
+        exponent = rank / (num_classes - 1) if num_classes > 1 else 0.0
+        targets[cls] = min(int(n_max * (1.0 / imbalance_ratio) ** exponent), int(class_counts[cls]))
+    return targets
+
+
+def long_tail_indices(
+    labels: np.ndarray, imbalance_ratio: float, seed: int, num_classes: int | None = None, n_max: int | None = None
+) -> np.ndarray:
+    """Indices (sorted) of a long-tailed subset of ``labels``, drawn without replacement with ``seed``."""
+    labels = np.asarray(labels).reshape(-1)
+    num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
+    targets = long_tail_counts(np.bincount(labels, minlength=num_classes), imbalance_ratio, n_max)
+    rng = np.random.default_rng(seed)
+    chosen = [rng.choice(np.flatnonzero(labels == c), size=targets[c], replace=False) for c in range(num_classes)]
+    return np.sort(np.concatenate(chosen))
+
+
+def load_medmnist(
+    path: str | Path | None = None,
+    imbalance_ratio: float | None = None,
+    seed: int = 0,
+    class_names: list[str] | None = None,
+) -> MedMNISTData:
+    """Load a MedMNIST-layout file into memory.
+
+    Args:
+        path: ``.npz`` or ``.npz.xz``; None means the embedded long-tailed BloodMNIST demo subset.
+        imbalance_ratio: if given, long-tail the TRAINING split to this ratio (val and test stay as released).
+        seed: seed of the long-tail draw.
+        class_names: names by index; defaults to BloodMNIST's names for the embedded set, else "0", "1", ...
+
+    Returns:
+        The splits with ids ``<split>_<original position>`` so they stay stable under subsampling.
+    """
+    path = EMBEDDED_BLOODMNIST if path is None else Path(path)
+    arrays = read_npz_arrays(path)
+    missing = [f"{s}_{kind}" for s in SPLITS for kind in ("images", "labels") if f"{s}_{kind}" not in arrays]
+    if missing:
+        raise KeyError(f"{path}: not a MedMNIST-layout file, missing arrays {missing} (has {sorted(arrays)})")
+    splits: dict[str, MedMNISTSplit] = {}
+    for split in SPLITS:
+        images = arrays[f"{split}_images"]
+        labels = arrays[f"{split}_labels"].reshape(-1).astype(np.int64)
+        if images.dtype != np.uint8 or images.ndim not in (3, 4) or len(images) != len(labels):
+            raise ValueError(
+                f"{path}: {split}_images must be uint8 (N,H,W) or (N,H,W,C) matching {split}_labels; "
+                f"got {images.dtype} {images.shape} vs {labels.shape}"
+            )
+        splits[split] = MedMNISTSplit(images, labels, [f"{split}_{i}" for i in range(len(labels))])
+    num_classes = int(max(int(s.labels.max()) for s in splits.values())) + 1
+    if imbalance_ratio is not None:
+        train = splits["train"]
+        keep = long_tail_indices(train.labels, imbalance_ratio, seed, num_classes)
+        splits["train"] = MedMNISTSplit(train.images[keep], train.labels[keep], [train.ids[i] for i in keep])
+    in_channels = 1 if splits["train"].images.ndim == 3 else int(splits["train"].images.shape[-1])
+    if class_names is None:
+        is_blood = path == EMBEDDED_BLOODMNIST or (path.name.startswith("bloodmnist") and num_classes == 8)
+        class_names = list(BLOODMNIST_CLASSES) if is_blood else [str(c) for c in range(num_classes)]
+    if len(class_names) != num_classes:
+        raise ValueError(f"{path}: {num_classes} classes in the labels but {len(class_names)} class names given")
+    return MedMNISTData(splits, num_classes, in_channels, str(path), list(class_names))

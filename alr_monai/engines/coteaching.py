@@ -1,0 +1,179 @@
+"""Co-teaching trainer (Han et al. 2018) as a MONAI ``Trainer``.
+
+One engine iteration runs every peer forward once, fires ``CoTeachingEvents.LOSSES_COMPUTED`` so handlers
+can read per-sample losses and features (and offer VoG scores), selects each peer's small-loss samples,
+fires ``CoTeachingEvents.SELECTION_COMPLETED``, then updates each peer on its PEER's selection. With one
+peer it trains on its own selection, which with forget rate 0 is plain cross-entropy training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from ignite.engine import Engine, EventEnum
+from ignite.metrics import Metric
+from monai.engines import Trainer
+from monai.engines.utils import default_prepare_batch
+from monai.utils.enums import CommonKeys as Keys
+from torch.optim import Optimizer
+
+from alr_monai.algorithms.selection import forget_rate_schedule, num_to_keep, select_with_vog
+from alr_monai.networks import FeatureTap, PeerEnsemble
+
+
+class CoTeachingEvents(EventEnum):
+    """Events fired inside a co-teaching iteration.
+
+    ``LOSSES_COMPUTED``: ``engine.state.output`` holds ``index``, ``label``, and per peer ``logits``,
+    ``features`` and ``losses`` (lists, one entry per peer). A handler may set ``output["vog"]`` (a list of
+    per-peer scores for the batch, lower = keep) and ``output["mix_ratio"]``, and ``output["force_keep"]`` (a
+    boolean batch mask of samples every peer must keep, such as expert-verified labels).
+    ``SELECTION_COMPLETED``: ``output["keep"]`` holds each peer's boolean selection.
+    """
+
+    LOSSES_COMPUTED = "losses_computed"
+    SELECTION_COMPLETED = "selection_completed"
+
+
+class CoTeachingTrainer(Trainer):
+    """Trains the peers of a :class:`PeerEnsemble` with co-teaching small-loss selection.
+
+    Args:
+        device: where to train.
+        max_epochs: epochs to run.
+        train_data_loader: yields dict batches with ``image``, ``label`` and ``index`` (position in the
+            training set, which the per-sample handlers key on).
+        network: the peers to train.
+        optimizer: one optimizer over all peers' parameters (each peer's loss touches only its own parameters,
+            so this equals one optimizer per peer).
+        forget_rate: final fraction of each batch to drop. None means "unknown": no sample is dropped until a
+            handler (for example ``NoiseRateEstimateHandler``) sets ``engine.forget_rate`` from the data.
+        num_gradual: epochs over which the forget rate ramps up from 0.
+        exponent: the ramp reaches ``forget_rate ** exponent`` at its end, as in the Co-teaching code.
+        epoch_length: iterations per epoch, default ``len(train_data_loader)``.
+        non_blocking: non-blocking host-to-device copies.
+        prepare_batch: parses ``(image, label)`` from a batch.
+        key_train_metric: optional metric on the summed logits.
+        additional_metrics: more metrics.
+        train_handlers: handlers to attach.
+        amp: automatic mixed precision on CUDA.
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device,
+        max_epochs: int,
+        train_data_loader: Iterable,
+        network: PeerEnsemble,
+        optimizer: Optimizer,
+        forget_rate: float | None = None,
+        num_gradual: int = 10,
+        exponent: float = 1.0,
+        epoch_length: int | None = None,
+        non_blocking: bool = False,
+        prepare_batch: Callable = default_prepare_batch,
+        key_train_metric: dict[str, Metric] | None = None,
+        additional_metrics: dict[str, Metric] | None = None,
+        train_handlers: Sequence | None = None,
+        amp: bool = False,
+    ) -> None:
+        super().__init__(
+            device=device,
+            max_epochs=max_epochs,
+            data_loader=train_data_loader,
+            epoch_length=epoch_length,
+            non_blocking=non_blocking,
+            prepare_batch=prepare_batch,
+            key_metric=key_train_metric,
+            additional_metrics=additional_metrics,
+            handlers=None,
+            amp=amp,
+            event_names=[CoTeachingEvents],
+            decollate=False,
+        )
+        if not isinstance(network, PeerEnsemble):
+            raise TypeError(f"network must be an alr_monai.networks.PeerEnsemble, got {type(network).__name__}")
+        if forget_rate is not None and not 0.0 <= forget_rate < 1.0:
+            raise ValueError(f"forget_rate must be in [0, 1) or None, got {forget_rate}")
+        self.network = network
+        self.optimizer = optimizer
+        self.forget_rate = forget_rate
+        self.num_gradual = num_gradual
+        self.exponent = exponent
+        self._taps = [FeatureTap(peer) for peer in network.peers]
+        # Handlers are attached after the taps and the events exist, so they can rely on both.
+        if train_handlers:
+            for handler in train_handlers:
+                handler.attach(self)
+
+    def current_forget_rate(self, epoch: int | None = None) -> float:
+        """The forget rate for a 0-based ``epoch`` (default: the epoch now running)."""
+        if self.forget_rate is None:
+            return 0.0
+        epoch = self.state.epoch - 1 if epoch is None else epoch
+        return forget_rate_schedule(epoch, self.forget_rate, self.num_gradual, self.exponent)
+
+    def _iteration(self, engine: Engine, batchdata: dict[str, Any]) -> dict:
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        inputs, targets = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking)[:2]
+        if "index" not in batchdata:
+            raise KeyError("co-teaching batches need an 'index' entry (each sample's position in the training set)")
+        indices = torch.as_tensor(batchdata["index"]).long()
+        targets = torch.as_tensor(targets).long().reshape(-1)
+        peers = self.network.peers
+        self.network.train()
+        self.optimizer.zero_grad(set_to_none=True)
+
+        use_amp = self.amp and self.scaler is not None
+        autocast = torch.autocast("cuda") if use_amp else nullcontext()
+        with autocast:
+            logits = [peer(inputs) for peer in peers]
+            features = [tap.pop() for tap in self._taps]
+            losses = [F.cross_entropy(out.float(), targets, reduction="none") for out in logits]
+
+        forget_rate = self.current_forget_rate()
+        output: dict[str, Any] = {
+            Keys.IMAGE: inputs,
+            Keys.LABEL: targets,
+            "index": indices,
+            "logits": [out.detach() for out in logits],
+            "features": [f.detach() for f in features],
+            "losses": [loss.detach() for loss in losses],
+            "forget_rate": forget_rate,
+        }
+        engine.state.output = output
+        engine.fire_event(CoTeachingEvents.LOSSES_COMPUTED)
+
+        keep_count = num_to_keep(len(targets), forget_rate)
+        vog_scores = output.get("vog")
+        mix_ratio = float(output.get("mix_ratio", 0.0))
+        keep = [
+            select_with_vog(output["losses"][k], keep_count, None if vog_scores is None else vog_scores[k], mix_ratio)
+            for k in range(len(peers))
+        ]
+        force_keep = output.get("force_keep")
+        if force_keep is not None:
+            # Expert-verified samples are never dropped by the small-loss rule.
+            keep = [k | force_keep for k in keep]
+        output["keep"] = keep
+        engine.fire_event(CoTeachingEvents.SELECTION_COMPLETED)
+
+        # Each peer learns from the samples its peer chose (a single network learns from its own choice).
+        update_losses = [losses[k][keep[(k + 1) % len(peers)]].mean() for k in range(len(peers))]
+        total = torch.stack(update_losses).sum()
+        if use_amp:
+            self.scaler.scale(total).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            total.backward()
+            self.optimizer.step()
+
+        output[Keys.PRED] = torch.stack(output["logits"]).sum(0)
+        output[Keys.LOSS] = float(total.detach()) / len(peers)
+        return output

@@ -1,0 +1,25 @@
+"""Ignite handlers: thin adapters between ``engine.state`` and the pure-torch algorithms."""
+
+from __future__ import annotations
+
+from alr_monai.handlers.metrics import ClassificationReport
+from alr_monai.handlers.noise_rate import NoiseRateEstimateHandler
+from alr_monai.handlers.outputs import MetricsJSONWriter, SelectionCSVWriter, TensorBoardImageHandler
+from alr_monai.handlers.resume import EngineBestMetric, RunCheckpointer, latest_checkpoint
+from alr_monai.handlers.selection import SmallLossSelectionHandler
+from alr_monai.handlers.selection_metrics import SelectionMetricsHandler
+from alr_monai.handlers.vog import VoGHandler
+
+__all__ = [
+    "ClassificationReport",
+    "EngineBestMetric",
+    "MetricsJSONWriter",
+    "NoiseRateEstimateHandler",
+    "RunCheckpointer",
+    "SelectionCSVWriter",
+    "SelectionMetricsHandler",
+    "SmallLossSelectionHandler",
+    "TensorBoardImageHandler",
+    "VoGHandler",
+    "latest_checkpoint",
+]

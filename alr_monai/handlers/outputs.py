@@ -1,0 +1,144 @@
+"""Per-run outputs: selection.csv, metrics.json and TensorBoard images."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import ignite.distributed as idist
+import torch
+from ignite.engine import Engine, Events
+
+from alr_monai.handlers.metrics import ClassificationReport
+from alr_monai.handlers.selection import SmallLossSelectionHandler
+from alr_monai.handlers.vog import VoGHandler
+from alr_monai.plots import confusion_matrix_figure, figure_to_array, per_class_bars
+from alr_monai.utils import atomic_write_csv, atomic_write_json
+
+SELECTION_COLUMNS = ["id", "index", "given_label", "loss", "vog", "kept_by_net1", "kept_by_net2", "trusted"]
+
+
+def _scalar_metrics(metrics: dict) -> dict:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+class SelectionCSVWriter:
+    """Writes ``selection.csv`` (one row per training sample) at the end of every epoch, atomically.
+
+    Columns: id, index, given_label, loss (mean over peers), vog (mean over peers, empty until two epochs are
+    recorded), kept_by_net1, kept_by_net2 (empty with one peer), trusted.
+    """
+
+    def __init__(
+        self, selection: SmallLossSelectionHandler, output_dir: str | Path, vog: VoGHandler | None = None
+    ) -> None:
+        self.selection = selection
+        self.vog = vog
+        self.path = Path(output_dir) / "selection.csv"
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, _engine: Engine) -> None:
+        if idist.get_rank() != 0:
+            return
+        selection = self.selection
+        loss = selection.mean_loss()
+        vog = self.vog.scores() if self.vog is not None else torch.full_like(loss, float("nan"))
+        trusted = selection.trusted()
+        kept = selection.kept
+        rows = []
+        for i in range(selection.num_samples):
+            rows.append(
+                {
+                    "id": selection.ids[i],
+                    "index": i,
+                    "given_label": int(selection.labels[i]),
+                    "loss": _blank_nan(float(loss[i])),
+                    "vog": _blank_nan(float(vog[i])),
+                    "kept_by_net1": int(kept[0, i]),
+                    "kept_by_net2": int(kept[1, i]) if kept.shape[0] > 1 else "",
+                    "trusted": int(trusted[i]),
+                }
+            )
+        atomic_write_csv(self.path, rows, SELECTION_COLUMNS)
+
+
+def _blank_nan(value: float) -> float | str:
+    return "" if math.isnan(value) else value
+
+
+class MetricsJSONWriter:
+    """Writes ``metrics.json`` after every epoch: the trainer's and the evaluator's latest scalar metrics,
+    the best validation metric and its epoch, and a per-epoch history."""
+
+    def __init__(self, output_dir: str | Path, evaluator: Engine | None = None, extra: dict | None = None) -> None:
+        self.path = Path(output_dir) / "metrics.json"
+        self.evaluator = evaluator
+        self.extra = dict(extra or {})
+        self.history: list[dict] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if idist.get_rank() != 0:
+            return
+        entry = {"epoch": engine.state.epoch, "train": _scalar_metrics(engine.state.metrics)}
+        if self.evaluator is not None and self.evaluator.state.metrics:
+            entry["val"] = _scalar_metrics(self.evaluator.state.metrics)
+        self.history = [h for h in self.history if h["epoch"] < engine.state.epoch] + [entry]
+        summary = {"epoch": engine.state.epoch, **self.extra, "last": entry, "history": self.history}
+        if self.evaluator is not None:
+            summary["best_val_metric"] = getattr(self.evaluator.state, "best_metric", None)
+            summary["best_val_epoch"] = getattr(self.evaluator.state, "best_metric_epoch", None)
+        atomic_write_json(self.path, summary)
+
+    def state_dict(self) -> dict:
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history = list(state_dict["history"])
+
+
+class TensorBoardImageHandler:
+    """Logs per-class bar charts (kept fraction, clean recall, validation recall) and the validation confusion
+    matrix as TensorBoard images at the end of each trainer epoch.
+
+    Args:
+        summary_writer: a ``torch.utils.tensorboard.SummaryWriter`` (shared with the scalar handler).
+        class_names: names by class index.
+        report: the evaluator's :class:`ClassificationReport` (optional).
+        interval: log every ``interval`` epochs (images are heavier than scalars).
+    """
+
+    def __init__(
+        self, summary_writer, class_names: list[str], report: ClassificationReport | None = None, interval: int = 1
+    ) -> None:
+        self.writer = summary_writer
+        self.class_names = list(class_names)
+        self.report = report
+        self.interval = interval
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if idist.get_rank() != 0:
+            return
+        epoch = engine.state.epoch
+        metrics = engine.state.metrics
+        for prefix, label in (("kept_fraction", "kept fraction"), ("clean_recall", "clean recall")):
+            values = [metrics.get(f"{prefix}/{name}", float("nan")) for name in self.class_names]
+            if not all(math.isnan(v) for v in values):
+                figure = per_class_bars(values, self.class_names, f"{label}, epoch {epoch}", label)
+                self.writer.add_image(f"per_class/{prefix}", figure_to_array(figure), epoch, dataformats="HWC")
+        if self.report is not None and self.report.report:
+            recall = self.report.report["per_class_recall"]
+            figure = per_class_bars(recall, self.class_names, f"validation recall, epoch {epoch}", "recall")
+            self.writer.add_image("per_class/val_recall", figure_to_array(figure), epoch, dataformats="HWC")
+            matrix = self.report.report["confusion_matrix"]
+            figure = confusion_matrix_figure(matrix, self.class_names, f"validation, epoch {epoch}")
+            self.writer.add_image("confusion_matrix/val", figure_to_array(figure), epoch, dataformats="HWC")
+        self.writer.flush()

@@ -1,0 +1,112 @@
+"""Per-sample small-loss selection tracker for the co-teaching trainer."""
+
+from __future__ import annotations
+
+import torch
+from ignite.engine import Engine, Events
+
+from alr_monai.algorithms.metrics import per_class_kept_fraction
+from alr_monai.engines.coteaching import CoTeachingEvents
+
+TRUSTED_RULES = ("any", "all")
+
+
+class SmallLossSelectionHandler:
+    """Records every sample's per-peer loss and selection in each epoch, keyed on the batch ``index``.
+
+    At the end of an epoch the epoch's record becomes the "last completed" record, from which the trusted
+    set is read: samples kept by ``trusted_rule`` of the peers ("any" or "all"). Per-class kept fractions
+    (by GIVEN label, no truth needed) go to ``engine.state.metrics`` as ``kept_fraction/<class>``.
+
+    Args:
+        num_samples: size of the training set (indices run 0..num_samples-1).
+        num_peers: number of peers trained.
+        class_names: class names by index, used for metric names.
+        trusted_rule: "any" peer kept it, or "all" peers kept it.
+    """
+
+    def __init__(self, num_samples: int, num_peers: int, class_names: list[str], trusted_rule: str = "any") -> None:
+        if trusted_rule not in TRUSTED_RULES:
+            raise ValueError(f"trusted_rule must be one of {TRUSTED_RULES}, got {trusted_rule!r}")
+        self.num_samples = num_samples
+        self.num_peers = num_peers
+        self.class_names = list(class_names)
+        self.trusted_rule = trusted_rule
+        self.labels = torch.full((num_samples,), -1, dtype=torch.long)
+        self.losses = torch.full((num_peers, num_samples), float("nan"))
+        self.kept = torch.zeros((num_peers, num_samples), dtype=torch.bool)
+        self.seen = torch.zeros(num_samples, dtype=torch.bool)
+        self.ids: list[str] = [""] * num_samples
+        self.completed_epoch = 0
+        self._epoch_losses = self.losses.clone()
+        self._epoch_kept = self.kept.clone()
+        self._epoch_seen = self.seen.clone()
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset_epoch)
+        engine.add_event_handler(CoTeachingEvents.SELECTION_COMPLETED, self._record)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._complete_epoch)
+
+    def _reset_epoch(self, _engine: Engine) -> None:
+        self._epoch_losses.fill_(float("nan"))
+        self._epoch_kept.zero_()
+        self._epoch_seen.zero_()
+
+    def _record(self, engine: Engine) -> None:
+        output = engine.state.output
+        index = output["index"].cpu()
+        if index.numel() and (int(index.max()) >= self.num_samples or int(index.min()) < 0):
+            raise IndexError(f"batch index {int(index.max())} outside the training set of {self.num_samples}")
+        self.labels[index] = output["label"].cpu()
+        for k in range(self.num_peers):
+            self._epoch_losses[k, index] = output["losses"][k].float().cpu()
+            self._epoch_kept[k, index] = output["keep"][k].cpu()
+        self._epoch_seen[index] = True
+        ids = engine.state.batch.get("id") if isinstance(engine.state.batch, dict) else None
+        if ids is not None:
+            for i, sample_id in zip(index.tolist(), ids, strict=True):
+                self.ids[i] = str(sample_id)
+
+    def _complete_epoch(self, engine: Engine) -> None:
+        self.losses.copy_(self._epoch_losses)
+        self.kept.copy_(self._epoch_kept)
+        self.seen.copy_(self._epoch_seen)
+        self.completed_epoch = engine.state.epoch
+        fractions = per_class_kept_fraction(self.trusted(), self.labels, len(self.class_names))
+        for name, fraction in zip(self.class_names, fractions, strict=True):
+            engine.state.metrics[f"kept_fraction/{name}"] = fraction
+        engine.state.metrics["kept_fraction"] = (
+            float(self.trusted()[self.seen].float().mean()) if self.seen.any() else 0.0
+        )
+
+    def trusted(self) -> torch.Tensor:
+        """Boolean (N,) mask of samples selected in the last completed epoch under ``trusted_rule``."""
+        trusted = self.kept.any(0) if self.trusted_rule == "any" else self.kept.all(0)
+        return trusted & self.seen
+
+    def mean_loss(self) -> torch.Tensor:
+        """(N,) loss averaged over peers in the last completed epoch (NaN for unseen samples)."""
+        return self.losses.mean(0)
+
+    def state_dict(self) -> dict:
+        return {
+            "labels": self.labels,
+            "losses": self.losses,
+            "kept": self.kept,
+            "seen": self.seen,
+            "ids": list(self.ids),
+            "completed_epoch": self.completed_epoch,
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if state_dict["losses"].shape != self.losses.shape:
+            raise ValueError(
+                f"selection state is for {tuple(state_dict['losses'].shape)} (peers, samples), "
+                f"this run has {tuple(self.losses.shape)}"
+            )
+        self.labels.copy_(state_dict["labels"])
+        self.losses.copy_(state_dict["losses"])
+        self.kept.copy_(state_dict["kept"])
+        self.seen.copy_(state_dict["seen"])
+        self.ids = [str(i) for i in state_dict["ids"]]
+        self.completed_epoch = int(state_dict["completed_epoch"])

@@ -1,0 +1,138 @@
+"""Variance-of-Gradients handler: closed-form last-layer gradients from the training forward pass."""
+
+from __future__ import annotations
+
+import torch
+from ignite.engine import Engine, Events
+
+from alr_monai.algorithms.vog import VoGBuffer, last_layer_gradient, normalise_per_class
+from alr_monai.engines.coteaching import CoTeachingEvents
+
+VOG_KEEP = ("low", "high")
+
+
+class VoGHandler:
+    """Tracks each sample's last-layer gradient per epoch and offers VoG scores to the selection.
+
+    At every ``LOSSES_COMPUTED`` it writes each peer's per-sample gradient (weight row of the labelled class
+    plus its bias, in closed form from the logits and features already computed: no extra pass) into that
+    peer's ring buffer of ``num_snapshots`` epochs. Once the buffer is full and the forget-rate ramp is over,
+    it sets ``output["vog"]`` and ``output["mix_ratio"]`` so the trainer takes ``mix_ratio`` of each kept
+    set by VoG order among the samples the loss did not pick.
+
+    Args:
+        num_samples: training-set size.
+        num_classes: number of classes, for the per-class normalisation.
+        num_snapshots: K, how many epochs of gradients VoG spans.
+        class_normalise: z-score VoG within each labelled class (Agarwal et al.), so a rare class is not
+            judged against the gradients of a frequent one.
+        keep: "low" keeps the lowest VoG (stable samples), "high" the highest.
+        mix_ratio: fraction of each batch's kept samples chosen by VoG.
+        dtype: "float32" or "float16" storage for the N x D x K buffer.
+        start_epoch: first epoch (1-based) whose selection may use VoG; default: the epoch after the trainer's
+            ``num_gradual`` ramp.
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        num_classes: int,
+        num_snapshots: int = 5,
+        class_normalise: bool = True,
+        keep: str = "low",
+        mix_ratio: float = 0.2,
+        dtype: str = "float32",
+        start_epoch: int | None = None,
+    ) -> None:
+        if keep not in VOG_KEEP:
+            raise ValueError(f"keep must be one of {VOG_KEEP}, got {keep!r}")
+        if not 0.0 <= mix_ratio <= 1.0:
+            raise ValueError(f"mix_ratio must be in [0, 1], got {mix_ratio}")
+        if dtype not in ("float32", "float16"):
+            raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
+        self.num_samples = num_samples
+        self.num_classes = num_classes
+        self.num_snapshots = num_snapshots
+        self.class_normalise = class_normalise
+        self.keep = keep
+        self.mix_ratio = mix_ratio
+        self.dtype = getattr(torch, dtype)
+        self.start_epoch = start_epoch
+        self.buffers: list[VoGBuffer] = []
+        self.labels = torch.full((num_samples,), -1, dtype=torch.long)
+        self._oriented: list[torch.Tensor] = []
+
+    def attach(self, engine: Engine) -> None:
+        if self.start_epoch is None:
+            self.start_epoch = int(getattr(engine, "num_gradual", 0)) + 1
+        engine.add_event_handler(CoTeachingEvents.LOSSES_COMPUTED, self._on_losses)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._commit)
+
+    def _ensure_buffers(self, num_peers: int, dim: int, device: torch.device) -> None:
+        if not self.buffers:
+            self.buffers = [
+                VoGBuffer(self.num_samples, dim, self.num_snapshots, dtype=self.dtype, device=device)
+                for _ in range(num_peers)
+            ]
+
+    def _on_losses(self, engine: Engine) -> None:
+        output = engine.state.output
+        index, labels = output["index"], output["label"]
+        features, logits = output["features"], output["logits"]
+        self._ensure_buffers(len(logits), features[0].shape[1] + 1, features[0].device)
+        buffer_index = index.to(self.buffers[0].device)
+        for buffer, peer_logits, peer_features in zip(self.buffers, logits, features, strict=True):
+            grads = last_layer_gradient(peer_logits.float(), peer_features.float(), labels)
+            buffer.record(buffer_index, grads)
+        self.labels[index.cpu()] = labels.cpu()
+        if self.active(engine):
+            output["vog"] = [scores[buffer_index].to(labels.device) for scores in self._oriented]
+            output["mix_ratio"] = self.mix_ratio
+
+    def active(self, engine: Engine) -> bool:
+        """Whether this epoch's selection uses VoG: a full buffer, past the ramp, and a non-zero mix."""
+        ready = bool(self.buffers) and all(b.ready for b in self.buffers) and len(self._oriented) == len(self.buffers)
+        return ready and self.mix_ratio > 0 and engine.state.epoch >= (self.start_epoch or 1)
+
+    def _commit(self, _engine: Engine) -> None:
+        for buffer in self.buffers:
+            buffer.commit()
+        self._oriented = [self._orient(buffer.scores()) for buffer in self.buffers]
+
+    def _orient(self, scores: torch.Tensor) -> torch.Tensor:
+        # The trainer keeps the lowest scores; flip the sign when high VoG is to be kept.
+        if self.class_normalise:
+            scores = normalise_per_class(scores, self.labels.to(scores.device), self.num_classes)
+        return scores if self.keep == "low" else -scores
+
+    def scores(self) -> torch.Tensor:
+        """(N,) VoG averaged over peers (raw, not normalised; NaN until 2 epochs are recorded)."""
+        if not self.buffers:
+            return torch.full((self.num_samples,), float("nan"))
+        return torch.stack([b.scores().float().cpu() for b in self.buffers]).mean(0)
+
+    def state_dict(self) -> dict:
+        state: dict = {"labels": self.labels, "num_buffers": len(self.buffers)}
+        for k, buffer in enumerate(self.buffers):
+            for key, value in buffer.state_dict().items():
+                state[f"buffer{k}.{key}"] = value
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.labels.copy_(state_dict["labels"])
+        num_buffers = int(state_dict["num_buffers"])
+        if num_buffers == 0:
+            self.buffers, self._oriented = [], []
+            return
+        buffers = []
+        for k in range(num_buffers):
+            prefix = f"buffer{k}."
+            sub = {key[len(prefix) :]: value for key, value in state_dict.items() if key.startswith(prefix)}
+            # The sizes come from the saved buffer; VoGBuffer.load_state_dict checks them.
+            grads = next(v for key, v in sub.items() if isinstance(v, torch.Tensor) and v.dim() == 3)
+            dim = grads.shape[-1]
+            buffer = VoGBuffer(self.num_samples, dim, self.num_snapshots, dtype=self.dtype, device=grads.device)
+            buffer.load_state_dict(sub)
+            buffers.append(buffer)
+        self.buffers = buffers
+        self._oriented = [self._orient(b.scores()) for b in self.buffers] if self.buffers[0].num_committed else []

@@ -1,0 +1,70 @@
+"""Networks: a set of peer classifiers trained together and combined at inference."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from alr_monai.algorithms.acquisition import add_dropout_before_last_linear, find_last_linear
+
+
+class PeerEnsemble(nn.Module):
+    """``num_peers`` independently initialised copies of one classifier; forward sums their logits.
+
+    Co-teaching trains the peers on each other's small-loss picks; inference combines them by the sum of
+    logits. Built from a factory (``"_mode_": "callable"`` in a bundle config) so every peer gets its own
+    random initialisation.
+
+    Args:
+        network_factory: callable returning a fresh classifier (any ``monai.networks.nets`` class works).
+        num_peers: how many peers (2 for co-teaching, 1 for a plain single-network baseline).
+        dropout: if > 0, a Dropout layer is inserted before each peer's last linear layer, which MC-dropout
+            BALD needs; a network with no dropout makes every MC sample identical (BALD would be all zeros).
+    """
+
+    def __init__(self, network_factory: Callable[[], nn.Module], num_peers: int = 2, dropout: float = 0.0) -> None:
+        super().__init__()
+        if num_peers < 1:
+            raise ValueError(f"num_peers must be >= 1, got {num_peers}")
+        peers = [network_factory() for _ in range(num_peers)]
+        if dropout > 0:
+            peers = [add_dropout_before_last_linear(peer, dropout) for peer in peers]
+        self.peers = nn.ModuleList(peers)
+
+    @property
+    def num_peers(self) -> int:
+        return len(self.peers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # A plain loop over the ModuleList keeps the ensemble scriptable for ckpt_export.
+        outputs: list[torch.Tensor] = []
+        for peer in self.peers:
+            outputs.append(peer(x))
+        return torch.stack(outputs, 0).sum(0)
+
+
+class FeatureTap:
+    """Captures the input of a network's last linear layer (the penultimate features) on every forward.
+
+    The closed-form last-layer gradient used by VoG and the coreset embeddings both need these features; a
+    forward hook gets them from the forward pass already being done.
+    """
+
+    def __init__(self, network: nn.Module) -> None:
+        self.features: torch.Tensor | None = None
+        self._handle = find_last_linear(network).register_forward_hook(self._hook)
+
+    def _hook(self, _module: nn.Module, inputs: tuple[torch.Tensor, ...], _output: torch.Tensor) -> None:
+        self.features = inputs[0]
+
+    def pop(self) -> torch.Tensor:
+        """Return the features of the last forward and forget them."""
+        if self.features is None:
+            raise RuntimeError("no forward pass has run since the last pop()")
+        features, self.features = self.features, None
+        return features
+
+    def remove(self) -> None:
+        self._handle.remove()

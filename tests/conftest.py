@@ -1,0 +1,166 @@
+"""Shared test fixtures.
+
+Fixture name prefixes mark their owner area: ``manifest_*`` (manifest CSVs and small datasets) and ``imagefile_*``
+(writers for DICOM / NIfTI / PNG files). Every fixture writes only under pytest's ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def _write_dicom(
+    path: Path,
+    pixels: np.ndarray,
+    patient_id: str | None = None,
+    rescale_intercept: float = 0.0,
+    rescale_slope: float = 1.0,
+    with_pixels: bool = True,
+) -> Path:
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    pixels = np.asarray(pixels)
+    if pixels.ndim != 2:
+        raise ValueError("the test DICOM writer makes single 2D slices")
+    signed = bool(np.issubdtype(pixels.dtype, np.signedinteger))
+    stored = pixels.astype(np.int16 if signed else np.uint16)
+
+    sop_instance_uid = generate_uid()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = sop_instance_uid
+    ds.Modality = "CT"
+    if patient_id is not None:
+        ds.PatientID = patient_id
+    ds.Rows, ds.Columns = stored.shape
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.ImagePositionPatient = [0, 0, 0]
+    ds.PixelSpacing = [1, 1]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 1 if signed else 0
+    ds.RescaleIntercept = rescale_intercept
+    ds.RescaleSlope = rescale_slope
+    if with_pixels:
+        ds.PixelData = stored.tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.fixture
+def imagefile_dicom() -> Callable[..., Path]:
+    """Returns ``write(path, pixels, patient_id=None, rescale_intercept=0, rescale_slope=1, with_pixels=True)``.
+
+    Writes a single-frame 2D CT DICOM (16 bit, MONOCHROME2, explicit VR little endian) of ``pixels`` shaped
+    (rows, columns); ``with_pixels=False`` omits PixelData.
+    """
+    return _write_dicom
+
+
+@pytest.fixture
+def imagefile_nifti() -> Callable[..., Path]:
+    """Returns ``write(path, array, affine=None)``: saves ``array`` as NIfTI (.nii or .nii.gz) with nibabel."""
+    import nibabel
+
+    def write(path: Path, array: np.ndarray, affine: np.ndarray | None = None) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        nibabel.save(nibabel.Nifti1Image(np.asarray(array), np.eye(4) if affine is None else affine), path)
+        return path
+
+    return write
+
+
+@pytest.fixture
+def imagefile_png() -> Callable[..., Path]:
+    """Returns ``write(path, array, mode=None)``: saves a uint8 array (H, W), (H, W, 3) or (H, W, 4) with PIL.
+
+    The format follows the suffix (.png, .jpg, ...).
+    """
+    from PIL import Image
+
+    def write(path: Path, array: np.ndarray, mode: str | None = None) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image = Image.fromarray(np.asarray(array, dtype=np.uint8))
+        if mode is not None:
+            image = image.convert(mode)
+        image.save(path)
+        return path
+
+    return write
+
+
+@pytest.fixture
+def manifest_write_csv() -> Callable[..., Path]:
+    """Returns ``write(path, rows, header=None, encoding="utf-8")`` for manifest CSVs.
+
+    ``rows`` are dicts (header = keys of the first row unless given) or sequences (``header`` required).
+    """
+
+    def write(
+        path: Path,
+        rows: Sequence[Mapping[str, object] | Sequence[object]],
+        header: Sequence[str] | None = None,
+        encoding: str = "utf-8",
+    ) -> Path:
+        if header is None:
+            if not rows or not isinstance(rows[0], Mapping):
+                raise ValueError("header is required unless rows are dicts")
+            header = list(rows[0].keys())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", encoding=encoding, newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(header)
+            for row in rows:
+                writer.writerow([row.get(column, "") for column in header] if isinstance(row, Mapping) else row)
+        return path
+
+    return write
+
+
+@pytest.fixture
+def manifest_mixed_dataset(tmp_path: Path, imagefile_dicom, imagefile_nifti, imagefile_png, manifest_write_csv) -> Path:
+    """A small valid dataset of 2D images in all supported formats, with its manifest; returns the manifest path.
+
+    Six 12x10 images (DICOM, NIfTI, .nii.gz, gray PNG, RGB PNG, JPEG), classes ``normal`` / ``abnormal``, split
+    ``train`` (4) / ``val`` (2), two patients; an extra column ``site`` is passed through.
+    """
+    rng = np.random.default_rng(0)
+    data = tmp_path / "mixed"
+    gray = rng.integers(0, 256, size=(12, 10), dtype=np.uint8)
+    files = [
+        imagefile_dicom(data / "img0.dcm", gray.astype(np.int16), patient_id="P0"),
+        imagefile_nifti(data / "img1.nii", gray.T.astype(np.float32)),
+        imagefile_nifti(data / "img2.nii.gz", gray.T[:, :, None].astype(np.float32)),
+        imagefile_png(data / "img3.png", gray),
+        imagefile_png(data / "img4.png", np.stack([gray, 255 - gray, gray // 2], axis=-1)),
+        imagefile_png(data / "img5.jpg", np.stack([gray] * 3, axis=-1)),
+    ]
+    rows = [
+        {
+            "id": f"img{i}",
+            "image": f.name,
+            "label": "abnormal" if i % 2 else "normal",
+            "patient_id": f"P{i % 2}",
+            "split": "train" if i < 4 else "val",
+            "site": "A" if i < 3 else "B",
+        }
+        for i, f in enumerate(files)
+    ]
+    return manifest_write_csv(data / "manifest.csv", rows)
