@@ -1,0 +1,102 @@
+"""Rank the suspected-noisy pool with the current model: deterministic inference, then an acquisition function.
+
+Scores always come from eval-mode inference on un-augmented images (the reference code scored augmented
+images in train mode). BALD switches on only the dropout layers, for ``mc_samples`` stochastic passes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from alr_monai.algorithms.acquisition import (
+    ACQUISITION_NAMES,
+    SCORE_FUNCTIONS,
+    bald,
+    enable_mc_dropout,
+    kcenter_greedy,
+    select_top,
+)
+from alr_monai.evaluation import predict
+
+
+@dataclass
+class Acquisition:
+    """The result of ranking a pool: dataset indices picked (in pick order) and per-pick details."""
+
+    indices: list[int]
+    scores: list[float]
+    predicted_labels: list[int]
+    predicted_probabilities: list[float]
+
+
+@torch.no_grad()
+def _mc_probabilities(network: nn.Module, dataloader: Iterable, device, mc_samples: int) -> torch.Tensor:
+    was_training = network.training
+    try:
+        if enable_mc_dropout(network) == 0:
+            raise ValueError(
+                "BALD needs dropout layers for MC sampling, and this network has none: set "
+                "network_def#dropout > 0 (for example 0.3), or choose another acquisition function"
+            )
+        passes = []
+        for _ in range(mc_samples):
+            probs = [torch.softmax(network(batch["image"].to(device)).float(), 1).cpu() for batch in dataloader]
+            passes.append(torch.cat(probs))
+        return torch.stack(passes)
+    finally:
+        network.train(was_training)
+
+
+def acquire(
+    method: str,
+    network: nn.Module,
+    pool_loader: Iterable,
+    budget: int,
+    device: str | torch.device,
+    labelled_loader: Iterable | None = None,
+    mc_samples: int = 10,
+    generator: torch.Generator | None = None,
+) -> Acquisition:
+    """Pick up to ``budget`` pool samples for the expert.
+
+    Args:
+        method: one of ``ACQUISITION_NAMES`` (random, entropy, least_confidence, margin, bald, coreset).
+        network: the current model (a ``PeerEnsemble``; its summed logits give the probabilities).
+        pool_loader: deterministic loader (no shuffling, no augmentation) over the pool; batches carry
+            ``image``, ``label`` and ``index``.
+        budget: how many to pick (fewer if the pool is smaller).
+        device: where to run inference.
+        labelled_loader: loader over the trusted samples, for coreset (their embeddings are the first centres).
+        mc_samples: stochastic passes for BALD.
+        generator: RNG for "random" (seeded by the caller so a resumed run picks the same samples).
+    """
+    if method not in ACQUISITION_NAMES:
+        raise ValueError(f"unknown acquisition {method!r}; choose one of {list(ACQUISITION_NAMES)}")
+    outputs = predict(network, pool_loader, device, with_features=method == "coreset")
+    probs = torch.softmax(outputs["logits"], 1)
+    confidence, predicted = probs.max(1)
+    if method == "coreset":
+        labelled = (
+            predict(network, labelled_loader, device, with_features=True)["features"] if labelled_loader else None
+        )
+        positions = kcenter_greedy(outputs["features"], labelled, budget)
+        # Coreset has no per-sample score; report the pick order as a descending score.
+        scores = torch.zeros(len(probs))
+        scores[positions] = torch.linspace(1.0, 0.0, len(positions)) if len(positions) > 1 else 1.0
+    else:
+        if method == "bald":
+            scores = bald(_mc_probabilities(network, pool_loader, device, mc_samples))
+        else:
+            scores = SCORE_FUNCTIONS[method](probs, generator=generator)
+        positions = select_top(scores, budget)
+    positions = positions.long()
+    return Acquisition(
+        indices=outputs["index"][positions].tolist(),
+        scores=scores[positions].tolist(),
+        predicted_labels=predicted[positions].tolist(),
+        predicted_probabilities=confidence[positions].tolist(),
+    )

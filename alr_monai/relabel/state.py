@@ -1,0 +1,582 @@
+"""Crash-safe state of the active relabeling rounds, the audit trail, and the cleaned-label file.
+
+A round has two steps, each of which may be killed at any moment and simply rerun:
+
+1. :func:`start_round` records the queried ids as the pending round and writes the query CSV. The query file
+   is written before the state, and :func:`~alr_monai.relabel.expert.write_query_file` accepts identical
+   content, so a rerun after a crash recomputes the same query and carries on.
+2. :func:`apply_round` (or :func:`apply_answers_file` for a human's CSV) applies the answers: audit rows are
+   appended (idempotently), ``labels_cleaned.csv`` is rewritten, and the state is written LAST. Until that last
+   atomic write the state still says the round is pending, so a rerun applies the same answers again to the same
+   old state, the audit append skips the rows it already holds, and every file ends identical to an
+   uninterrupted run. Once the state is written, applying the round again raises: no answer is applied twice.
+
+Rounds are numbered from 1; ``RoundState.round`` is the number of rounds applied, so the next round is
+``round + 1``. Two processes must not apply rounds to the same state at once (there is no lock).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from alr_monai.relabel.expert import Answer, check_class_names, read_answers, write_query_file
+from alr_monai.utils import atomic_write_csv, atomic_write_json
+
+STATE_FORMAT_VERSION = 1
+SOURCES = ("given", "expert", "oracle", "excluded")
+ANSWER_SOURCES = ("expert", "oracle")
+EXCLUDED_LABEL = -1
+EXCLUDED_NAME = "excluded"
+AUDIT_COLUMNS = ["id", "old_label", "new_label", "round", "source", "time"]
+LABELS_CLEANED_COLUMNS = ["id", "label", "label_index", "source"]
+
+__all__ = [
+    "ANSWER_SOURCES",
+    "AUDIT_COLUMNS",
+    "EXCLUDED_LABEL",
+    "LABELS_CLEANED_COLUMNS",
+    "SOURCES",
+    "STATE_FORMAT_VERSION",
+    "AuditTrail",
+    "RoundError",
+    "RoundState",
+    "apply_answers_file",
+    "apply_round",
+    "start_round",
+]
+
+
+class RoundError(ValueError):
+    """A round cannot be started or applied in the current state (wrong round, already applied, ...)."""
+
+
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class RoundState:
+    """Everything phase 2 must remember between rounds; saved as JSON after every step.
+
+    Attributes:
+        ids: sample ids of the training set.
+        given_labels: labels as given (noisy), by sample.
+        current_labels: labels training should use now; -1 marks a sample the expert excluded.
+        trusted: samples whose label is trusted (phase-1 clean selection, or answered by the expert).
+        source: where each current label comes from: "given", "expert", "oracle" or "excluded".
+        class_names: class names by index.
+        round: number of rounds whose answers were applied (rounds are numbered from 1).
+        pending_round: the round whose query was written and awaits answers, or None.
+        queried: ids queried, by round number as a string.
+        budget_spent: labels answered so far (exclusions count, skipped samples do not).
+        skipped: ids left blank by the expert, by round number as a string; they stay in the pool.
+        rng_state: opaque JSON-able data the caller needs for reproducible random acquisition.
+        history: one entry per applied round (round, source, queried, labels_spent, labels_changed, excluded,
+            skipped, budget_spent, metrics).
+        baseline_metrics: metrics of the phase-1 model before any round (``record_metrics(0, ...)``).
+    """
+
+    ids: list[str]
+    given_labels: list[int]
+    current_labels: list[int]
+    trusted: list[bool]
+    source: list[str]
+    class_names: list[str]
+    round: int = 0
+    pending_round: int | None = None
+    queried: dict[str, list[str]] = field(default_factory=dict)
+    budget_spent: int = 0
+    skipped: dict[str, list[str]] = field(default_factory=dict)
+    rng_state: Any = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    baseline_metrics: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def initial(
+        cls, ids: Sequence[str], given_labels: Sequence[int], trusted: Sequence[bool], class_names: Sequence[str]
+    ) -> RoundState:
+        """The state after phase 1: given labels everywhere, ``trusted`` = samples phase 1 selected as clean."""
+        state = cls(
+            ids=[str(i) for i in ids],
+            given_labels=[int(label) for label in given_labels],
+            current_labels=[int(label) for label in given_labels],
+            trusted=[bool(t) for t in trusted],
+            source=["given"] * len(ids),
+            class_names=check_class_names(class_names),
+        )
+        state._validate("initial relabel state")
+        if EXCLUDED_LABEL in state.given_labels:
+            raise ValueError("given labels must be class indices; -1 (excluded) only comes from an expert")
+        return state
+
+    # ----------------------------------------------------------------------------------------------- checks
+    def _validate(self, where: str) -> None:
+        """Raise ValueError (prefixed by ``where``) unless the fields are mutually consistent."""
+        n = len(self.ids)
+        problems = []
+        for name in ("given_labels", "current_labels", "trusted", "source"):
+            if len(getattr(self, name)) != n:
+                problems.append(f"{name} has {len(getattr(self, name))} entries for {n} ids")
+        if len(set(self.ids)) != n:
+            problems.append("ids are not unique")
+        k = len(self.class_names)
+        if any(type(v) is not int or not 0 <= v < k for v in self.given_labels):
+            problems.append(f"given_labels must be class indices in 0-{k - 1}")
+        if any(type(v) is not int or not -1 <= v < k for v in self.current_labels):
+            problems.append(f"current_labels must be class indices in 0-{k - 1} or -1 (excluded)")
+        if any(type(v) is not bool for v in self.trusted):
+            problems.append("trusted must hold booleans")
+        if any(s not in SOURCES for s in self.source):
+            problems.append(f"source entries must be one of {SOURCES}")
+        if not problems:
+            for i in range(n):
+                excluded = self.current_labels[i] == EXCLUDED_LABEL
+                if excluded != (self.source[i] == "excluded") or (excluded and self.trusted[i]):
+                    problems.append(f"sample {self.ids[i]!r}: label, source and trusted disagree about exclusion")
+                    break
+        if type(self.round) is not int or self.round < 0:
+            problems.append(f"round must be a non-negative integer, got {self.round!r}")
+        if self.pending_round is not None and self.pending_round != self.round + 1:
+            problems.append(f"pending_round {self.pending_round} is not the next round {self.round + 1}")
+        if self.pending_round is not None and str(self.pending_round) not in self.queried:
+            problems.append(f"pending round {self.pending_round} has no queried ids")
+        if problems:
+            raise ValueError(f"{where}: " + "; ".join(problems))
+
+    def _index(self) -> dict[str, int]:
+        return {sample_id: i for i, sample_id in enumerate(self.ids)}
+
+    # ------------------------------------------------------------------------------------------------ queries
+    def pool_indices(self) -> list[int]:
+        """Indices of samples still suspected: not trusted and not excluded."""
+        return [
+            i
+            for i, (t, label) in enumerate(zip(self.trusted, self.current_labels, strict=True))
+            if not t and label >= 0
+        ]
+
+    @property
+    def next_round(self) -> int:
+        """The number of the round to query next (or the pending one)."""
+        return self.round + 1
+
+    def begin_round(self, round_index: int, ids: Sequence[str], replace: bool = False) -> None:
+        """Mark ``ids`` as the query of the pending round ``round_index`` (in memory; call :meth:`save`).
+
+        Beginning the same pending round with the same ids again is a no-op, so a rerun after a crash is fine.
+
+        Raises:
+            RoundError: ``round_index`` is not the next round, the ids are empty, repeated, unknown or outside
+                the pool, or the round is already pending with other ids and ``replace`` is False.
+        """
+        if round_index != self.next_round:
+            raise RoundError(f"the next round is {self.next_round} ({self.round} applied), not {round_index}")
+        ids = [str(i) for i in ids]
+        if not ids:
+            raise RoundError(f"round {round_index}: no ids to query")
+        if len(set(ids)) != len(ids):
+            raise RoundError(f"round {round_index}: the query repeats ids")
+        index = self._index()
+        unknown = [i for i in ids if i not in index]
+        if unknown:
+            raise RoundError(f"round {round_index}: unknown ids {unknown[:5]}")
+        pool = set(self.pool_indices())
+        outside = [i for i in ids if index[i] not in pool]
+        if outside:
+            raise RoundError(f"round {round_index}: ids already trusted or excluded: {outside[:5]}")
+        key = str(round_index)
+        if self.pending_round == round_index and self.queried.get(key) != ids and not replace:
+            raise RoundError(
+                f"round {round_index} is already pending with a different query (an expert may be answering it); "
+                "pass replace=True to replace it"
+            )
+        self.pending_round = round_index
+        self.queried[key] = ids
+
+    def pending_ids(self) -> list[str]:
+        """Ids queried in the pending round ([] if none is pending)."""
+        return [] if self.pending_round is None else list(self.queried[str(self.pending_round)])
+
+    def _check_can_apply(self, round_index: int) -> None:
+        if round_index <= self.round or any(entry.get("round") == round_index for entry in self.history):
+            raise RoundError(
+                f"round {round_index} was already applied ({self.round} rounds applied); "
+                "its answers are in the audit trail and are never applied twice"
+            )
+        if self.pending_round is None:
+            raise RoundError(f"no query is pending, so round {round_index} has no answers to apply")
+        if round_index != self.pending_round:
+            raise RoundError(f"round {round_index} is not the pending round {self.pending_round}")
+
+    # ------------------------------------------------------------------------------------------------ answers
+    def apply_answers(self, round_index: int, answers: Sequence[Answer], source: str) -> list[dict[str, Any]]:
+        """Apply a round's answers in memory (no files are written) and return its audit rows.
+
+        Answered samples become trusted with source ``source``; an answer equal to the current label changes
+        nothing but still trusts the sample and spends a label. Excluded samples get label -1, source
+        "excluded", and leave training. Skipped (blank) and unanswered queried samples stay in the pool.
+        Everything is validated before anything changes, so on error the state is untouched.
+
+        Args:
+            round_index: the pending round.
+            answers: answers for ids queried in that round (from ``read_answers`` or the oracle).
+            source: "expert" or "oracle".
+
+        Returns:
+            Audit rows (id, old_label, new_label, round, source, time) for every label change or exclusion, in
+            query order, labels as class names (new_label "excluded" for an exclusion).
+
+        Raises:
+            RoundError: the round is not pending, was already applied, or an answer is for an id not queried
+                in it, repeats an id, or has a label outside the class set.
+        """
+        if source not in ANSWER_SOURCES:
+            raise ValueError(f"source must be one of {ANSWER_SOURCES}, got {source!r}")
+        self._check_can_apply(round_index)
+        key = str(round_index)
+        queried = self.queried[key]
+        queried_set = set(queried)
+        by_id: dict[str, Answer] = {}
+        k = len(self.class_names)
+        for answer in answers:
+            if answer.id not in queried_set:
+                raise RoundError(f"round {round_index}: answer for id {answer.id!r}, which was not queried")
+            if answer.id in by_id:
+                raise RoundError(f"round {round_index}: two answers for id {answer.id!r}")
+            if answer.label is not None and not 0 <= answer.label < k:
+                raise RoundError(f"round {round_index}: label {answer.label} of {answer.id!r} is not in 0-{k - 1}")
+            by_id[answer.id] = answer
+
+        index = self._index()
+        now = _utc_now()
+        rows: list[dict[str, Any]] = []
+        skipped: list[str] = []
+        spent = changed = excluded = 0
+        for sample_id in queried:  # query order, so results never depend on the order answers came in
+            answer = by_id.get(sample_id)
+            if answer is None or answer.skipped:
+                skipped.append(sample_id)
+                continue
+            i = index[sample_id]
+            old = self.current_labels[i]
+            spent += 1
+            if answer.excluded:
+                new, self.trusted[i], self.source[i] = EXCLUDED_LABEL, False, "excluded"
+                excluded += 1
+            else:
+                new, self.trusted[i], self.source[i] = int(answer.label), True, source  # type: ignore[arg-type]
+                changed += int(new != old)
+            self.current_labels[i] = new
+            if new != old:
+                rows.append(
+                    {
+                        "id": sample_id,
+                        "old_label": self._label_name(old),
+                        "new_label": self._label_name(new),
+                        "round": round_index,
+                        "source": source,
+                        "time": now,
+                    }
+                )
+        self.budget_spent += spent
+        self.skipped[key] = skipped
+        self.round = round_index
+        self.pending_round = None
+        self.history.append(
+            {
+                "round": round_index,
+                "source": source,
+                "queried": len(queried),
+                "labels_spent": spent,
+                "labels_changed": changed,
+                "excluded": excluded,
+                "skipped": len(skipped),
+                "budget_spent": self.budget_spent,
+                "metrics": {},
+            }
+        )
+        return rows
+
+    def record_metrics(self, round_index: int, metrics: Mapping[str, Any]) -> None:
+        """Add metrics (JSON-able) to an applied round's history entry, or round 0 for the phase-1 baseline.
+
+        In memory only: call :meth:`save` afterwards.
+        """
+        if round_index == 0:
+            self.baseline_metrics.update(metrics)
+            return
+        for entry in self.history:
+            if entry["round"] == round_index:
+                entry.setdefault("metrics", {}).update(metrics)
+                return
+        raise RoundError(f"round {round_index} has not been applied, so it has no history entry for metrics")
+
+    def _label_name(self, label: int) -> str:
+        return EXCLUDED_NAME if label == EXCLUDED_LABEL else self.class_names[label]
+
+    # --------------------------------------------------------------------------------------------- outputs
+    def labels_cleaned_rows(self) -> list[dict[str, Any]]:
+        """One row per sample: id, label (class name, "" if excluded), label_index (-1 if excluded), source."""
+        return [
+            {
+                "id": sample_id,
+                "label": "" if label == EXCLUDED_LABEL else self.class_names[label],
+                "label_index": label,
+                "source": source,
+            }
+            for sample_id, label, source in zip(self.ids, self.current_labels, self.source, strict=True)
+        ]
+
+    def write_labels_cleaned(self, path: str | Path) -> Path:
+        """Write :meth:`labels_cleaned_rows` as a CSV atomically."""
+        return atomic_write_csv(path, self.labels_cleaned_rows(), LABELS_CLEANED_COLUMNS)
+
+    # ----------------------------------------------------------------------------------------- persistence
+    def save(self, path: str | Path) -> Path:
+        """Write the state as JSON atomically (with ``format_version``)."""
+        return atomic_write_json(path, {"format_version": STATE_FORMAT_VERSION, **asdict(self)})
+
+    @classmethod
+    def load(cls, path: str | Path) -> RoundState:
+        """Read a state written by :meth:`save`.
+
+        Raises:
+            FileNotFoundError: the file does not exist.
+            ValueError: the file is not valid JSON, has another format version, or is inconsistent.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"relabel state file {path} does not exist; it is created once after phase 1 by "
+                "RoundState.initial(ids, given_labels, trusted, class_names).save(path)"
+            )
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"relabel state file {path} is corrupt (not valid JSON: {error})") from error
+        if not isinstance(data, dict):
+            raise ValueError(f"relabel state file {path} is corrupt (expected a JSON object)")
+        if data.get("format_version") != STATE_FORMAT_VERSION:
+            raise ValueError(
+                f"relabel state file {path} has format_version {data.get('format_version')!r}; "
+                f"this version of alr_monai reads {STATE_FORMAT_VERSION}"
+            )
+        names = [f.name for f in fields(cls)]
+        missing = [name for name in names if name not in data]
+        if missing:
+            raise ValueError(f"relabel state file {path} is corrupt (missing {missing})")
+        state = cls(**{name: data[name] for name in names})
+        state._validate(f"relabel state file {path} is inconsistent")
+        return state
+
+
+class AuditTrail:
+    """Append-only CSV of every label change: id, old_label, new_label, round, source, time.
+
+    Labels are class names, or "excluded". Appends are idempotent per (round, id) and fsynced, and a torn last
+    line left by a crash during an append is dropped before the next append (its rows are re-derived by the
+    rerun), so the trail holds each change exactly once.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def _complete_bytes(self) -> tuple[bytes, bool]:
+        """The file's bytes up to the last complete line, and whether a torn tail was cut off."""
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            return data[: data.rfind(b"\n") + 1], True
+        return data, False
+
+    def _parse(self, data: bytes) -> list[dict[str, str]]:
+        if not data:
+            return []
+        reader = csv.DictReader(io.StringIO(data.decode("utf-8-sig"), newline=""))
+        if reader.fieldnames != AUDIT_COLUMNS:
+            raise ValueError(f"audit trail {self.path} has columns {reader.fieldnames}, expected {AUDIT_COLUMNS}")
+        return list(reader)
+
+    def rows(self) -> list[dict[str, str]]:
+        """All complete rows (string values); [] if the file does not exist yet."""
+        if not self.path.exists():
+            return []
+        return self._parse(self._complete_bytes()[0])
+
+    def append(self, rows: Iterable[Mapping[str, Any]]) -> int:
+        """Append rows whose (round, id) is not yet in the trail; returns how many were written.
+
+        Raises:
+            ValueError: a row lacks a column, or a (round, id) already recorded (or repeated in ``rows``) has a
+                different change, which means the answers changed after a partly applied round.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        created = not self.path.exists()
+        existing: dict[tuple[str, str], dict[str, str]] = {}
+        if not created:
+            data, torn = self._complete_bytes()
+            if torn:
+                os.truncate(self.path, len(data))
+            existing = {(row["round"], row["id"]): row for row in self._parse(data)}
+        new: list[dict[str, str]] = []
+        for row in rows:
+            missing = [column for column in AUDIT_COLUMNS if column not in row]
+            if missing:
+                raise ValueError(f"audit row {dict(row)} lacks {missing}")
+            cells = {column: str(row[column]) for column in AUDIT_COLUMNS}
+            key = (cells["round"], cells["id"])
+            if key in existing:
+                if _change(existing[key]) != _change(cells):
+                    raise ValueError(
+                        f"audit trail {self.path} records round {key[0]} id {key[1]!r} as {_change(existing[key])}, "
+                        f"but now {_change(cells)}: the answers changed after the round was partly applied"
+                    )
+                continue  # already recorded by an earlier, interrupted attempt
+            existing[key] = cells
+            new.append(cells)
+        if not new and not created:
+            return 0
+        with open(self.path, "a", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=AUDIT_COLUMNS, lineterminator="\n")
+            if handle.tell() == 0:
+                writer.writeheader()
+            writer.writerows(new)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if created:
+            _fsync_dir(self.path.parent)  # make the new file's directory entry durable too
+        return len(new)
+
+
+def _change(row: Mapping[str, str]) -> tuple[str, str, str]:
+    return row["old_label"], row["new_label"], row["source"]
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # not possible on every platform; the data itself is already fsynced
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def start_round(
+    state_path: str | Path,
+    query_path: str | Path,
+    round_index: int,
+    rows: Sequence[Mapping[str, object]],
+    rng_state: Any = None,
+    overwrite: bool = False,
+) -> RoundState:
+    """Record a round's query in the state and write the query CSV for the expert.
+
+    The query file is written before the state: if a crash falls between them, a rerun recomputes the same
+    query, the identical query file is accepted, and the state is written. If the round is already pending
+    with the same ids and its query file exists, nothing is touched (the expert may be filling it in).
+
+    Args:
+        state_path: the state JSON.
+        query_path: the query CSV to write.
+        round_index: must be the next round.
+        rows: query rows as for :func:`~alr_monai.relabel.expert.write_query_file`, most informative first.
+        rng_state: if not None, stored in the state with the pending round (e.g. the advanced RNG state).
+        overwrite: replace a different pending query and its file.
+
+    Returns:
+        The saved state.
+    """
+    state = RoundState.load(state_path)
+    query_path = Path(query_path)
+    ids = [str(row["id"]) for row in rows]
+    if state.pending_round == round_index and state.queried.get(str(round_index)) == ids and query_path.exists():
+        return state
+    state.begin_round(round_index, ids, replace=overwrite)
+    if rng_state is not None:
+        state.rng_state = rng_state
+    write_query_file(query_path, rows, state.class_names, overwrite=overwrite)
+    state.save(state_path)
+    return state
+
+
+def apply_round(
+    state_path: str | Path,
+    audit_path: str | Path,
+    labels_cleaned_path: str | Path,
+    round_index: int,
+    answers: Sequence[Answer],
+    source: str,
+) -> RoundState:
+    """Apply a round's answers to the saved state, crash-safely.
+
+    Order: load the state; apply the answers in memory (all validation happens here, before any write); append
+    the audit rows (idempotent per (round, id)); write labels_cleaned.csv (atomic); write the state (atomic)
+    LAST. A crash at any point before the last write leaves the state saying the round is pending, so rerunning
+    with the same answers re-derives the same rows from the same old state, the audit append skips rows it
+    already holds, labels_cleaned.csv is rewritten with the same content, and the result is identical to an
+    uninterrupted run. A crash after the last write leaves the round applied; a rerun raises instead of
+    applying it twice.
+
+    Returns:
+        The new state (already saved).
+
+    Raises:
+        RoundError: the round is not pending or was already applied, an answer is invalid, or the audit trail
+            already records a change for this round that these answers do not make.
+    """
+    state = RoundState.load(state_path)
+    rows = state.apply_answers(round_index, answers, source)
+    trail = AuditTrail(audit_path)
+    computed = {(str(row["round"]), row["id"]) for row in rows}
+    stray = [
+        row for row in trail.rows() if row["round"] == str(round_index) and (row["round"], row["id"]) not in computed
+    ]
+    if stray:
+        raise RoundError(
+            f"audit trail {trail.path} records round {round_index} changes these answers do not make "
+            f"(ids {[row['id'] for row in stray[:5]]}): the answers changed after the round was partly applied"
+        )
+    try:
+        trail.append(rows)
+    except ValueError as error:
+        raise RoundError(str(error)) from error
+    state.write_labels_cleaned(labels_cleaned_path)
+    state.save(state_path)  # last: until this lands, the round is still pending and a rerun is safe
+    return state
+
+
+def apply_answers_file(
+    state_path: str | Path,
+    audit_path: str | Path,
+    labels_cleaned_path: str | Path,
+    answers_path: str | Path,
+    round_index: int | None = None,
+    source: str = "expert",
+) -> RoundState:
+    """Read an expert's answers CSV for the pending round and apply it with :func:`apply_round`.
+
+    The file is fully validated first; on any problem an :class:`~alr_monai.relabel.expert.AnswerError` lists
+    them all and no file is touched.
+
+    Args:
+        round_index: the round answered; defaults to the pending round.
+    """
+    state = RoundState.load(state_path)
+    if round_index is None:
+        if state.pending_round is None:
+            raise RoundError(f"no query is pending in {state_path} ({state.round} rounds applied)")
+        round_index = state.pending_round
+    state._check_can_apply(round_index)
+    answers = read_answers(answers_path, state.class_names, state.queried[str(round_index)], state.ids)
+    return apply_round(state_path, audit_path, labels_cleaned_path, round_index, answers, source)
