@@ -8,6 +8,7 @@
     alr answer FILE --run_dir runs/x          validate and apply an expert's answers
     alr status --run_dir runs/x               round, labels spent, what is waiting
     alr report --run_dir runs/x               write and print report.md
+    alr benchmark --preset small              a benchmark matrix (configs/benchmarks), resumable
     alr manifest build ROOT --out m.csv       folder tree ROOT/<class>/<files> -> manifest
     alr manifest check m.csv                  validate a manifest, report every bad row
 
@@ -135,6 +136,7 @@ def relabel(run_dir: str = "runs/alr", mode: str = "simulation", **overrides):
     files, saved = _load_run_config(run_path)
     merged = {
         **saved,
+        "output_dir": str(run_path),  # the run folder given now, even if phase 1 ran under another path
         "relabel#mode": mode,
         "relabel#resume_command": f"alr query --run_dir {run_dir}",
         **overrides,
@@ -237,6 +239,28 @@ def demo(
     report(str(run_dir))
 
 
+def benchmark(
+    preset: str = "configs/benchmarks/full.json",
+    out: str = "runs/benchmark",
+    data: str | None = None,
+    imbalance_ratio: float | None = None,
+):
+    """Run or resume a benchmark matrix (finished cells are not rerun); writes results.csv, results.md, plots.
+
+    Args:
+        preset: a JSON in configs/benchmarks (full, small, phase1_noise0.6) or any path.
+        out: output folder.
+        data: any MedMNIST-layout .npz (default: the preset's, else the embedded subset).
+        imbalance_ratio: long-tail the training split of ``data`` to this ratio, e.g. 20.
+    """
+    from alr_monai.benchmark import run_benchmark
+
+    path = Path(preset)
+    if not path.is_file() and (REPO_ROOT / "configs" / "benchmarks" / f"{preset}.json").is_file():
+        path = REPO_ROOT / "configs" / "benchmarks" / f"{preset}.json"
+    run_benchmark(path, out, data, imbalance_ratio)
+
+
 class Manifest:
     """Manifest tools."""
 
@@ -269,6 +293,7 @@ COMMANDS = {
     "answer": answer,
     "status": status,
     "report": report,
+    "benchmark": benchmark,
     "manifest": Manifest,
 }
 

@@ -65,7 +65,12 @@ def build_report(run_dir: str | Path) -> str:
             f"; selection precision {_fmt(summary['selection_precision'])}, "
             f"lowest per-class clean recall {_fmt(summary['min_clean_recall'])}"
         )
-    lines += [trusted_line, "", "| class | kept fraction | clean recall (simulation) | test recall |", "|---|---|---|---|"]
+    lines += [
+        trusted_line,
+        "",
+        "| class | kept fraction | clean recall (simulation) | test recall |",
+        "|---|---|---|---|",
+    ]
     for i, name in enumerate(summary["class_names"]):
         recall = summary["test_per_class_recall"][i] if i < len(summary["test_per_class_recall"]) else None
         lines.append(

@@ -80,6 +80,11 @@ class ActiveRelabelRoundHandler:
     then the label store and sampler follow the new labels and the round's recalibration epochs train. After a
     round's last epoch the model is evaluated on the validation and test sets and the round table is written.
 
+    Checkpoint choice: after every recalibration epoch the model is scored on the validation set; at the end
+    of a round the weights with the best validation balanced accuracy seen so far (the phase-1 model counts)
+    are restored, so a round whose training did not help on validation does not make the model worse. The
+    test set is only reported.
+
     Recalibration recipes:
         "coteaching": keep co-teaching on every non-excluded sample with the current labels; expert-verified
             samples are always kept, and the forget rate shrinks as errors are fixed
@@ -185,6 +190,8 @@ class ActiveRelabelRoundHandler:
         self.writer = summary_writer
         self.device = device
         self.waiting_for: Path | None = None
+        self.best_val = float("-inf")
+        self.best_weights: dict[str, torch.Tensor] = {}
         self.logger = logging.getLogger(__name__)
 
     # ------------------------------------------------------------------------------------------ paths
@@ -218,6 +225,8 @@ class ActiveRelabelRoundHandler:
             state.record_metrics(0, self._evaluate(engine, state))
             state.save(self.state_path)
             self._write_round_table(state)
+        if not self.best_weights:
+            self._remember(engine, state.baseline_metrics["val_balanced_accuracy"])
         self._sync(engine, state)
 
     def _epoch_started(self, engine: Engine) -> None:
@@ -324,14 +333,24 @@ class ActiveRelabelRoundHandler:
         output = engine.state.output
         output["force_keep"] = self.label_store.verified[output["index"].cpu()].to(output["label"].device)
 
+    def _remember(self, engine: Engine, val_score: float) -> None:
+        self.best_val = float(val_score)
+        self.best_weights = {k: v.detach().clone() for k, v in engine.network.state_dict().items()}
+
     def _epoch_completed(self, engine: Engine) -> None:
         engine.state.metrics["relabel_forget_rate"] = float(engine.forget_rate or 0.0)
+        val_score = self._validation_score(engine)
+        engine.state.metrics["relabel_val_balanced_accuracy"] = val_score
+        if val_score > self.best_val:
+            self._remember(engine, val_score)
         if engine.state.epoch % self.recalibration_epochs:
             return
         round_index = engine.state.epoch // self.recalibration_epochs
         state = RoundState.load(self.state_path)
         if state.round < round_index:
             return  # the round's answers never arrived (interactive stop)
+        # The round ends with the best model on validation so far; the test set only reports on it.
+        engine.network.load_state_dict(self.best_weights)
         state.record_metrics(round_index, self._evaluate(engine, state))
         state.save(self.state_path)
         self._write_round_table(state)
@@ -346,6 +365,24 @@ class ActiveRelabelRoundHandler:
         print(self.round_table_markdown(state), flush=True)
 
     # ------------------------------------------------------------------------------------------ metrics
+    def _validation_score(self, engine: Engine) -> float:
+        outputs = predict(engine.network, self.val_loader, self._device(engine))
+        probs = torch.softmax(outputs["logits"], 1)
+        return float(
+            classification_metrics(outputs["labels"], probs.argmax(1), probs, len(self.class_names))[
+                "balanced_accuracy"
+            ]
+        )
+
+    def state_dict(self) -> dict:
+        """The best validation score and weights so far, so a resumed run chooses as an uninterrupted one."""
+        return {"best_val": self.best_val, **{f"best_weights.{k}": v for k, v in self.best_weights.items()}}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.best_val = float(state_dict["best_val"])
+        prefix = "best_weights."
+        self.best_weights = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+
     def _evaluate(self, engine: Engine, state: RoundState) -> dict:
         device = self._device(engine)
         metrics: dict = {}

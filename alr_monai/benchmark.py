@@ -1,0 +1,301 @@
+"""The benchmark matrix: methods x noise rates x seeds, each phase 1 followed by relabel rounds per acquisition.
+
+Every cell is an ordinary run folder written by the same bundle configs a user runs; a finished cell (or
+relabel arm) is detected from its outputs and not rerun, so an interrupted matrix resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from alr_monai.utils import atomic_write_csv, atomic_write_text
+
+METHOD_PRESETS = {"ce": ["ce"], "coteaching": ["coteaching"], "paper_recipe": ["paper_recipe"], "ours": []}
+RESULT_COLUMNS = [
+    "method",
+    "noise_kind",
+    "noise_rate",
+    "seed",
+    "acquisition",
+    "round",
+    "labels_spent",
+    "errors_found",
+    "yield",
+    "pool_noise_rate",
+    "test_balanced_accuracy",
+    "test_macro_f1",
+    "val_balanced_accuracy",
+    "phase1_test_balanced_accuracy",
+    "phase1_test_macro_f1",
+    "selection_precision",
+    "min_clean_recall",
+    "noise_rate_estimate",
+    "noise_rate_true",
+    "per_class_clean_recall",
+]
+
+
+def load_preset(path: str | Path) -> dict:
+    """Read a benchmark preset JSON (see configs/benchmarks/)."""
+    preset = json.loads(Path(path).read_text())
+    unknown = set(preset.get("methods", [])) - set(METHOD_PRESETS)
+    if unknown:
+        raise ValueError(f"{path}: unknown method(s) {sorted(unknown)}; known: {sorted(METHOD_PRESETS)}")
+    return preset
+
+
+def _cell_dir(out: Path, method: str, kind: str, rate: float, seed: int) -> Path:
+    return out / method / f"{kind}{rate:g}" / f"seed{seed}"
+
+
+def _phase1_done(run_dir: Path) -> bool:
+    path = run_dir / "metrics.json"
+    return path.is_file() and "test" in json.loads(path.read_text())
+
+
+def _relabel_done(relabel_dir: Path, rounds: int) -> bool:
+    path = relabel_dir / "rounds.csv"
+    if not path.is_file():
+        return False
+    with open(path, newline="") as handle:
+        return len(list(csv.DictReader(handle))) >= rounds + 1
+
+
+def run_benchmark(
+    preset: str | Path,
+    out: str | Path = "runs/benchmark",
+    data: str | None = None,
+    imbalance_ratio: float | None = None,
+) -> Path:
+    """Run (or resume) every cell of a preset and write results.csv, results.md and the plots into ``out``.
+
+    Args:
+        preset: benchmark preset JSON.
+        out: output folder.
+        data: a MedMNIST-layout .npz; None = the preset's ``data`` (default: the embedded subset).
+        imbalance_ratio: long-tail the training split of ``data`` to this ratio (default: the preset's).
+    """
+    from alr_monai.cli import _bundle_file, _preset_files, run_workflow
+
+    config = load_preset(preset)
+    out = Path(out)
+    data = data if data is not None else config.get("data")
+    imbalance_ratio = imbalance_ratio if imbalance_ratio is not None else config.get("imbalance_ratio")
+    kind = config.get("noise_kind", "symmetric")
+    acquisitions = config.get("acquisitions", ["entropy", "random"])
+    rounds = int(config.get("rounds", 5))
+    cells = [
+        (method, float(rate), int(seed))
+        for rate in config["noise_rates"]
+        for seed in config["seeds"]
+        for method in config["methods"]
+    ]
+    common = {
+        "max_epochs": config.get("max_epochs", 30),
+        "simulation#noise_kind": kind,
+        **config.get("overrides", {}),
+    }
+    if data is not None:
+        common["dataset_path"] = str(Path(data).resolve())
+    if imbalance_ratio is not None:
+        common["imbalance_ratio"] = imbalance_ratio
+    started = time.time()
+    for number, (method, rate, seed) in enumerate(cells, 1):
+        run_dir = _cell_dir(out, method, kind, rate, seed)
+        files = [_bundle_file("train.json"), *_preset_files(METHOD_PRESETS[method])]
+        overrides = {**common, "output_dir": str(run_dir), "seed": seed, "simulation#noise_rate": rate}
+        label = f"[{number}/{len(cells)}] {method} noise {rate:g} seed {seed}"
+        if not _phase1_done(run_dir):
+            print(f"{label}: phase 1 ({time.time() - started:.0f} s elapsed)", flush=True)
+            run_workflow(files, overrides)
+        for acquisition in acquisitions:
+            relabel_dir = run_dir / f"relabel_{acquisition}"
+            if _relabel_done(relabel_dir, rounds):
+                continue
+            print(f"{label}: {rounds} rounds of {acquisition} ({time.time() - started:.0f} s elapsed)", flush=True)
+            relabel_overrides = {
+                **overrides,
+                "relabel#dir": str(relabel_dir),
+                "relabel#acquisition": acquisition,
+                "relabel#num_rounds": rounds,
+                "relabel#round_budget": config.get("budget", 100),
+                "relabel#recalibration_epochs": config.get("recalibration_epochs", 3),
+                **config.get("relabel_overrides", {}),
+            }
+            run_workflow(files + [_bundle_file("relabel.json")], relabel_overrides)
+    rows = collect_results(out, cells, kind, acquisitions)
+    atomic_write_csv(out / "results.csv", rows, RESULT_COLUMNS)
+    atomic_write_text(out / "results.md", summary_markdown(rows, rounds, config.get("budget", 100)))
+    plot_results(rows, out)
+    print(f"benchmark finished in {time.time() - started:.0f} s: {out / 'results.md'}", flush=True)
+    return out
+
+
+def collect_results(out: Path, cells: Sequence[tuple[str, float, int]], kind: str, acquisitions: Sequence[str]) -> list:
+    """One row per cell, acquisition and round, with the phase-1 numbers repeated on each row."""
+    from alr_monai.report import phase1_summary
+
+    rows = []
+    for method, rate, seed in cells:
+        run_dir = _cell_dir(out, method, kind, rate, seed)
+        if not _phase1_done(run_dir):
+            continue
+        phase1 = phase1_summary(run_dir)
+        base = {
+            "method": method,
+            "noise_kind": kind,
+            "noise_rate": rate,
+            "seed": seed,
+            "phase1_test_balanced_accuracy": phase1["test_balanced_accuracy"],
+            "phase1_test_macro_f1": phase1["test_macro_f1"],
+            "selection_precision": phase1["selection_precision"],
+            "min_clean_recall": phase1["min_clean_recall"],
+            "noise_rate_estimate": phase1["noise_rate_estimate"],
+            "noise_rate_true": phase1["noise_rate_true"],
+            "per_class_clean_recall": json.dumps(phase1["per_class_clean_recall"]),
+        }
+        for acquisition in acquisitions:
+            path = run_dir / f"relabel_{acquisition}" / "rounds.csv"
+            if not path.is_file():
+                continue
+            with open(path, newline="") as handle:
+                for round_row in csv.DictReader(handle):
+                    rows.append(
+                        {
+                            **base,
+                            "acquisition": acquisition,
+                            **{k: round_row.get(k, "") for k in RESULT_COLUMNS if k in round_row},
+                        }
+                    )
+    return rows
+
+
+def _num(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _mean_std(values: Sequence[float]) -> str:
+    finite = [v for v in values if not math.isnan(v)]
+    if not finite:
+        return "n/a"
+    if len(finite) == 1:
+        return f"{finite[0]:.3f}"
+    return f"{np.mean(finite):.3f} ± {np.std(finite, ddof=1):.3f}"
+
+
+def summary_markdown(rows: Sequence[dict], rounds: int, budget: int) -> str:
+    """Mean ± std over seeds per method and noise rate: phase-1 numbers, then each acquisition's final numbers."""
+    acquisitions = sorted({r["acquisition"] for r in rows})
+    groups: dict[tuple[str, float], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["method"], _num(row["noise_rate"])), []).append(row)
+    header = [
+        "method",
+        "noise",
+        "seeds",
+        "phase-1 bal. acc.",
+        "phase-1 macro-F1",
+        "selection precision",
+        "min clean recall",
+        "noise estimate (truth)",
+    ]
+    for acquisition in acquisitions:
+        header += [f"{acquisition}: final bal. acc.", f"{acquisition}: gain", f"{acquisition}: yield (pool noise)"]
+    lines = [
+        f"Mean ± std over seeds. Final = after {rounds} rounds x {budget} labels; gain = final - phase 1 (test "
+        "balanced accuracy); yield = label errors found / labels spent, with the noise rate of the pool it was "
+        "drawn from after the last round.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for (method, rate), group in sorted(groups.items(), key=lambda item: (item[0][1], item[0][0])):
+        per_seed = {r["seed"]: r for r in group}
+        seeds = sorted(per_seed)
+        first = [per_seed[s] for s in seeds]
+        cells = [
+            method,
+            f"{rate:g}",
+            str(len(seeds)),
+            _mean_std([_num(r["phase1_test_balanced_accuracy"]) for r in first]),
+            _mean_std([_num(r["phase1_test_macro_f1"]) for r in first]),
+            _mean_std([_num(r["selection_precision"]) for r in first]),
+            _mean_std([_num(r["min_clean_recall"]) for r in first]),
+            f"{_mean_std([_num(r['noise_rate_estimate']) for r in first])} ({_mean_std([_num(r['noise_rate_true']) for r in first])})",
+        ]
+        for acquisition in acquisitions:
+            finals = [r for r in group if r["acquisition"] == acquisition and int(_num(r["round"])) == rounds]
+            final_acc = [_num(r["test_balanced_accuracy"]) for r in finals]
+            gains = [_num(r["test_balanced_accuracy"]) - _num(r["phase1_test_balanced_accuracy"]) for r in finals]
+            yields = _mean_std([_num(r["yield"]) for r in finals])
+            pool = _mean_std([_num(r["pool_noise_rate"]) for r in finals])
+            cells += [_mean_std(final_acc), _mean_std(gains), f"{yields} ({pool})"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_results(rows: Sequence[dict], out: Path) -> list[Path]:
+    """PNG plots: per-class clean recall per method, balanced accuracy and yield vs labels spent."""
+    from alr_monai.plots import plt
+
+    if not rows:
+        return []
+    written = []
+    methods = sorted({r["method"] for r in rows})
+    rates = sorted({_num(r["noise_rate"]) for r in rows})
+    for rate in rates:
+        figure, axis = plt.subplots(figsize=(7, 3.5), dpi=90)
+        width = 0.8 / max(len(methods), 1)
+        for m, method in enumerate(methods):
+            recalls = [
+                json.loads(r["per_class_clean_recall"])
+                for r in rows
+                if r["method"] == method and _num(r["noise_rate"]) == rate and int(_num(r["round"])) == 0
+            ]
+            recalls = [[_num(v) for v in rec] for rec in recalls if rec]
+            if not recalls:
+                continue
+            mean = np.nanmean(np.array(recalls, dtype=float), axis=0)
+            axis.bar(np.arange(len(mean)) + m * width, mean, width, label=method)
+        axis.set_ylim(0, 1)
+        axis.set_xlabel("class index")
+        axis.set_ylabel("clean recall (trusted / clean)")
+        axis.set_title(f"Phase-1 per-class clean recall, noise {rate:g}", fontsize=9)
+        axis.legend(fontsize=7)
+        figure.tight_layout()
+        path = out / f"clean_recall_noise{rate:g}.png"
+        figure.savefig(path)
+        plt.close(figure)
+        written.append(path)
+        for metric, ylabel in (("test_balanced_accuracy", "test balanced accuracy"), ("yield", "yield")):
+            figure, axis = plt.subplots(figsize=(6, 3.5), dpi=90)
+            for method in methods:
+                for acquisition in sorted({r["acquisition"] for r in rows}):
+                    series: dict[int, list[float]] = {}
+                    for r in rows:
+                        if r["method"] == method and r["acquisition"] == acquisition and _num(r["noise_rate"]) == rate:
+                            series.setdefault(int(_num(r["labels_spent"])), []).append(_num(r[metric]))
+                    if series:
+                        xs = sorted(series)
+                        axis.plot(xs, [np.nanmean(series[x]) for x in xs], marker="o", label=f"{method}/{acquisition}")
+            axis.set_xlabel("labels spent")
+            axis.set_ylabel(ylabel)
+            axis.set_title(f"{ylabel} vs labels spent, noise {rate:g}", fontsize=9)
+            axis.legend(fontsize=6)
+            figure.tight_layout()
+            path = out / f"{metric}_vs_labels_noise{rate:g}.png"
+            figure.savefig(path)
+            plt.close(figure)
+            written.append(path)
+    return written

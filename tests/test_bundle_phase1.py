@@ -1,0 +1,591 @@
+"""End-to-end runs of the phase-1 bundle through ``monai.bundle`` on tiny data.
+
+Every run uses a tiny slice of the embedded BloodMNIST set (written as ``bloodmnist.npz`` and passed as
+``dataset_dir``), batch size 32 and a ResNet with 4-8 channels, so a training epoch takes well under a second.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Engine, Events
+from ignite.metrics import Metric
+from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_net_in_out
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import alr_monai.data.medmnist
+from alr_monai.data.medmnist import BLOODMNIST_CLASSES, load_medmnist
+from alr_monai.data.noise import NoisyLabels
+from alr_monai.handlers import RunCheckpointer, SelectionMetricsHandler
+from alr_monai.handlers.outputs import SELECTION_COLUMNS
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "bundles" / "alr_bloodmnist" / "configs"
+TRAIN = CONFIGS / "train.json"
+TRAIN_MANIFEST = CONFIGS / "train_manifest.json"
+INFERENCE = CONFIGS / "inference.json"
+METADATA = CONFIGS / "metadata.json"
+PRESETS = REPO / "configs" / "presets"
+
+TINY_NET = {"network_factory#block_inplanes": [4, 8, 8, 8]}
+TINY = {"batch_size": 32, **TINY_NET}
+PER_CLASS = {"train": 20, "val": 8, "test": 8}
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A class-balanced slice of the embedded set in the official MedMNIST layout (160 / 64 / 64 images)."""
+    folder = tmp_path_factory.mktemp("tiny_bloodmnist")
+    data = load_medmnist()
+    arrays = {}
+    for split, per_class in PER_CLASS.items():
+        part = data[split]
+        keep = np.concatenate([np.flatnonzero(part.labels == c)[:per_class] for c in range(data.num_classes)])
+        arrays[f"{split}_images"] = part.images[keep]
+        arrays[f"{split}_labels"] = part.labels[keep].reshape(-1, 1)
+    np.savez(folder / "bloodmnist.npz", **arrays)
+    return folder
+
+
+def _workflow(config_files: list[Path], output_dir: Path, **overrides) -> ConfigWorkflow:
+    # logging_file=False: the bundle's logging.conf would reconfigure logging for the whole test session.
+    return ConfigWorkflow(
+        config_file=[str(f) for f in config_files],
+        workflow_type="train",
+        logging_file=False,
+        output_dir=str(output_dir),
+        **overrides,
+    )
+
+
+def _run(workflow: ConfigWorkflow, before_run: Callable[[ConfigWorkflow], None] | None = None) -> ConfigWorkflow:
+    workflow.initialize()
+    try:
+        if before_run is not None:
+            before_run(workflow)  # parsed objects are cached after initialize(), so run() uses the same ones
+        workflow.run()
+    finally:
+        workflow.finalize()
+    return workflow
+
+
+def _train(output_dir: Path, dataset_dir: Path, extra_files: tuple[Path, ...] = (), **overrides) -> ConfigWorkflow:
+    return _run(_workflow([TRAIN, *extra_files], output_dir, dataset_dir=str(dataset_dir), **{**TINY, **overrides}))
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def _error_chain(error: BaseException) -> str:
+    messages = []
+    while error is not None:
+        messages.append(str(error))
+        error = error.__cause__ or error.__context__
+    return "\n".join(messages)
+
+
+def _epoch_recorder(workflow: ConfigWorkflow) -> list[int]:
+    started: list[int] = []
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    trainer.add_event_handler(Events.EPOCH_STARTED, lambda engine: started.append(engine.state.epoch))
+    workflow.started_epochs = started  # type: ignore[attr-defined]
+    return started
+
+
+# ---------------------------------------------------------------------------------------------- a 2-epoch run
+
+
+@pytest.fixture(scope="module")
+def phase1_run(tiny_dataset_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    output_dir = tmp_path_factory.mktemp("phase1")
+    _train(output_dir, tiny_dataset_dir, max_epochs=2)
+    return output_dir
+
+
+def test_two_epoch_run_writes_selection_csv(phase1_run: Path):
+    header, rows = _read_csv(phase1_run / "selection.csv")
+    assert header == SELECTION_COLUMNS
+    assert len(rows) == PER_CLASS["train"] * 8
+    assert [int(r["index"]) for r in rows] == list(range(len(rows)))
+    # given_label is the label training saw: the injected noisy label, never the truth.
+    noise = NoisyLabels.load(phase1_run / "noise.csv")
+    assert [r["id"] for r in rows] == noise.ids
+    assert [int(r["given_label"]) for r in rows] == noise.noisy_labels.tolist()
+    assert 0.5 < noise.noise_rate < 0.7 and noise.is_noisy.any()
+    assert all(math.isfinite(float(r["loss"])) and float(r["loss"]) >= 0 for r in rows)
+    assert all(math.isfinite(float(r["vog"])) for r in rows)  # two snapshots after two epochs
+    for column in ("kept_by_net1", "kept_by_net2", "trusted"):
+        assert {r[column] for r in rows} <= {"0", "1"}
+    assert json.loads((phase1_run / "classes.json").read_text())["class_names"] == BLOODMNIST_CLASSES
+    assert (phase1_run / "checkpoints" / "checkpoint_epoch=2.pt").is_file()
+    assert (phase1_run / "models" / "model.pt").is_file()
+
+
+def test_two_epoch_run_writes_metrics_json(phase1_run: Path):
+    summary = json.loads((phase1_run / "metrics.json").read_text())
+    assert summary["epoch"] == 2
+    assert [h["epoch"] for h in summary["history"]] == [1, 2]
+    for entry in summary["history"]:
+        value = entry["val"]["val_balanced_accuracy"]
+        assert math.isfinite(value) and 0.0 <= value <= 1.0
+        assert set(entry["train"]) >= {"kept_fraction", *(f"kept_fraction/{c}" for c in BLOODMNIST_CLASSES)}
+    assert summary["best_val_epoch"] in (1, 2)
+    assert summary["best_val_metric"] == max(h["val"]["val_balanced_accuracy"] for h in summary["history"])
+    assert summary["last"]["train"]["noise_rate_true"] == pytest.approx(0.6, abs=0.01)
+    assert math.isfinite(summary["last"]["train"]["noise_rate_estimate"])  # estimated after epoch 2
+    test = summary["test"]
+    assert math.isfinite(test["balanced_accuracy"]) and 0.0 <= test["balanced_accuracy"] <= 1.0
+    assert test["class_names"] == BLOODMNIST_CLASSES
+    assert np.array(test["confusion_matrix"]).sum() == PER_CLASS["test"] * 8
+    assert Path(test["checkpoint"]) == phase1_run / "models" / "model.pt"
+
+
+def test_two_epoch_run_writes_tensorboard_scalars_and_images(phase1_run: Path):
+    events = EventAccumulator(str(phase1_run / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    tags = events.Tags()
+    scalars = set(tags["scalars"])
+    expected = {"train_loss", "val_balanced_accuracy", "val_balanced_accuracy_macro_f1", "kept_fraction"}
+    expected |= {f"kept_fraction/{c}" for c in BLOODMNIST_CLASSES}
+    expected |= {"forget_rate", "noise_rate_estimate", "selection_precision", "min_clean_recall"}
+    assert expected <= scalars, expected - scalars
+    assert [e.step for e in events.Scalars("val_balanced_accuracy")] == [1, 2]
+    assert len(events.Scalars("train_loss")) == 2 * math.ceil(PER_CLASS["train"] * 8 / 32)
+    assert {"confusion_matrix/val", "per_class/kept_fraction"} <= set(tags["images"])
+    image = events.Images("confusion_matrix/val")[-1]
+    assert image.width > 0 and image.height > 0
+
+
+def test_inference_bundle_writes_predictions_of_the_trained_model(phase1_run: Path, tiny_dataset_dir: Path):
+    workflow = ConfigWorkflow(
+        config_file=str(INFERENCE),
+        workflow_type="infer",
+        logging_file=False,
+        output_dir=str(phase1_run),
+        dataset_dir=str(tiny_dataset_dir),
+        **TINY_NET,
+    )
+    _run(workflow)
+    with open(phase1_run / "predictions.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    data = load_medmnist(tiny_dataset_dir / "bloodmnist.npz")
+    assert [r[0] for r in rows] == data["test"].ids
+    probs = torch.tensor([[float(v) for v in r[1:]] for r in rows])
+    assert probs.shape == (len(data["test"]), 8)
+    torch.testing.assert_close(probs.sum(1), torch.ones(len(rows)), atol=1e-4, rtol=0)
+
+    # The same probabilities from the checkpoint by hand: the inference bundle loaded the trained model.
+    network = workflow.parser.get_parsed_content("network_def")
+    network.load_state_dict(torch.load(phase1_run / "models" / "model.pt", weights_only=True))
+    network.eval()
+    images = torch.stack([workflow.parser.get_parsed_content("preprocessing")(i)["image"] for i in data["test"].items()])
+    with torch.no_grad():
+        expected = torch.softmax(network(images), 1)
+    torch.testing.assert_close(probs, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_verify_net_in_out_and_torchscript_export(phase1_run: Path, tiny_dataset_dir: Path):
+    overrides = {"dataset_dir": str(tiny_dataset_dir), **TINY_NET}
+    verify_net_in_out(net_id="network_def", meta_file=str(METADATA), config_file=str(TRAIN), device="cpu", **overrides)
+    exported = phase1_run / "models" / "model.ts"
+    ckpt_export(
+        net_id="network_def",
+        filepath=str(exported),
+        ckpt_file=str(phase1_run / "models" / "model.pt"),
+        meta_file=str(METADATA),
+        config_file=str(TRAIN),
+        key_in_ckpt="",
+        **overrides,
+    )
+    scripted = torch.jit.load(str(exported), map_location="cpu")
+    parser = ConfigParser()
+    parser.read_config(str(TRAIN))
+    parser.update(overrides)
+    eager = parser.get_parsed_content("network_def")
+    eager.load_state_dict(torch.load(phase1_run / "models" / "model.pt", weights_only=True))
+    eager.eval()
+    scripted.eval()
+    images = torch.rand(5, 3, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = eager(images)
+        got = scripted(images)
+    assert got.shape == (5, 8)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    # Not a trivially equal pair: the checkpoint's logits differ from a freshly initialised network's.
+    fresh = parser.get_parsed_content("network_def", lazy=False).eval()
+    with torch.no_grad():
+        assert not torch.allclose(fresh(images), expected, atol=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------- presets
+
+
+def test_all_presets_parse():
+    expected = {
+        "smoke": {"max_epochs": 3, "vog#num_snapshots": 2},
+        "coteaching": {"vog#mix_ratio": 0.0, "coteaching#forget_rate": None},
+        "paper_recipe": {"coteaching#forget_rate": 0.6, "vog#class_normalise": False, "vog#mix_ratio": 0.2},
+        "ce": {"network_def#num_peers": 1, "coteaching#forget_rate": 0.0, "vog#mix_ratio": 0.0},
+    }
+    assert {p.stem for p in PRESETS.glob("*.json")} == set(expected)
+    for name, values in expected.items():
+        parser = ConfigParser()
+        parser.read_config([str(TRAIN), str(PRESETS / f"{name}.json")])
+        parser.parse()
+        for key, value in values.items():
+            # Follows references such as "@simulation#noise_rate" without building any data.
+            got = parser.get_parsed_content(key)
+            assert got == value, (name, key, got)
+
+
+@pytest.mark.parametrize("preset", ["paper_recipe", "ce"])
+def test_presets_run_one_epoch(preset: str, tiny_dataset_dir: Path, tmp_path: Path):
+    workflow = _train(tmp_path, tiny_dataset_dir, extra_files=(PRESETS / f"{preset}.json",), max_epochs=1)
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    summary = json.loads((tmp_path / "metrics.json").read_text())
+    assert [h["epoch"] for h in summary["history"]] == [1]
+    assert math.isfinite(summary["last"]["val"]["val_balanced_accuracy"])
+    assert "test" in summary
+    _, rows = _read_csv(tmp_path / "selection.csv")
+    assert len(rows) == PER_CLASS["train"] * 8
+    if preset == "paper_recipe":
+        assert trainer.forget_rate == pytest.approx(0.6)  # the injected rate, as the reference code does
+        assert workflow.parser.get_parsed_content("vog_tracker").class_normalise is False
+        assert {r["kept_by_net2"] for r in rows} <= {"0", "1"}
+    else:
+        assert trainer.network.num_peers == 1
+        assert {r["kept_by_net2"] for r in rows} == {""}
+        assert {r["trusted"] for r in rows} == {"1"}  # plain CE: nothing is ever dropped
+
+
+# ---------------------------------------------------------------------------------------------- manifest overlay
+
+
+@pytest.fixture
+def manifest_dataset(tmp_path: Path, imagefile_dicom, imagefile_nifti, imagefile_png, manifest_write_csv) -> Path:
+    """20 images in DICOM, NIfTI (.nii / .nii.gz), gray PNG and RGB PNG: train 12 / val 4 / test 4, 2 classes."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "hospital"
+    rows = []
+    for i in range(20):
+        label = "abnormal" if i % 2 else "normal"
+        shape = (12, 10) if i % 3 else (9, 14)
+        pixels = rng.integers(0, 200, size=shape).astype(np.int16) + (40 if label == "abnormal" else 0)
+        kind = i % 4
+        if kind == 0:
+            path = imagefile_dicom(folder / "dcm" / f"case{i}.dcm", pixels, patient_id=f"P{i // 4}")
+        elif kind == 1:
+            path = imagefile_nifti(folder / "nii" / f"case{i}.nii{'.gz' if i % 8 == 1 else ''}", pixels.T.astype(np.float32))
+        elif kind == 2:
+            path = imagefile_png(folder / "png" / f"case{i}.png", pixels.clip(0, 255).astype(np.uint8))
+        else:
+            gray = pixels.clip(0, 255).astype(np.uint8)
+            path = imagefile_png(folder / "png" / f"case{i}.png", np.stack([gray, gray // 2, 255 - gray], axis=-1))
+        split = "train" if i < 12 else ("val" if i < 16 else "test")
+        rows.append({"id": f"case{i}", "image": str(path.relative_to(folder)), "label": label, "split": split})
+    return manifest_write_csv(folder / "manifest.csv", rows)
+
+
+def _manifest_workflow(manifest: Path | None, output_dir: Path, **overrides) -> ConfigWorkflow:
+    settings = {"max_epochs": 1, "batch_size": 4, "image_size": [16, 16], **TINY_NET, **overrides}
+    if manifest is not None:
+        settings["manifest_path"] = str(manifest)
+    return _workflow([TRAIN, TRAIN_MANIFEST], output_dir, **settings)
+
+
+def test_manifest_run_trains_on_dicom_nifti_png(manifest_dataset: Path, tmp_path: Path, monkeypatch):
+    def no_medmnist(*_args, **_kwargs):
+        raise AssertionError("the manifest overlay must not load MedMNIST data")
+
+    monkeypatch.setattr(alr_monai.data.medmnist, "load_medmnist", no_medmnist)
+    output_dir = tmp_path / "run"
+    workflow = _run(_manifest_workflow(manifest_dataset, output_dir))
+
+    assert json.loads((output_dir / "classes.json").read_text()) == {"class_names": ["abnormal", "normal"]}
+    assert not (output_dir / "noise.csv").exists()
+    header, rows = _read_csv(output_dir / "selection.csv")
+    assert header == SELECTION_COLUMNS
+    assert [r["id"] for r in rows] == [f"case{i}" for i in range(12)]
+    # The manifest's own labels are trained on, unchanged (abnormal = 0, normal = 1).
+    assert [int(r["given_label"]) for r in rows] == [1 - i % 2 for i in range(12)]
+    summary = json.loads((output_dir / "metrics.json").read_text())
+    assert [h["epoch"] for h in summary["history"]] == [1]
+    assert math.isfinite(summary["last"]["val"]["val_balanced_accuracy"])
+    assert "noise_rate_true" not in summary["last"]["train"] and "selection_precision" not in summary["last"]["train"]
+    assert np.array(summary["test"]["confusion_matrix"]).sum() == 4
+    assert (output_dir / "models" / "model.pt").is_file()
+
+    batch = next(iter(workflow.parser.get_parsed_content("train#dataloader")))
+    assert batch["image"].shape == (4, 1, 16, 16) and batch["image"].dtype == torch.float32
+    handlers = workflow.parser.get_parsed_content("train#handlers")
+    assert not any(isinstance(h, SelectionMetricsHandler) for h in handlers)
+    assert workflow.parser.get_parsed_content("noise_rate_estimator").true_rate is None
+
+
+def test_manifest_overlay_keeps_train_handlers_except_the_simulation_metrics():
+    train = ConfigParser.load_config_file(str(TRAIN))
+    overlay = ConfigParser.load_config_file(str(TRAIN_MANIFEST))
+    expected = [
+        h
+        for h in train["train"]["handlers"]
+        if not (isinstance(h, dict) and h.get("_target_", "").endswith("SelectionMetricsHandler"))
+    ]
+    assert len(expected) == len(train["train"]["handlers"]) - 1
+    assert overlay["train#handlers"] == expected
+    assert "_comment" in overlay
+    for key in ("manifest_path", "image_size", "in_channels", "manifest_classes", "intensity", "spatial_dims"):
+        assert key in overlay and key in " ".join(overlay["_comment"])
+    assert overlay["manifest_path"] is None and overlay["image_size"] == [64, 64] and overlay["in_channels"] == 1
+
+
+def test_manifest_overlay_errors_are_clear(manifest_dataset: Path, tmp_path: Path, manifest_write_csv):
+    workflow = _manifest_workflow(None, tmp_path / "a")
+    workflow.parser.parse()
+    with pytest.raises(RuntimeError) as missing:
+        workflow.parser.get_parsed_content("train#items")
+    assert "manifest_path is not set" in _error_chain(missing.value)
+
+    header, rows = _read_csv(manifest_dataset)
+    no_val = manifest_write_csv(
+        manifest_dataset.parent / "no_val.csv", [{**r, "split": "train" if r["split"] == "val" else r["split"]} for r in rows]
+    )
+    workflow = _manifest_workflow(no_val, tmp_path / "b")
+    workflow.parser.parse()
+    assert len(workflow.parser.get_parsed_content("train#items")) == 16
+    with pytest.raises(RuntimeError) as empty:
+        workflow.parser.get_parsed_content("validate#items")
+    message = _error_chain(empty.value)
+    assert "no rows with split 'val'" in message and "no_val.csv" in message
+
+
+def test_manifest_without_test_rows_skips_the_test_evaluation(manifest_dataset: Path, tmp_path: Path, caplog):
+    header, rows = _read_csv(manifest_dataset)
+    from_rows = [{**r, "split": "val" if r["split"] == "test" else r["split"]} for r in rows]
+    no_test = manifest_dataset.parent / "no_test.csv"
+    with open(no_test, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(from_rows)
+    workflow = _manifest_workflow(no_test, tmp_path / "c")
+    workflow.parser.parse()
+    assert workflow.parser.get_parsed_content("test#items") == []
+    with caplog.at_level(logging.WARNING, logger="alr_monai"):
+        workflow.parser.get_parsed_content("test#evaluate")
+    assert "no 'test' rows" in caplog.text
+    assert not (tmp_path / "c" / "metrics.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------- resume
+
+
+class DecreasingMetric(Metric):
+    """A validation 'metric' of 1 - 0.1 * epoch: the best model is always epoch 1's, whatever training does."""
+
+    def reset(self) -> None:
+        pass
+
+    def update(self, output) -> None:
+        pass
+
+    def compute(self) -> float:
+        return 0.0
+
+    def completed(self, engine: Engine, name: str) -> None:
+        engine.state.metrics[name] = 1.0 - 0.1 * engine.state.epoch
+
+
+class SimulatedKill(RuntimeError):
+    pass
+
+
+def _resume_overrides(dataset_dir: Path) -> dict:
+    return {
+        "dataset_dir": str(dataset_dir),
+        **TINY,
+        # An epoch-seeded sampler makes the shuffle order a function of (seed, epoch) instead of the global RNG
+        # history, which a restarted process cannot reproduce.
+        "train#dataloader#shuffle": False,
+        "train#dataloader#sampler": {
+            "_target_": "DistributedSampler",
+            "dataset": "@train#dataset",
+            "shuffle": True,
+            "even_divisible": False,
+            "num_replicas": 1,
+            "rank": 0,
+            "seed": "@seed",
+        },
+        # A fixed forget rate (see test_resume_keeps_the_estimated_forget_rate for the estimated one).
+        "coteaching#forget_rate": 0.5,
+        "coteaching#num_gradual": 1,
+        "vog#num_snapshots": 2,  # VoG takes part in the selection of epoch 3
+        "validate#evaluator#key_val_metric": {"val_balanced_accuracy": DecreasingMetric()},
+    }
+
+
+@pytest.fixture(scope="module")
+def resume_runs(tiny_dataset_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A: 3 epochs in one go. B: 2 epochs, then a new process-like run to 3. C: killed in epoch 3, then rerun."""
+    root = tmp_path_factory.mktemp("resume")
+    overrides = _resume_overrides(tiny_dataset_dir)
+    runs: dict = {"dirs": {name: root / name for name in "ABC"}}
+
+    runs["A"] = _run(_workflow([TRAIN], root / "A", max_epochs=3, **overrides))
+    _run(_workflow([TRAIN], root / "B", max_epochs=2, **overrides))
+    runs["B"] = _run(_workflow([TRAIN], root / "B", max_epochs=3, **overrides), before_run=_epoch_recorder)
+
+    def kill_in_epoch_3(workflow: ConfigWorkflow) -> None:
+        def kill(engine: Engine) -> None:
+            if engine.state.epoch == 3 and engine.state.iteration == 2 * engine.state.epoch_length + 2:
+                raise SimulatedKill("simulated kill in epoch 3")
+
+        workflow.parser.get_parsed_content("train#trainer").add_event_handler(Events.ITERATION_COMPLETED, kill)
+
+    with pytest.raises(RuntimeError) as killed:
+        _run(_workflow([TRAIN], root / "C", max_epochs=3, **overrides), before_run=kill_in_epoch_3)
+    runs["kill_message"] = _error_chain(killed.value)
+    runs["C_checkpoints_after_kill"] = sorted(p.name for p in (root / "C" / "checkpoints").iterdir())
+    runs["C_history_after_kill"] = [h["epoch"] for h in json.loads((root / "C" / "metrics.json").read_text())["history"]]
+    runs["C"] = _run(_workflow([TRAIN], root / "C", max_epochs=3, **overrides), before_run=_epoch_recorder)
+    return runs
+
+
+def _checkpoint(run_dir: Path, epoch: int = 3) -> dict:
+    return torch.load(run_dir / "checkpoints" / f"checkpoint_epoch={epoch}.pt", weights_only=True)
+
+
+def _assert_same_state(left, right, path: str = "") -> None:
+    if isinstance(left, torch.Tensor):
+        assert isinstance(right, torch.Tensor), path
+        assert torch.equal(left.nan_to_num(-7.0), right.nan_to_num(-7.0)), path
+    elif isinstance(left, dict):
+        assert set(left) == set(right), path
+        for key in left:
+            _assert_same_state(left[key], right[key], f"{path}/{key}")
+    elif isinstance(left, (list, tuple)):
+        assert len(left) == len(right), path
+        for i, (a, b) in enumerate(zip(left, right, strict=True)):
+            _assert_same_state(a, b, f"{path}[{i}]")
+    else:
+        assert left == right, path
+
+
+def _assert_resumed_equals_uninterrupted(runs: dict, name: str) -> None:
+    a_dir, x_dir = runs["dirs"]["A"], runs["dirs"][name]
+    workflow = runs[name]
+    checkpointer = next(
+        h for h in workflow.parser.get_parsed_content("train#handlers") if isinstance(h, RunCheckpointer)
+    )
+    assert checkpointer.resumed_from is not None and checkpointer.resumed_from.name == "checkpoint_epoch=2.pt"
+    assert workflow.started_epochs == [3]  # continued at epoch 3, did not start over
+
+    expected, got = _checkpoint(a_dir), _checkpoint(x_dir)
+    for key in ("network", "optimizer", "selection", "vog", "noise_rate", "trainer"):
+        _assert_same_state(expected[key], got[key], key)
+    vog = workflow.parser.get_parsed_content("vog_tracker")
+    assert [b.num_committed for b in vog.buffers] == [3, 3]
+    _assert_same_state(vog.state_dict(), runs["A"].parser.get_parsed_content("vog_tracker").state_dict(), "vog")
+
+    _, a_rows = _read_csv(a_dir / "selection.csv")
+    _, x_rows = _read_csv(x_dir / "selection.csv")
+    assert x_rows == a_rows
+    a_summary = json.loads((a_dir / "metrics.json").read_text())
+    x_summary = json.loads((x_dir / "metrics.json").read_text())
+    assert [h["epoch"] for h in x_summary["history"]] == [1, 2, 3]
+    assert x_summary["history"] == a_summary["history"]
+    assert (x_summary["best_val_metric"], x_summary["best_val_epoch"]) == (0.9, 1)
+
+
+def test_resume_reproduces_the_uninterrupted_run(resume_runs: dict):
+    a_summary = json.loads((resume_runs["dirs"]["A"] / "metrics.json").read_text())
+    assert a_summary["best_val_epoch"] == 1
+    # VoG was part of epoch 3's selection, so its resumed buffers mattered.
+    assert a_summary["history"][-1]["train"]["forget_rate"] == pytest.approx(0.5)
+    _assert_resumed_equals_uninterrupted(resume_runs, "B")
+
+
+def test_killed_run_resumes_from_the_last_checkpoint_and_finishes(resume_runs: dict):
+    assert "simulated kill in epoch 3" in resume_runs["kill_message"]
+    assert resume_runs["C_checkpoints_after_kill"] == ["checkpoint_epoch=2.pt"]
+    assert resume_runs["C_history_after_kill"] == [1, 2]
+    assert resume_runs["C"].parser.get_parsed_content("train#trainer").state.epoch == 3
+    # The half-done epoch 3 left nothing behind: the rerun equals the run that was never killed.
+    _assert_resumed_equals_uninterrupted(resume_runs, "C")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: the validation CheckpointSaver (validate#handlers, key_metric_filename model.pt) does not restore "
+    "its ranking on resume, so the first validation after a resume overwrites models/model.pt even when worse",
+)
+def test_resume_keeps_the_best_model(resume_runs: dict):
+    best = torch.load(resume_runs["dirs"]["A"] / "models" / "model.pt", weights_only=True)  # epoch 1 (A never resumed)
+    for name in ("B", "C"):
+        resumed = torch.load(resume_runs["dirs"][name] / "models" / "model.pt", weights_only=True)
+        _assert_same_state(best, resumed, name)
+
+
+@pytest.fixture(scope="module")
+def default_resume_run(tiny_dataset_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ConfigWorkflow]:
+    """train.json as shipped (shuffled loader, forget rate estimated from the data): 2 epochs, then resumed to 3."""
+    output_dir = tmp_path_factory.mktemp("default_resume")
+    overrides = {"coteaching#num_gradual": 1, "noise_estimate#estimate_epoch": 1, "vog#num_snapshots": 2}
+    _train(output_dir, tiny_dataset_dir, max_epochs=2, **overrides)
+    workflow = _run(
+        _workflow([TRAIN], output_dir, dataset_dir=str(tiny_dataset_dir), max_epochs=3, **TINY, **overrides),
+        before_run=_epoch_recorder,
+    )
+    return output_dir, workflow
+
+
+def test_default_config_resume_continues_from_epoch_3(default_resume_run):
+    # With the shipped shuffled DataLoader the order after a restart is not the uninterrupted run's, so only the
+    # continuation itself is checked here (exact equality: test_resume_reproduces_the_uninterrupted_run).
+    output_dir, workflow = default_resume_run
+    assert workflow.started_epochs == [3]
+    vog = workflow.parser.get_parsed_content("vog_tracker")
+    assert [b.num_committed for b in vog.buffers] == [3, 3]
+    # The snapshots from before the interruption are still there: both ring slots were written (epochs 3 and 2).
+    assert all(bool(b._seen.all()) for b in vog.buffers)
+    assert workflow.parser.get_parsed_content("selection_tracker").completed_epoch == 3
+    summary = json.loads((output_dir / "metrics.json").read_text())
+    assert [h["epoch"] for h in summary["history"]] == [1, 2, 3]
+    assert summary["last"]["train"]["noise_rate_estimate"] == summary["history"][0]["train"]["noise_rate_estimate"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: NoiseRateEstimateHandler.load_state_dict restores the estimate but not trainer.forget_rate, so a "
+    "resumed run with forget_rate null trains with forget rate 0 (keeps every sample) for the rest of the run",
+)
+def test_resume_keeps_the_estimated_forget_rate(default_resume_run):
+    output_dir, _ = default_resume_run
+    history = json.loads((output_dir / "metrics.json").read_text())["history"]
+    estimate = history[0]["train"]["noise_rate_estimate"]
+    assert 0.0 < estimate < 0.9
+    assert history[1]["train"]["forget_rate"] == pytest.approx(estimate)  # before the interruption
+    assert history[2]["train"]["forget_rate"] == pytest.approx(estimate)  # after it
+    assert history[2]["train"]["kept_fraction"] < 1.0
+
+
+def test_resume_can_be_switched_off(tiny_dataset_dir: Path, tmp_path: Path):
+    _train(tmp_path, tiny_dataset_dir, max_epochs=1)
+    assert (tmp_path / "checkpoints" / "checkpoint_epoch=1.pt").is_file()
+    workflow = _run(
+        _workflow([TRAIN], tmp_path, dataset_dir=str(tiny_dataset_dir), max_epochs=1, resume=False, **TINY),
+        before_run=_epoch_recorder,
+    )
+    assert workflow.started_epochs == [1]  # started over although checkpoint_epoch=1.pt exists
