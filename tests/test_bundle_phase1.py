@@ -37,7 +37,7 @@ PRESETS = REPO / "configs" / "presets"
 
 TINY_NET = {"network_factory#block_inplanes": [4, 8, 8, 8]}
 TINY = {"batch_size": 32, **TINY_NET}
-PER_CLASS = {"train": 20, "val": 8, "test": 8}
+PER_CLASS = {"train": 12, "val": 4, "test": 4}
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -45,7 +45,7 @@ PER_CLASS = {"train": 20, "val": 8, "test": 8}
 
 @pytest.fixture(scope="module")
 def tiny_dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A class-balanced slice of the embedded set in the official MedMNIST layout (160 / 64 / 64 images)."""
+    """A class-balanced slice of the embedded set in the official MedMNIST layout (96 / 32 / 32 images)."""
     folder = tmp_path_factory.mktemp("tiny_bloodmnist")
     data = load_medmnist()
     arrays = {}
@@ -395,6 +395,9 @@ def test_manifest_without_test_rows_skips_the_test_evaluation(manifest_dataset: 
 class DecreasingMetric(Metric):
     """A validation 'metric' of 1 - 0.1 * epoch: the best model is always epoch 1's, whatever training does."""
 
+    def __init__(self) -> None:
+        super().__init__(output_transform=lambda _output: (None, None))
+
     def reset(self) -> None:
         pass
 
@@ -558,8 +561,9 @@ def test_default_config_resume_continues_from_epoch_3(default_resume_run):
     assert workflow.started_epochs == [3]
     vog = workflow.parser.get_parsed_content("vog_tracker")
     assert [b.num_committed for b in vog.buffers] == [3, 3]
-    # The snapshots from before the interruption are still there: both ring slots were written (epochs 3 and 2).
-    assert all(bool(b._seen.all()) for b in vog.buffers)
+    # VoG needs two snapshots; after one epoch in this process it is finite only because epoch 2's snapshot,
+    # taken before the interruption, came back from the checkpoint.
+    assert all(bool(torch.isfinite(b.scores()).all()) for b in vog.buffers)
     assert workflow.parser.get_parsed_content("selection_tracker").completed_epoch == 3
     summary = json.loads((output_dir / "metrics.json").read_text())
     assert [h["epoch"] for h in summary["history"]] == [1, 2, 3]
@@ -579,13 +583,3 @@ def test_resume_keeps_the_estimated_forget_rate(default_resume_run):
     assert history[1]["train"]["forget_rate"] == pytest.approx(estimate)  # before the interruption
     assert history[2]["train"]["forget_rate"] == pytest.approx(estimate)  # after it
     assert history[2]["train"]["kept_fraction"] < 1.0
-
-
-def test_resume_can_be_switched_off(tiny_dataset_dir: Path, tmp_path: Path):
-    _train(tmp_path, tiny_dataset_dir, max_epochs=1)
-    assert (tmp_path / "checkpoints" / "checkpoint_epoch=1.pt").is_file()
-    workflow = _run(
-        _workflow([TRAIN], tmp_path, dataset_dir=str(tiny_dataset_dir), max_epochs=1, resume=False, **TINY),
-        before_run=_epoch_recorder,
-    )
-    assert workflow.started_epochs == [1]  # started over although checkpoint_epoch=1.pt exists
