@@ -303,11 +303,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     from alr_monai.data.manifest import ManifestError
     from alr_monai.relabel import AnswerError, RoundError
 
+    user_errors = (ManifestError, AnswerError, RoundError, FileNotFoundError, FileExistsError, ValueError)
     try:
         fire.Fire(COMMANDS, command=None if argv is None else list(argv), name="alr")
-    except (ManifestError, AnswerError, RoundError, FileNotFoundError, FileExistsError) as error:
+    except user_errors as error:
         print(f"alr: error: {error}", file=sys.stderr)
         sys.exit(2)
+    except RuntimeError as error:
+        # MONAI wraps an error raised while evaluating a config expression; show the user the cause.
+        cause = error.__cause__
+        if isinstance(cause, user_errors):
+            print(f"alr: error: {cause}", file=sys.stderr)
+            sys.exit(2)
+        raise
 
 
 if __name__ == "__main__":

@@ -192,7 +192,9 @@ def test_inference_bundle_writes_predictions_of_the_trained_model(phase1_run: Pa
     network = workflow.parser.get_parsed_content("network_def")
     network.load_state_dict(torch.load(phase1_run / "models" / "model.pt", weights_only=True))
     network.eval()
-    images = torch.stack([workflow.parser.get_parsed_content("preprocessing")(i)["image"] for i in data["test"].items()])
+    images = torch.stack(
+        [workflow.parser.get_parsed_content("preprocessing")(i)["image"] for i in data["test"].items()]
+    )
     with torch.no_grad():
         expected = torch.softmax(network(images), 1)
     torch.testing.assert_close(probs, expected, atol=1e-5, rtol=1e-4)
@@ -289,7 +291,9 @@ def manifest_dataset(tmp_path: Path, imagefile_dicom, imagefile_nifti, imagefile
         if kind == 0:
             path = imagefile_dicom(folder / "dcm" / f"case{i}.dcm", pixels, patient_id=f"P{i // 4}")
         elif kind == 1:
-            path = imagefile_nifti(folder / "nii" / f"case{i}.nii{'.gz' if i % 8 == 1 else ''}", pixels.T.astype(np.float32))
+            path = imagefile_nifti(
+                folder / "nii" / f"case{i}.nii{'.gz' if i % 8 == 1 else ''}", pixels.T.astype(np.float32)
+            )
         elif kind == 2:
             path = imagefile_png(folder / "png" / f"case{i}.png", pixels.clip(0, 255).astype(np.uint8))
         else:
@@ -361,7 +365,8 @@ def test_manifest_overlay_errors_are_clear(manifest_dataset: Path, tmp_path: Pat
 
     header, rows = _read_csv(manifest_dataset)
     no_val = manifest_write_csv(
-        manifest_dataset.parent / "no_val.csv", [{**r, "split": "train" if r["split"] == "val" else r["split"]} for r in rows]
+        manifest_dataset.parent / "no_val.csv",
+        [{**r, "split": "train" if r["split"] == "val" else r["split"]} for r in rows],
     )
     workflow = _manifest_workflow(no_val, tmp_path / "b")
     workflow.parser.parse()
@@ -461,7 +466,9 @@ def resume_runs(tiny_dataset_dir: Path, tmp_path_factory: pytest.TempPathFactory
         _run(_workflow([TRAIN], root / "C", max_epochs=3, **overrides), before_run=kill_in_epoch_3)
     runs["kill_message"] = _error_chain(killed.value)
     runs["C_checkpoints_after_kill"] = sorted(p.name for p in (root / "C" / "checkpoints").iterdir())
-    runs["C_history_after_kill"] = [h["epoch"] for h in json.loads((root / "C" / "metrics.json").read_text())["history"]]
+    runs["C_history_after_kill"] = [
+        h["epoch"] for h in json.loads((root / "C" / "metrics.json").read_text())["history"]
+    ]
     runs["C"] = _run(_workflow([TRAIN], root / "C", max_epochs=3, **overrides), before_run=_epoch_recorder)
     return runs
 
@@ -529,11 +536,6 @@ def test_killed_run_resumes_from_the_last_checkpoint_and_finishes(resume_runs: d
     _assert_resumed_equals_uninterrupted(resume_runs, "C")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the validation CheckpointSaver (validate#handlers, key_metric_filename model.pt) does not restore "
-    "its ranking on resume, so the first validation after a resume overwrites models/model.pt even when worse",
-)
 def test_resume_keeps_the_best_model(resume_runs: dict):
     best = torch.load(resume_runs["dirs"]["A"] / "models" / "model.pt", weights_only=True)  # epoch 1 (A never resumed)
     for name in ("B", "C"):
@@ -555,8 +557,8 @@ def default_resume_run(tiny_dataset_dir: Path, tmp_path_factory: pytest.TempPath
 
 
 def test_default_config_resume_continues_from_epoch_3(default_resume_run):
-    # With the shipped shuffled DataLoader the order after a restart is not the uninterrupted run's, so only the
-    # continuation itself is checked here (exact equality: test_resume_reproduces_the_uninterrupted_run).
+    # The shipped config is reproducible too (epoch-seeded sampler); this checks the continuation itself (exact
+    # equality with the uninterrupted run: test_resume_reproduces_the_uninterrupted_run).
     output_dir, workflow = default_resume_run
     assert workflow.started_epochs == [3]
     vog = workflow.parser.get_parsed_content("vog_tracker")
@@ -570,11 +572,6 @@ def test_default_config_resume_continues_from_epoch_3(default_resume_run):
     assert summary["last"]["train"]["noise_rate_estimate"] == summary["history"][0]["train"]["noise_rate_estimate"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: NoiseRateEstimateHandler.load_state_dict restores the estimate but not trainer.forget_rate, so a "
-    "resumed run with forget_rate null trains with forget rate 0 (keeps every sample) for the rest of the run",
-)
 def test_resume_keeps_the_estimated_forget_rate(default_resume_run):
     output_dir, _ = default_resume_run
     history = json.loads((output_dir / "metrics.json").read_text())["history"]

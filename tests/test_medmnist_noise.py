@@ -53,13 +53,17 @@ def test_long_tail_indices_are_seeded_and_match_counts():
     assert np.array_equal(first, long_tail_indices(labels, 10.0, seed=3))
     assert not np.array_equal(first, long_tail_indices(labels, 10.0, seed=4))
     assert np.all(np.diff(first) > 0)
-    assert np.bincount(labels[first], minlength=4).tolist() == long_tail_counts(np.array([100, 80, 60, 40]), 10).tolist()
+    assert (
+        np.bincount(labels[first], minlength=4).tolist() == long_tail_counts(np.array([100, 80, 60, 40]), 10).tolist()
+    )
 
 
 # ---------------------------------------------------------------------------------------------- load_medmnist
 
 
-def _write_npz(path: Path, rgb: bool, flat_labels: bool, sizes=(60, 12, 9), num_classes: int = 4, seed: int = 0) -> dict:
+def _write_npz(
+    path: Path, rgb: bool, flat_labels: bool, sizes=(60, 12, 9), num_classes: int = 4, seed: int = 0
+) -> dict:
     rng = np.random.default_rng(seed)
     arrays = {}
     for split, n in zip(("train", "val", "test"), sizes, strict=True):

@@ -180,7 +180,7 @@ def test_simulated_rounds_end_to_end(phase1_run, simulated_run, tmp_path):
     for row in rounds:
         accuracy = float(row["test_balanced_accuracy"])
         assert math.isfinite(accuracy) and 0.0 <= accuracy <= 1.0
-    saved = torch.load(relabel_dir / "models" / "model.pt", weights_only=True)["model"]
+    saved = torch.load(relabel_dir / "models" / "model.pt", weights_only=True)
     phase1_model = torch.load(phase1_run / "models" / "model.pt", weights_only=True)
     phase1_model = phase1_model.get("model", phase1_model)  # ignite saves a lone object's bare state dict
     assert set(saved) == set(phase1_model)

@@ -60,12 +60,18 @@ def phase1_forget_rate(output_dir: str | Path) -> float:
 
 
 def load_phase1_model(network: torch.nn.Module, path: str | Path, device=None) -> torch.nn.Module:
-    """Load phase 1's best-validation model (``{"model": state_dict}``) into ``network``."""
+    """Load phase 1's best-validation model (a state dict, or ``{"model": state_dict}``) into ``network``."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run phase 1 (train.json) into the same output_dir first")
     state = torch.load(path, map_location=device, weights_only=True)
-    network.load_state_dict(state["model"] if "model" in state else state)
+    try:
+        network.load_state_dict(state["model"] if "model" in state else state)
+    except RuntimeError as error:
+        raise ValueError(
+            f"{path} does not fit this network ({error}); phase 2 must use the same network settings as "
+            "phase 1 (network_factory, network_def#num_peers and network_def#dropout)"
+        ) from error
     return network
 
 
@@ -179,6 +185,8 @@ class ActiveRelabelRoundHandler:
         self.mode = mode
         self.oracle = oracle
         self.true_labels = None if true_labels is None else [int(t) for t in true_labels]
+        if self.true_labels is not None and len(self.true_labels) != len(self.ids):
+            raise ValueError(f"{len(self.true_labels)} true labels for {len(self.ids)} training samples")
         self.recipe = recipe
         self.base_forget_rate = float(base_forget_rate)
         self.image_paths = None if image_paths is None else [str(p) for p in image_paths]
@@ -260,7 +268,7 @@ class ActiveRelabelRoundHandler:
                 f"\nRound {round_index} is waiting for the expert.\n"
                 f"  1. Open {query_path} and fill the expert_label column (a class name or index; leave blank to "
                 f"skip; 'exclude' to drop the image).\n"
-                f"  2. Save it as {answers_path} (or run: alr answer <your file> --run_dir <run dir>).\n"
+                f"  2. Save it as {answers_path} (or run: alr answer <your file> --run_dir {self.dir.parent}).\n"
                 f"  3. Resume with: {self.resume_command}\n"
             )
             print(message, flush=True)
@@ -360,7 +368,7 @@ class ActiveRelabelRoundHandler:
             return
         state = RoundState.load(self.state_path)
         state.write_labels_cleaned(self.labels_path)
-        atomic_torch_save(self.dir / "models" / "model.pt", {"model": engine.network.state_dict()})
+        atomic_torch_save(self.dir / "models" / "model.pt", engine.network.state_dict())
         self._write_round_table(state)
         print(self.round_table_markdown(state), flush=True)
 

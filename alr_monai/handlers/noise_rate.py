@@ -49,7 +49,13 @@ class NoiseRateEstimateHandler:
         self.logger = logging.getLogger(__name__)
 
     def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._apply_estimate)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def _apply_estimate(self, engine: Engine) -> None:
+        # A resumed run restores the estimate from the checkpoint, but not the trainer's forget rate.
+        if self.estimate is not None and getattr(engine, "forget_rate", 0.0) is None:
+            engine.forget_rate = min(self.estimate, self.max_rate)
 
     def __call__(self, engine: Engine) -> None:
         if self.estimate is None and engine.state.epoch >= self.estimate_epoch:

@@ -6,8 +6,12 @@ import logging
 import re
 from pathlib import Path
 
+import ignite.distributed as idist
+import torch
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader, CheckpointSaver
+
+from alr_monai.utils import atomic_torch_save
 
 CHECKPOINT_PATTERN = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
 
@@ -34,6 +38,26 @@ class EngineBestMetric:
     def load_state_dict(self, state_dict: dict) -> None:
         self.engine.state.best_metric = float(state_dict["best_metric"])
         self.engine.state.best_metric_epoch = int(state_dict["best_metric_epoch"])
+
+
+class BestModelSaver:
+    """Writes the network's state dict (bare, as MONAI bundles keep ``models/model.pt``) to ``path`` whenever an evaluator's key metric reaches a new best.
+
+    It reads the evaluator's ``best_metric_epoch`` (MONAI updates it before handlers run), which a run
+    checkpoint restores through :class:`EngineBestMetric`; so after a resume a worse validation never
+    replaces the best model. Written atomically.
+    """
+
+    def __init__(self, network: torch.nn.Module, path: str | Path) -> None:
+        self.network = network
+        self.path = Path(path)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if idist.get_rank() == 0 and engine.state.best_metric_epoch == engine.state.epoch:
+            atomic_torch_save(self.path, self.network.state_dict())
 
 
 class RunCheckpointer:

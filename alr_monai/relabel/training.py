@@ -81,6 +81,8 @@ class SubsetShuffleSampler(Sampler[int]):
             self._weights = 1.0 / counts[subset_labels].double()
 
     def __iter__(self) -> Iterator[int]:
+        if self.class_balanced and self._weights is None:
+            raise RuntimeError("class-balanced sampling: call set_indices(indices, labels) before iterating")
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         if self._weights is not None:
             picks = torch.multinomial(self._weights, self.num_samples, replacement=True, generator=generator)
