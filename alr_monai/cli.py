@@ -56,6 +56,14 @@ def _preset_files(presets: str | Sequence[str] | None) -> list[str]:
     return files
 
 
+_LITERALS = {"true": True, "false": False, "null": None, "none": None}
+
+
+def _coerce(value: Any) -> Any:
+    """Fire passes ``--flag false`` as the string "false"; bundle configs mean the JSON literal."""
+    return _LITERALS.get(value.strip().lower(), value) if isinstance(value, str) else value
+
+
 def run_workflow(config_files: Sequence[str], overrides: dict[str, Any]) -> Any:
     """Initialise, run and finalise a MONAI bundle workflow built from ``config_files`` plus ``overrides``."""
     from monai.bundle import ConfigWorkflow
@@ -68,7 +76,7 @@ def run_workflow(config_files: Sequence[str], overrides: dict[str, Any]) -> Any:
             meta_file=_bundle_file("metadata.json"),
             logging_file=_bundle_file("logging.conf"),
             workflow_type="train",
-            **overrides,
+            **{key: _coerce(value) for key, value in overrides.items()},
         )
         workflow.initialize()
         workflow.run()

@@ -33,6 +33,8 @@ from monai.transforms import (
     LoadImaged,
     MapTransform,
     RandFlipd,
+    RandomizableTransform,
+    RandRotate90d,
     Resized,
     ScaleIntensityd,
     ScaleIntensityRanged,
@@ -321,6 +323,34 @@ def build_image_transforms(
     return Compose(transforms)
 
 
+class RandShiftd(MapTransform, RandomizableTransform):
+    """Shift the image by up to ``max_shift`` pixels on each spatial axis, filling with edge values.
+
+    The same as padding by ``max_shift`` and cropping the original size at a random place: a cheap guard
+    against memorising noisy labels.
+    """
+
+    def __init__(self, keys: KeysCollection, max_shift: int, prob: float = 1.0) -> None:
+        MapTransform.__init__(self, keys)
+        RandomizableTransform.__init__(self, prob)
+        self.max_shift = int(max_shift)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        self.randomize(None)
+        if not self._do_transform or self.max_shift <= 0:
+            return d
+        for key in self.key_iterator(d):
+            image = torch.as_tensor(d[key])
+            spatial = image.shape[1:]
+            shifts = [int(self.R.randint(0, 2 * self.max_shift + 1)) for _ in spatial]
+            pad = [self.max_shift] * (2 * len(spatial))
+            padded = torch.nn.functional.pad(image.unsqueeze(0).float(), pad, mode="replicate").squeeze(0)
+            window = tuple(slice(start, start + size) for start, size in zip(shifts, spatial, strict=True))
+            d[key] = padded[(slice(None), *window)].to(image.dtype)
+        return d
+
+
 def build_array_transforms(
     in_channels: int,
     spatial_size: Sequence[int] | None = None,
@@ -328,6 +358,8 @@ def build_array_transforms(
     spatial_dims: int = 2,
     keys: KeysCollection = ("image",),
     resize_mode: str | None = None,
+    rotate90: bool = False,
+    crop_padding: int = 0,
 ) -> Compose:
     """Builds the chain for in-memory ``uint8`` images such as MedMNIST.
 
@@ -342,6 +374,9 @@ def build_array_transforms(
         keys: image keys.
         resize_mode: interpolation for ``Resized``; defaults to bilinear (trilinear in 3D) because MedMNIST images
             are usually enlarged, where ``"area"`` would give blocky nearest-neighbour images.
+        rotate90: with ``augment``, also flip the other axis and rotate by a random multiple of 90 degrees
+            (for orientation-free images such as microscopy; not for images with a laterality).
+        crop_padding: with ``augment``, pad by this many pixels (edge values) and crop back at a random place.
 
     Returns:
         The ``Compose`` to give to ``monai.data.Dataset`` or ``CacheDataset``.
@@ -357,6 +392,11 @@ def build_array_transforms(
         transforms.append(Resized(keys=keys, spatial_size=size, mode=mode))
     if augment:
         transforms.append(RandFlipd(keys=keys, prob=0.5, spatial_axis=spatial_dims - 1))
+        if rotate90 and spatial_dims == 2:
+            transforms.append(RandFlipd(keys=keys, prob=0.5, spatial_axis=0))
+            transforms.append(RandRotate90d(keys=keys, prob=0.75, max_k=3, spatial_axes=(0, 1)))
+        if crop_padding > 0:
+            transforms.append(RandShiftd(keys=keys, max_shift=crop_padding))
     transforms.append(EnsureTyped(keys=keys, data_type="tensor", dtype=torch.float32, track_meta=False))
     transforms.append(EnsureIntd())
     return Compose(transforms)

@@ -5,7 +5,13 @@ from __future__ import annotations
 from alr_monai.handlers.metrics import ClassificationReport
 from alr_monai.handlers.noise_rate import NoiseRateEstimateHandler
 from alr_monai.handlers.outputs import MetricsJSONWriter, SelectionCSVWriter, TensorBoardImageHandler
-from alr_monai.handlers.resume import BestModelSaver, EngineBestMetric, RunCheckpointer, latest_checkpoint
+from alr_monai.handlers.resume import (
+    BestModelSaver,
+    EngineBestMetric,
+    ReseedTransformsHandler,
+    RunCheckpointer,
+    latest_checkpoint,
+)
 from alr_monai.handlers.selection import SmallLossSelectionHandler
 from alr_monai.handlers.selection_metrics import SelectionMetricsHandler
 from alr_monai.handlers.vog import VoGHandler
@@ -16,6 +22,7 @@ __all__ = [
     "EngineBestMetric",
     "MetricsJSONWriter",
     "NoiseRateEstimateHandler",
+    "ReseedTransformsHandler",
     "RunCheckpointer",
     "SelectionCSVWriter",
     "SelectionMetricsHandler",

@@ -40,6 +40,24 @@ class EngineBestMetric:
         self.engine.state.best_metric_epoch = int(state_dict["best_metric_epoch"])
 
 
+class ReseedTransformsHandler:
+    """Reseeds a random transform chain at the start of every epoch with ``seed + epoch``.
+
+    Augmentation then depends only on (seed, epoch), not on how many random numbers earlier epochs drew, so a
+    run resumed from a checkpoint augments exactly as the uninterrupted run would have.
+    """
+
+    def __init__(self, transform, seed: int = 0) -> None:
+        self.transform = transform
+        self.seed = int(seed)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        self.transform.set_random_state(seed=self.seed + engine.state.epoch)
+
+
 class BestModelSaver:
     """Writes the network's state dict (bare, as MONAI bundles keep ``models/model.pt``) to ``path`` whenever an evaluator's key metric reaches a new best.
 
