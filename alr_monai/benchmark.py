@@ -185,6 +185,11 @@ def _num(value: Any) -> float:
         return float("nan")
 
 
+def _finite_mean(values: Sequence[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
 def _mean_std(values: Sequence[float]) -> str:
     finite = [v for v in values if not math.isnan(v)]
     if not finite:
@@ -288,7 +293,8 @@ def plot_results(rows: Sequence[dict], out: Path) -> list[Path]:
                             series.setdefault(int(_num(r["labels_spent"])), []).append(_num(r[metric]))
                     if series:
                         xs = sorted(series)
-                        axis.plot(xs, [np.nanmean(series[x]) for x in xs], marker="o", label=f"{method}/{acquisition}")
+                        means = [_finite_mean(series[x]) for x in xs]
+                        axis.plot(xs, means, marker="o", label=f"{method}/{acquisition}")
             axis.set_xlabel("labels spent")
             axis.set_ylabel(ylabel)
             axis.set_title(f"{ylabel} vs labels spent, noise {rate:g}", fontsize=9)

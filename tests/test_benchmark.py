@@ -1,0 +1,115 @@
+"""The benchmark harness end to end on a tiny MedMNIST-layout file: files, table columns, finite numbers, resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from alr_monai.benchmark import RESULT_COLUMNS, run_benchmark
+
+
+def _tiny_npz(path: Path, seed: int = 0) -> Path:
+    """4 classes of 28x28 gray images whose brightness encodes the class, so a tiny net can learn something."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, n in (("train", 96), ("val", 32), ("test", 32)):
+        labels = np.arange(n) % 4
+        images = (labels[:, None, None] * 60 + rng.integers(0, 40, size=(n, 28, 28))).astype(np.uint8)
+        arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels.reshape(-1, 1).astype(np.uint8)
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.fixture(scope="module")
+def benchmark_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("benchmark")
+    data = _tiny_npz(root / "tiny.npz")
+    preset = root / "preset.json"
+    preset.write_text(
+        json.dumps(
+            {
+                "noise_kind": "symmetric",
+                "noise_rates": [0.4, 0.6],
+                "seeds": [0],
+                "methods": ["coteaching", "ours"],
+                "max_epochs": 2,
+                "acquisitions": ["entropy", "random"],
+                "rounds": 1,
+                "budget": 8,
+                "recalibration_epochs": 1,
+                "overrides": {
+                    "coteaching#num_gradual": 1,
+                    "noise_estimate#estimate_epoch": 1,
+                    "vog#num_snapshots": 2,
+                    "batch_size": 32,
+                    "network_factory#block_inplanes": [4, 8, 8, 8],
+                },
+            }
+        )
+    )
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: threads only add overhead on a shared 2-core machine
+    try:
+        out = run_benchmark(preset, root / "out", data=str(data))
+    finally:
+        torch.set_num_threads(previous)
+    return out, preset
+
+
+def test_results_csv_has_every_cell_round_and_finite_numbers(benchmark_run):
+    out, _ = benchmark_run
+    with open(out / "results.csv", newline="") as handle:
+        reader = csv.DictReader(handle)
+        assert reader.fieldnames == RESULT_COLUMNS
+        rows = list(reader)
+    # 2 methods x 2 noise rates x 1 seed x 2 acquisitions x (round 0 + 1 round)
+    assert len(rows) == 16
+    assert {(r["method"], r["noise_rate"], r["acquisition"], r["round"]) for r in rows} == {
+        (m, n, a, k)
+        for m in ("coteaching", "ours")
+        for n in ("0.4", "0.6")
+        for a in ("entropy", "random")
+        for k in "01"
+    }
+    for row in rows:
+        for column in (
+            "test_balanced_accuracy",
+            "phase1_test_balanced_accuracy",
+            "selection_precision",
+            "pool_noise_rate",
+        ):
+            assert math.isfinite(float(row[column])), (column, row)
+        assert 0.0 <= float(row["noise_rate_estimate"]) <= 0.95
+        assert float(row["noise_rate_true"]) == pytest.approx(float(row["noise_rate"]), abs=0.02)
+        if row["round"] == "1":
+            assert int(row["labels_spent"]) == 8 and 0.0 <= float(row["yield"]) <= 1.0
+
+
+def test_summary_table_and_plots(benchmark_run):
+    out, _ = benchmark_run
+    table = (out / "results.md").read_text()
+    for column in ("phase-1 bal. acc.", "selection precision", "min clean recall", "noise estimate (truth)"):
+        assert column in table
+    for acquisition in ("entropy", "random"):
+        assert f"{acquisition}: final bal. acc." in table and f"{acquisition}: yield (pool noise)" in table
+    body = [line for line in table.splitlines() if line.startswith("| coteaching") or line.startswith("| ours")]
+    assert len(body) == 4 and all("n/a" not in line for line in body)
+    for name in (
+        "clean_recall_noise0.6.png",
+        "test_balanced_accuracy_vs_labels_noise0.6.png",
+        "yield_vs_labels_noise0.4.png",
+    ):
+        assert (out / name).stat().st_size > 1000
+
+
+def test_rerun_resumes_without_retraining(benchmark_run):
+    out, preset = benchmark_run
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("checkpoint_epoch=*.pt")}
+    run_benchmark(preset, out, data=str(out.parent / "tiny.npz"))
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("checkpoint_epoch=*.pt")} == stamps
