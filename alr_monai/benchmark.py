@@ -250,6 +250,19 @@ def summary_markdown(rows: Sequence[dict], rounds: int, budget: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _save(figure, axis, path: Path, xlabel: str, ylabel: str, title: str) -> Path:
+    from alr_monai.plots import plt
+
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    axis.set_title(title, fontsize=9)
+    axis.legend(fontsize=6)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
 def plot_results(rows: Sequence[dict], out: Path) -> list[Path]:
     """PNG plots: per-class clean recall per method, balanced accuracy and yield vs labels spent."""
     from alr_monai.plots import plt
@@ -274,15 +287,10 @@ def plot_results(rows: Sequence[dict], out: Path) -> list[Path]:
             mean = np.nanmean(np.array(recalls, dtype=float), axis=0)
             axis.bar(np.arange(len(mean)) + m * width, mean, width, label=method)
         axis.set_ylim(0, 1)
-        axis.set_xlabel("class index")
-        axis.set_ylabel("clean recall (trusted / clean)")
-        axis.set_title(f"Phase-1 per-class clean recall, noise {rate:g}", fontsize=9)
-        axis.legend(fontsize=7)
-        figure.tight_layout()
-        path = out / f"clean_recall_noise{rate:g}.png"
-        figure.savefig(path)
-        plt.close(figure)
-        written.append(path)
+        title = f"Phase-1 per-class clean recall, noise {rate:g}"
+        written.append(
+            _save(figure, axis, out / f"clean_recall_noise{rate:g}.png", "class index", "clean recall", title)
+        )
         for metric, ylabel in (("test_balanced_accuracy", "test balanced accuracy"), ("yield", "yield")):
             figure, axis = plt.subplots(figsize=(6, 3.5), dpi=90)
             for method in methods:
@@ -295,13 +303,7 @@ def plot_results(rows: Sequence[dict], out: Path) -> list[Path]:
                         xs = sorted(series)
                         means = [_finite_mean(series[x]) for x in xs]
                         axis.plot(xs, means, marker="o", label=f"{method}/{acquisition}")
-            axis.set_xlabel("labels spent")
-            axis.set_ylabel(ylabel)
-            axis.set_title(f"{ylabel} vs labels spent, noise {rate:g}", fontsize=9)
-            axis.legend(fontsize=6)
-            figure.tight_layout()
             path = out / f"{metric}_vs_labels_noise{rate:g}.png"
-            figure.savefig(path)
-            plt.close(figure)
-            written.append(path)
+            title = f"{ylabel} vs labels spent, noise {rate:g}"
+            written.append(_save(figure, axis, path, "labels spent", ylabel, title))
     return written
