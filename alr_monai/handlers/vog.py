@@ -128,10 +128,9 @@ class VoGHandler:
         for k in range(num_buffers):
             prefix = f"buffer{k}."
             sub = {key[len(prefix) :]: value for key, value in state_dict.items() if key.startswith(prefix)}
-            # The sizes come from the saved buffer; VoGBuffer.load_state_dict checks them.
-            grads = next(v for key, v in sub.items() if isinstance(v, torch.Tensor) and v.dim() == 3)
-            dim = grads.shape[-1]
-            buffer = VoGBuffer(self.num_samples, dim, self.num_snapshots, dtype=self.dtype, device=grads.device)
+            # The feature size comes from the saved buffer; VoGBuffer.load_state_dict checks the rest.
+            device = sub["snapshots"].device
+            buffer = VoGBuffer(self.num_samples, int(sub["dim"]), self.num_snapshots, dtype=self.dtype, device=device)
             buffer.load_state_dict(sub)
             buffers.append(buffer)
         self.buffers = buffers
