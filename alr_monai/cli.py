@@ -210,7 +210,7 @@ def report(run_dir: str = "runs/alr"):
 def demo(
     output_dir: str = "runs/demo",
     noise_rate: float = 0.6,
-    max_epochs: int = 20,
+    max_epochs: int = 30,
     rounds: int = 5,
     budget: int = 100,
     acquisition: str = "entropy",
