@@ -92,10 +92,11 @@ class ActiveRelabelRoundHandler:
     test set is only reported.
 
     Recalibration recipes:
+        "trusted" (default): plain training on the trusted set (phase-1 selection with its given labels, plus
+            every expert answer), as the reference code does, but each round ends on the best-validation model.
         "coteaching": keep co-teaching on every non-excluded sample with the current labels; expert-verified
             samples are always kept, and the forget rate shrinks as errors are fixed
             (phase-1 rate x N - labels changed) / N.
-        "trusted": the reference code's recipe: plain training on the trusted set only.
 
     Args:
         relabel_dir: folder for state.json, queries/, answers/, audit.csv, labels_cleaned.csv, rounds.csv.
@@ -115,7 +116,7 @@ class ActiveRelabelRoundHandler:
         mode: "simulation" (``oracle`` answers) or "interactive" (a person answers).
         oracle: the simulated expert, simulation only.
         true_labels: simulation only, for the errors-found and pool-noise columns (a metric, never trained on).
-        recipe: "coteaching" or "trusted".
+        recipe: "trusted" or "coteaching".
         base_forget_rate: the forget rate phase 1 ended with.
         image_paths: image path per index for the query file (optional).
         patient_ids: patient id per index for the query file (optional).
@@ -146,7 +147,7 @@ class ActiveRelabelRoundHandler:
         mode: str = "simulation",
         oracle: OracleExpert | None = None,
         true_labels: Sequence[int] | None = None,
-        recipe: str = "coteaching",
+        recipe: str = "trusted",
         base_forget_rate: float = 0.0,
         image_paths: Sequence[str] | None = None,
         patient_ids: Sequence[str] | None = None,
