@@ -47,6 +47,13 @@ def predict(
     return result
 
 
+def evaluate_loader(network: nn.Module, dataloader: Iterable, num_classes: int, device: str | torch.device) -> dict:
+    """Deterministic inference over ``dataloader`` and the classification report of the summed logits."""
+    outputs = predict(network, dataloader, device)
+    probs = torch.softmax(outputs["logits"], 1)
+    return classification_metrics(outputs["labels"], probs.argmax(1), probs, num_classes=num_classes)
+
+
 def evaluate_checkpoint(
     network: nn.Module,
     dataloader: Iterable,
@@ -64,9 +71,7 @@ def evaluate_checkpoint(
     if checkpoint is not None:
         state = torch.load(checkpoint, map_location=device, weights_only=True)
         network.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
-    outputs = predict(network, dataloader, device)
-    probs = torch.softmax(outputs["logits"], 1)
-    report = classification_metrics(outputs["labels"], probs.argmax(1), probs, num_classes=len(class_names))
+    report = evaluate_loader(network, dataloader, len(class_names), device)
     report["checkpoint"] = None if checkpoint is None else str(checkpoint)
     report["class_names"] = list(class_names)
     if metrics_file is not None:

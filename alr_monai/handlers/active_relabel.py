@@ -12,9 +12,8 @@ import torch
 from ignite.engine import Engine, Events
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from alr_monai.algorithms.metrics import classification_metrics
 from alr_monai.engines.coteaching import CoTeachingEvents
-from alr_monai.evaluation import predict
+from alr_monai.evaluation import evaluate_loader
 from alr_monai.relabel.acquire import acquire
 from alr_monai.relabel.expert import OracleExpert
 from alr_monai.relabel.state import RoundState, apply_answers_file, start_round
@@ -375,13 +374,8 @@ class ActiveRelabelRoundHandler:
 
     # ------------------------------------------------------------------------------------------ metrics
     def _validation_score(self, engine: Engine) -> float:
-        outputs = predict(engine.network, self.val_loader, self._device(engine))
-        probs = torch.softmax(outputs["logits"], 1)
-        return float(
-            classification_metrics(outputs["labels"], probs.argmax(1), probs, len(self.class_names))[
-                "balanced_accuracy"
-            ]
-        )
+        report = evaluate_loader(engine.network, self.val_loader, len(self.class_names), self._device(engine))
+        return float(report["balanced_accuracy"])
 
     def state_dict(self) -> dict:
         """The best validation score and weights so far, so a resumed run chooses as an uninterrupted one."""
@@ -398,9 +392,7 @@ class ActiveRelabelRoundHandler:
         for split, loader in (("val", self.val_loader), ("test", self.test_loader)):
             if loader is None:
                 continue
-            outputs = predict(engine.network, loader, device)
-            probs = torch.softmax(outputs["logits"], 1)
-            report = classification_metrics(outputs["labels"], probs.argmax(1), probs, len(self.class_names))
+            report = evaluate_loader(engine.network, loader, len(self.class_names), device)
             for key in ("balanced_accuracy", "macro_f1", "mcc", "auroc"):
                 metrics[f"{split}_{key}"] = float(report[key])
             metrics[f"{split}_per_class_recall"] = [float(r) for r in report["per_class_recall"]]
