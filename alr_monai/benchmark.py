@@ -74,6 +74,7 @@ def run_benchmark(
     out: str | Path = "runs/benchmark",
     data: str | None = None,
     imbalance_ratio: float | None = None,
+    shard: str | None = None,
 ) -> Path:
     """Run (or resume) every cell of a preset and write results.csv, results.md and the plots into ``out``.
 
@@ -82,6 +83,9 @@ def run_benchmark(
         out: output folder.
         data: a MedMNIST-layout .npz; None = the preset's ``data`` (default: the embedded subset).
         imbalance_ratio: long-tail the training split of ``data`` to this ratio (default: the preset's).
+        shard: "K/N" runs only every N-th cell starting at the K-th (K = 1..N), so N processes or machines
+            can share one ``out``; the tables always cover every finished cell, so a last run without a shard
+            (which finds everything done) writes the complete results.
     """
     from alr_monai.cli import _bundle_file, _preset_files, run_workflow
 
@@ -108,14 +112,16 @@ def run_benchmark(
     if imbalance_ratio is not None:
         common["imbalance_ratio"] = imbalance_ratio
     started = time.time()
-    for number, (method, rate, seed) in enumerate(cells, 1):
+    for number, (method, rate, seed) in _shard_cells(cells, shard, len(config["methods"])):
         run_dir = _cell_dir(out, method, kind, rate, seed)
         files = [_bundle_file("train.json"), *_preset_files(METHOD_PRESETS[method])]
         overrides = {**common, "output_dir": str(run_dir), "seed": seed, "simulation#noise_rate": rate}
         label = f"[{number}/{len(cells)}] {method} noise {rate:g} seed {seed}"
         if not _phase1_done(run_dir):
             print(f"{label}: phase 1 ({time.time() - started:.0f} s elapsed)", flush=True)
+            step_started = time.time()
             run_workflow(files, overrides)
+            _log_time(out, method, kind, rate, seed, "phase1", time.time() - step_started)
         for acquisition in acquisitions:
             relabel_dir = run_dir / f"relabel_{acquisition}"
             if _relabel_done(relabel_dir, rounds):
@@ -130,13 +136,44 @@ def run_benchmark(
                 "relabel#recalibration_epochs": config.get("recalibration_epochs", 3),
                 **config.get("relabel_overrides", {}),
             }
+            step_started = time.time()
             run_workflow(files + [_bundle_file("relabel.json")], relabel_overrides)
+            _log_time(out, method, kind, rate, seed, f"relabel_{acquisition}", time.time() - step_started)
     rows = collect_results(out, cells, kind, acquisitions)
     atomic_write_csv(out / "results.csv", rows, RESULT_COLUMNS)
     atomic_write_text(out / "results.md", summary_markdown(rows, rounds, config.get("budget", 100)))
     plot_results(rows, out)
     print(f"benchmark finished in {time.time() - started:.0f} s: {out / 'results.md'}", flush=True)
     return out
+
+
+def _shard_cells(cells: list, shard: str | None, group_size: int) -> list[tuple[int, Any]]:
+    """(number, cell) pairs of the cells this process runs; numbers stay those of the whole matrix.
+
+    Cells come in groups of ``group_size`` (the methods of one noise rate and seed); the shard offset shifts by
+    one per group so that every shard gets a mix of cheap (one network) and costly (two networks) methods.
+    """
+    numbered = list(enumerate(cells, 1))
+    if shard is None:
+        return numbered
+    try:
+        k, n = (int(part) for part in str(shard).split("/"))
+    except ValueError:
+        raise ValueError(f"shard must look like K/N (e.g. 1/2), got {shard!r}") from None
+    if not 1 <= k <= n:
+        raise ValueError(f"shard {shard!r}: K must be between 1 and N")
+    return [(number, cell) for number, cell in numbered if (number - 1 + (number - 1) // group_size) % n == k - 1]
+
+
+def _log_time(out: Path, method: str, kind: str, rate: float, seed: int, step: str, seconds: float) -> None:
+    """Append one finished step's wall time to out/timings.csv (a log: a lost line only loses a timing)."""
+    path = out / "timings.csv"
+    new = not path.exists()
+    with open(path, "a", newline="") as handle:
+        writer = csv.writer(handle)
+        if new:
+            writer.writerow(["method", "noise_kind", "noise_rate", "seed", "step", "seconds"])
+        writer.writerow([method, kind, rate, seed, step, f"{seconds:.1f}"])
 
 
 def collect_results(out: Path, cells: Sequence[tuple[str, float, int]], kind: str, acquisitions: Sequence[str]) -> list:

@@ -252,6 +252,7 @@ def benchmark(
     out: str = "runs/benchmark",
     data: str | None = None,
     imbalance_ratio: float | None = None,
+    shard: str | None = None,
 ):
     """Run or resume a benchmark matrix (finished cells are not rerun); writes results.csv, results.md, plots.
 
@@ -260,13 +261,15 @@ def benchmark(
         out: output folder.
         data: any MedMNIST-layout .npz (default: the preset's, else the embedded subset).
         imbalance_ratio: long-tail the training split of ``data`` to this ratio, e.g. 20.
+        shard: "K/N" to run every N-th cell from the K-th, so N processes share ``out`` (then run once
+            without a shard to write the complete tables).
     """
     from alr_monai.benchmark import run_benchmark
 
     path = Path(preset)
     if not path.is_file() and (REPO_ROOT / "configs" / "benchmarks" / f"{preset}.json").is_file():
         path = REPO_ROOT / "configs" / "benchmarks" / f"{preset}.json"
-    run_benchmark(path, out, data, imbalance_ratio)
+    run_benchmark(path, out, data, imbalance_ratio, shard)
 
 
 class Manifest:

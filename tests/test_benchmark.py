@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from alr_monai.benchmark import RESULT_COLUMNS, run_benchmark
+from alr_monai.benchmark import RESULT_COLUMNS, _shard_cells, run_benchmark
 
 
 def _tiny_npz(path: Path, seed: int = 0) -> Path:
@@ -37,7 +37,7 @@ def benchmark_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
                 "noise_kind": "symmetric",
                 "noise_rates": [0.4, 0.6],
                 "seeds": [0],
-                "methods": ["coteaching", "ours"],
+                "methods": ["ce", "coteaching", "ours"],
                 "max_epochs": 2,
                 "acquisitions": ["entropy", "random"],
                 "rounds": 1,
@@ -68,11 +68,12 @@ def test_results_csv_has_every_cell_round_and_finite_numbers(benchmark_run):
         reader = csv.DictReader(handle)
         assert reader.fieldnames == RESULT_COLUMNS
         rows = list(reader)
-    # 2 methods x 2 noise rates x 1 seed x 2 acquisitions x (round 0 + 1 round)
-    assert len(rows) == 16
+    # 3 methods x 2 noise rates x 1 seed x 2 acquisitions x (round 0 + 1 round); CE relabels too (its pool is
+    # every sample, since one network selects nothing)
+    assert len(rows) == 24
     assert {(r["method"], r["noise_rate"], r["acquisition"], r["round"]) for r in rows} == {
         (m, n, a, k)
-        for m in ("coteaching", "ours")
+        for m in ("ce", "coteaching", "ours")
         for n in ("0.4", "0.6")
         for a in ("entropy", "random")
         for k in "01"
@@ -85,7 +86,8 @@ def test_results_csv_has_every_cell_round_and_finite_numbers(benchmark_run):
             "pool_noise_rate",
         ):
             assert math.isfinite(float(row[column])), (column, row)
-        assert 0.0 <= float(row["noise_rate_estimate"]) <= 0.95
+        if row["method"] != "ce":  # one network estimates no noise rate
+            assert 0.0 <= float(row["noise_rate_estimate"]) <= 0.95
         assert float(row["noise_rate_true"]) == pytest.approx(float(row["noise_rate"]), abs=0.02)
         if row["round"] == "1":
             assert int(row["labels_spent"]) == 8 and 0.0 <= float(row["yield"]) <= 1.0
@@ -98,8 +100,10 @@ def test_summary_table_and_plots(benchmark_run):
         assert column in table
     for acquisition in ("entropy", "random"):
         assert f"{acquisition}: final bal. acc." in table and f"{acquisition}: yield (pool noise)" in table
-    body = [line for line in table.splitlines() if line.startswith("| coteaching") or line.startswith("| ours")]
-    assert len(body) == 4 and all("n/a" not in line for line in body)
+    body = [line for line in table.splitlines() if line.startswith(("| ce", "| coteaching", "| ours"))]
+    assert len(body) == 6
+    for line in body:  # CE has no noise-rate estimate; every other cell holds a number
+        assert line.count("n/a") == (1 if line.startswith("| ce") else 0), line
     for name in (
         "clean_recall_noise0.6.png",
         "test_balanced_accuracy_vs_labels_noise0.6.png",
@@ -113,3 +117,24 @@ def test_rerun_resumes_without_retraining(benchmark_run):
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("checkpoint_epoch=*.pt")}
     run_benchmark(preset, out, data=str(out.parent / "tiny.npz"))
     assert {p: p.stat().st_mtime_ns for p in out.rglob("checkpoint_epoch=*.pt")} == stamps
+
+
+def test_timings_log_every_step(benchmark_run):
+    out, _ = benchmark_run
+    with open(out / "timings.csv", newline="") as handle:
+        steps = {(r["method"], r["noise_rate"], r["step"]): float(r["seconds"]) for r in csv.DictReader(handle)}
+    assert len(steps) == 3 * 2 * 3 and all(seconds > 0 for seconds in steps.values())
+
+
+def test_shards_split_the_matrix_and_mix_methods():
+    methods = ["ce", "coteaching", "paper_recipe", "ours"]
+    cells = [(m, rate, seed) for rate in (0.4, 0.6, 0.8) for seed in (0, 1, 2) for m in methods]
+    shards = [_shard_cells(cells, f"{k}/2", len(methods)) for k in (1, 2)]
+    assert sorted(number for shard in shards for number, _ in shard) == list(range(1, 37))
+    for shard in shards:
+        assert len(shard) == 18
+        assert all(4 <= sum(c[0] == m for _, c in shard) <= 5 for m in methods)
+    assert _shard_cells(cells, None, 4) == list(enumerate(cells, 1))
+    for bad in ("3/2", "0/2", "half"):
+        with pytest.raises(ValueError, match="shard"):
+            _shard_cells(cells, bad, 4)

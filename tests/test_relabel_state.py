@@ -64,6 +64,25 @@ def test_initial_state_and_pool():
         RoundState.initial(IDS, [3] + GIVEN[1:], TRUSTED, CLASSES)
 
 
+def test_pool_is_every_unanswered_sample_when_phase1_trusted_all(tmp_path):
+    # A one-network CE phase 1 selects nothing; the expert may then be asked about any sample.
+    paths = {name: tmp_path / name for name in ("state.json", "audit.csv", "labels.csv")}
+    state = RoundState.initial(IDS, GIVEN, [True] * 8, CLASSES)
+    assert state.pool_scope == "unverified" and state.pool_indices() == list(range(8))
+    state.begin_round(1, ["s0", "s4"])
+    state.save(paths["state.json"])
+    state = _apply(paths, [Answer("s0", 2, False, ""), Answer("s4", None, True, "")])
+    assert state.pool_indices() == [1, 2, 3, 5, 6, 7]
+    with pytest.raises(RoundError, match="outside the pool"):
+        state.begin_round(2, ["s0"])
+    # A suspected-scope state keeps trusted samples out of the pool, and old files without the field load.
+    assert _state().pool_scope == "suspected"
+    saved = json.loads(paths["state.json"].read_text())
+    del saved["pool_scope"]
+    paths["state.json"].write_text(json.dumps(saved))
+    assert RoundState.load(paths["state.json"]).pool_scope == "suspected"
+
+
 def test_save_load_round_trip(tmp_path):
     state = _state()
     state.begin_round(1, ["s2", "s3"])

@@ -32,6 +32,7 @@ from alr_monai.utils import atomic_write_csv, atomic_write_json
 
 STATE_FORMAT_VERSION = 1
 SOURCES = ("given", "expert", "oracle", "excluded")
+POOL_SCOPES = ("suspected", "unverified")
 ANSWER_SOURCES = ("expert", "oracle")
 EXCLUDED_LABEL = -1
 EXCLUDED_NAME = "excluded"
@@ -82,6 +83,9 @@ class RoundState:
         history: one entry per applied round (round, source, queried, labels_spent, labels_changed, excluded,
             skipped, budget_spent, metrics).
         baseline_metrics: metrics of the phase-1 model before any round (``record_metrics(0, ...)``).
+        pool_scope: "suspected" (the pool is what phase 1 did not trust) or "unverified" (phase 1 trusted every
+            sample, e.g. one network trained with plain CE, so every sample the expert has not answered is in
+            the pool).
     """
 
     ids: list[str]
@@ -98,12 +102,16 @@ class RoundState:
     rng_state: Any = None
     history: list[dict[str, Any]] = field(default_factory=list)
     baseline_metrics: dict[str, Any] = field(default_factory=dict)
+    pool_scope: str = "suspected"
 
     @classmethod
     def initial(
         cls, ids: Sequence[str], given_labels: Sequence[int], trusted: Sequence[bool], class_names: Sequence[str]
     ) -> RoundState:
-        """The state after phase 1: given labels everywhere, ``trusted`` = samples phase 1 selected as clean."""
+        """The state after phase 1: given labels everywhere, ``trusted`` = samples phase 1 selected as clean.
+
+        When phase 1 trusted every sample it made no selection, and every unanswered sample is a candidate.
+        """
         state = cls(
             ids=[str(i) for i in ids],
             given_labels=[int(label) for label in given_labels],
@@ -111,6 +119,7 @@ class RoundState:
             trusted=[bool(t) for t in trusted],
             source=["given"] * len(ids),
             class_names=check_class_names(class_names),
+            pool_scope="unverified" if len(trusted) and all(trusted) else "suspected",
         )
         state._validate("initial relabel state")
         if EXCLUDED_LABEL in state.given_labels:
@@ -136,6 +145,8 @@ class RoundState:
             problems.append("trusted must hold booleans")
         if any(s not in SOURCES for s in self.source):
             problems.append(f"source entries must be one of {SOURCES}")
+        if self.pool_scope not in POOL_SCOPES:
+            problems.append(f"pool_scope must be one of {POOL_SCOPES}, got {self.pool_scope!r}")
         if not problems:
             for i in range(n):
                 excluded = self.current_labels[i] == EXCLUDED_LABEL
@@ -156,7 +167,12 @@ class RoundState:
 
     # ------------------------------------------------------------------------------------------------ queries
     def pool_indices(self) -> list[int]:
-        """Indices of samples still suspected: not trusted and not excluded."""
+        """Indices of the samples the expert may be asked about.
+
+        Scope "suspected": not trusted and not excluded. Scope "unverified": not yet answered (nor excluded).
+        """
+        if self.pool_scope == "unverified":
+            return [i for i, source in enumerate(self.source) if source == "given"]
         return [
             i
             for i, (t, label) in enumerate(zip(self.trusted, self.current_labels, strict=True))
@@ -191,7 +207,9 @@ class RoundState:
         pool = set(self.pool_indices())
         outside = [i for i in ids if index[i] not in pool]
         if outside:
-            raise RoundError(f"round {round_index}: ids already trusted or excluded: {outside[:5]}")
+            raise RoundError(
+                f"round {round_index}: ids outside the pool (already trusted, answered or excluded): {outside[:5]}"
+            )
         key = str(round_index)
         if self.pending_round == round_index and self.queried.get(key) != ids and not replace:
             raise RoundError(
@@ -370,6 +388,7 @@ class RoundState:
                 f"this version of alr_monai reads {STATE_FORMAT_VERSION}"
             )
         names = [f.name for f in fields(cls)]
+        data.setdefault("pool_scope", "suspected")  # states written before the field existed
         missing = [name for name in names if name not in data]
         if missing:
             raise ValueError(f"relabel state file {path} is corrupt (missing {missing})")
