@@ -284,6 +284,49 @@ def summary_markdown(rows: Sequence[dict], rounds: int, budget: int) -> str:
             pool = _mean_std([_num(r["pool_noise_rate"]) for r in finals])
             cells += [_mean_std(final_acc), _mean_std(gains), f"{yields} ({pool})"]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n" + _comparison_markdown(rows, rounds)
+
+
+def _comparison_markdown(rows: Sequence[dict], rounds: int) -> str:
+    """Each method against co-teaching (phase 1, paired by seed) and each acquisition's gain against random's."""
+    final = {
+        (r["method"], _num(r["noise_rate"]), r["seed"], r["acquisition"]): _num(r["test_balanced_accuracy"])
+        - _num(r["phase1_test_balanced_accuracy"])
+        for r in rows
+        if int(_num(r["round"])) == rounds
+    }
+    phase1 = {(r["method"], _num(r["noise_rate"]), r["seed"]): _num(r["phase1_test_balanced_accuracy"]) for r in rows}
+    acquisitions = sorted({key[3] for key in final} - {"random"})
+    if not final or "random" not in {key[3] for key in final}:
+        acquisitions = []
+    header = ["method", "noise", "phase-1 bal. acc. minus co-teaching's (same seeds)"]
+    header += [f"{a} gain / random gain" for a in acquisitions]
+    lines = [
+        "",
+        "Paired comparisons: the phase-1 difference is taken seed by seed (mean ± std); the gain ratio is the mean "
+        "gain of an acquisition over the mean gain of random relabeling for the same labels and seeds.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for method, rate in sorted({(key[0], key[1]) for key in phase1}, key=lambda item: (item[1], item[0])):
+        seeds = sorted(seed for m, r, seed in phase1 if (m, r) == (method, rate))
+        deltas = [
+            phase1[(method, rate, s)] - phase1[("coteaching", rate, s)]
+            for s in seeds
+            if ("coteaching", rate, s) in phase1
+        ]
+        cells = [method, f"{rate:g}", _mean_std(deltas)]
+        for acquisition in acquisitions:
+            pairs = [
+                (final[(method, rate, s, acquisition)], final[(method, rate, s, "random")])
+                for s in seeds
+                if (method, rate, s, acquisition) in final and (method, rate, s, "random") in final
+            ]
+            random_gain = _finite_mean([b for _, b in pairs])
+            ratio = _finite_mean([a for a, _ in pairs]) / random_gain if pairs and random_gain > 0 else float("nan")
+            cells.append("n/a (random gained nothing)" if pairs and not random_gain > 0 else _mean_std([ratio]))
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

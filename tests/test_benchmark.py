@@ -100,10 +100,15 @@ def test_summary_table_and_plots(benchmark_run):
         assert column in table
     for acquisition in ("entropy", "random"):
         assert f"{acquisition}: final bal. acc." in table and f"{acquisition}: yield (pool noise)" in table
-    body = [line for line in table.splitlines() if line.startswith(("| ce", "| coteaching", "| ours"))]
+    summary, comparisons = table.split("Paired comparisons")
+    body = [line for line in summary.splitlines() if line.startswith(("| ce", "| coteaching", "| ours"))]
     assert len(body) == 6
     for line in body:  # CE has no noise-rate estimate; every other cell holds a number
         assert line.count("n/a") == (1 if line.startswith("| ce") else 0), line
+    header = "| method | noise | phase-1 bal. acc. minus co-teaching's (same seeds) | entropy gain / random gain |"
+    assert header in comparisons
+    assert "| coteaching | 0.4 | 0.000 |" in comparisons  # co-teaching against itself
+    assert len([line for line in comparisons.splitlines() if line.startswith(("| ce", "| ours"))]) == 4
     for name in (
         "clean_recall_noise0.6.png",
         "test_balanced_accuracy_vs_labels_noise0.6.png",
