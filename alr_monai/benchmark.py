@@ -365,7 +365,8 @@ def plot_results(rows: Sequence[dict], out: Path) -> list[Path]:
             if not recalls:
                 continue
             mean = np.nanmean(np.array(recalls, dtype=float), axis=0)
-            axis.bar(np.arange(len(mean)) + m * width, mean, width, label=method)
+            axis.bar(np.arange(len(mean)) + (m - (len(methods) - 1) / 2) * width, mean, width, label=method)
+            axis.set_xticks(np.arange(len(mean)))
         axis.set_ylim(0, 1)
         title = f"Phase-1 per-class clean recall, noise {rate:g}"
         written.append(
@@ -373,8 +374,8 @@ def plot_results(rows: Sequence[dict], out: Path) -> list[Path]:
         )
         for metric, ylabel in (("test_balanced_accuracy", "test balanced accuracy"), ("yield", "yield")):
             figure, axis = plt.subplots(figsize=(6, 3.5), dpi=90)
-            for method in methods:
-                for acquisition in sorted({r["acquisition"] for r in rows}):
+            for colour, method in enumerate(methods):
+                for style, acquisition in enumerate(sorted({r["acquisition"] for r in rows})):
                     series: dict[int, list[float]] = {}
                     for r in rows:
                         if r["method"] == method and r["acquisition"] == acquisition and _num(r["noise_rate"]) == rate:
@@ -382,7 +383,15 @@ def plot_results(rows: Sequence[dict], out: Path) -> list[Path]:
                     if series:
                         xs = sorted(series)
                         means = [_finite_mean(series[x]) for x in xs]
-                        axis.plot(xs, means, marker="o", label=f"{method}/{acquisition}")
+                        # one colour per method, one line style per acquisition
+                        axis.plot(
+                            xs,
+                            means,
+                            marker="o",
+                            color=f"C{colour}",
+                            linestyle=("-", "--", ":", "-.")[style % 4],
+                            label=f"{method}/{acquisition}",
+                        )
             path = out / f"{metric}_vs_labels_noise{rate:g}.png"
             title = f"{ylabel} vs labels spent, noise {rate:g}"
             written.append(_save(figure, axis, path, "labels spent", ylabel, title))
