@@ -83,9 +83,9 @@ def run_benchmark(
         out: output folder.
         data: a MedMNIST-layout .npz; None = the preset's ``data`` (default: the embedded subset).
         imbalance_ratio: long-tail the training split of ``data`` to this ratio (default: the preset's).
-        shard: "K/N" runs only every N-th cell starting at the K-th (K = 1..N), so N processes or machines
-            can share one ``out``; the tables always cover every finished cell, so a last run without a shard
-            (which finds everything done) writes the complete results.
+        shard: "K/N" runs only the K-th (K = 1..N) of N interleaved parts of the cells (see ``_shard_cells``),
+            so N processes or machines can share one ``out``; the tables always cover every finished cell, so a
+            last run without a shard (which finds everything done) writes the complete results.
     """
     from alr_monai.cli import _bundle_file, _preset_files, run_workflow
 
@@ -296,9 +296,9 @@ def _comparison_markdown(rows: Sequence[dict], rounds: int) -> str:
         if int(_num(r["round"])) == rounds
     }
     phase1 = {(r["method"], _num(r["noise_rate"]), r["seed"]): _num(r["phase1_test_balanced_accuracy"]) for r in rows}
-    acquisitions = sorted({key[3] for key in final} - {"random"})
-    if not final or "random" not in {key[3] for key in final}:
-        acquisitions = []
+    # a gain ratio needs random relabeling as its reference
+    measured = {key[3] for key in final}
+    acquisitions = sorted(measured - {"random"}) if "random" in measured else []
     header = ["method", "noise", "phase-1 bal. acc. minus co-teaching's (same seeds)"]
     header += [f"{a} gain / random gain" for a in acquisitions]
     lines = [

@@ -261,8 +261,8 @@ def benchmark(
         out: output folder.
         data: any MedMNIST-layout .npz (default: the preset's, else the embedded subset).
         imbalance_ratio: long-tail the training split of ``data`` to this ratio, e.g. 20.
-        shard: "K/N" to run every N-th cell from the K-th, so N processes share ``out`` (then run once
-            without a shard to write the complete tables).
+        shard: "K/N" to run the K-th of N interleaved parts of the cells, so N processes share ``out`` (then
+            run once without a shard to write the complete tables).
     """
     from alr_monai.benchmark import run_benchmark
 
