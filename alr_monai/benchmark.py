@@ -87,7 +87,7 @@ def run_benchmark(
             so N processes or machines can share one ``out``; the tables always cover every finished cell, so a
             last run without a shard (which finds everything done) writes the complete results.
     """
-    from alr_monai.cli import _bundle_file, _preset_files, run_workflow
+    from alr_monai.workflow import bundle_file, preset_files, relabel_files, run_workflow
 
     config = load_preset(preset)
     out = Path(out)
@@ -114,7 +114,7 @@ def run_benchmark(
     started = time.time()
     for number, (method, rate, seed) in _shard_cells(cells, shard, len(config["methods"])):
         run_dir = _cell_dir(out, method, kind, rate, seed)
-        files = [_bundle_file("train.json"), *_preset_files(METHOD_PRESETS[method])]
+        files = [bundle_file("train.json"), *preset_files(METHOD_PRESETS[method])]
         overrides = {**common, "output_dir": str(run_dir), "seed": seed, "simulation#noise_rate": rate}
         label = f"[{number}/{len(cells)}] {method} noise {rate:g} seed {seed}"
         if not _phase1_done(run_dir):
@@ -137,7 +137,7 @@ def run_benchmark(
                 **config.get("relabel_overrides", {}),
             }
             step_started = time.time()
-            run_workflow(files + [_bundle_file("relabel.json")], relabel_overrides)
+            run_workflow(relabel_files(files), relabel_overrides)
             _log_time(out, method, kind, rate, seed, f"relabel_{acquisition}", time.time() - step_started)
     rows = collect_results(out, cells, kind, acquisitions)
     atomic_write_csv(out / "results.csv", rows, RESULT_COLUMNS)

@@ -3,112 +3,60 @@
     alr demo                                  phase 1 + 5 simulated rounds on the embedded data
     alr train --output_dir runs/x             phase 1 (co-teaching + VoG) on the embedded data
     alr train --manifest labels.csv ...       phase 1 on a DICOM/NIfTI/PNG manifest
-    alr relabel --output_dir runs/x           phase 2, simulated rounds (oracle answers)
+    alr relabel --run_dir runs/x              phase 2, simulated rounds (oracle answers)
     alr query --run_dir runs/x                phase 2 with a person: run until the next query file is written
-    alr answer FILE --run_dir runs/x          validate and apply an expert's answers
+    alr answer FILE --run_dir runs/x          validate and apply an expert's answers (--dry_run: apply nothing)
     alr status --run_dir runs/x               round, labels spent, what is waiting
     alr report --run_dir runs/x               write and print report.md
     alr benchmark --preset small              a benchmark matrix (configs/benchmarks), resumable
     alr manifest build ROOT --out m.csv       folder tree ROOT/<class>/<files> -> manifest
     alr manifest check m.csv                  validate a manifest, report every bad row
 
-Any bundle key can be overridden as a flag, e.g. ``--max_epochs 5`` or ``--vog#mix_ratio 0.1``.
+Bundle keys are set as flags, e.g. ``--max_epochs 5`` or ``--vog#mix_ratio 0.1``; ``alr CMD --help`` lists the
+keys a command accepts (from :mod:`alr_monai.keys`), with defaults and meanings. Every argument is checked before
+fire runs the command, so a typo or a bad value is refused before any file is written. Errors print one or two
+lines and exit with code 2; ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
+import re
+import shlex
 import sys
 import time
-import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import fire
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-BUNDLE_DIR = REPO_ROOT / "bundles" / "alr_bloodmnist"
-PRESET_DIR = REPO_ROOT / "configs" / "presets"
-RUN_CONFIG = "run_config.json"
+from alr_monai import keys as keys_
+from alr_monai.keys import MODES, KeyError_, check_overrides, closest
+from alr_monai.workflow import (
+    RUN_CONFIG,
+    benchmark_preset_file,
+    load_run_config,
+    phase1_files,
+    relabel_files,
+    run_workflow,
+    save_run_config,
+)
+
+HELP_FLAGS = ("-h", "--help")
+DEBUG_FLAG = "--debug"
 
 
-def _bundle_file(name: str) -> str:
-    path = BUNDLE_DIR / "configs" / name
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"bundle config {path} not found; alr needs the repository checkout (pip install -e .) for its bundles"
-        )
-    return str(path)
+class UsageError(ValueError):
+    """A command line the CLI refuses (unknown option, missing argument, bad value)."""
 
 
-def _preset_files(presets: str | Sequence[str] | None) -> list[str]:
-    if not presets:
-        return []
-    names = [presets] if isinstance(presets, str) else list(presets)
-    files = []
-    for name in names:
-        path = Path(name) if name.endswith(".json") else PRESET_DIR / f"{name}.json"
-        if not path.is_file():
-            available = sorted(p.stem for p in PRESET_DIR.glob("*.json"))
-            raise FileNotFoundError(f"preset {name!r} not found (looked for {path}); available: {available}")
-        files.append(str(path))
-    return files
-
-
-_LITERALS = {"true": True, "false": False, "null": None, "none": None}
-
-
-def _coerce(value: Any) -> Any:
-    """Fire passes ``--flag false`` as the string "false"; bundle configs mean the JSON literal."""
-    return _LITERALS.get(value.strip().lower(), value) if isinstance(value, str) else value
-
-
-def run_workflow(config_files: Sequence[str], overrides: dict[str, Any]) -> Any:
-    """Initialise, run and finalise a MONAI bundle workflow built from ``config_files`` plus ``overrides``."""
-    from monai.bundle import ConfigWorkflow
-
-    with warnings.catch_warnings():
-        # MONAI warns on every config parse that configs run code; these are the project's own configs.
-        warnings.filterwarnings("ignore", message=".*resolved to an importable callable.*")
-        workflow = ConfigWorkflow(
-            config_file=list(config_files),
-            meta_file=_bundle_file("metadata.json"),
-            logging_file=_bundle_file("logging.conf"),
-            workflow_type="train",
-            **{key: _coerce(value) for key, value in overrides.items()},
-        )
-        workflow.initialize()
-        workflow.run()
-        workflow.finalize()
-    return workflow
-
-
-def _phase1_files(presets, manifest) -> list[str]:
-    files = [_bundle_file("train.json")]
-    if manifest:
-        files.append(_bundle_file("train_manifest.json"))
-    return files + _preset_files(presets)
-
-
-def _save_run_config(run_dir: Path, files: list[str], overrides: dict) -> None:
-    from alr_monai.utils import atomic_write_json
-
-    atomic_write_json(run_dir / RUN_CONFIG, {"config_files": files, "overrides": overrides})
-
-
-def _load_run_config(run_dir: Path) -> tuple[list[str], dict]:
-    path = run_dir / RUN_CONFIG
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run `alr train --output_dir {run_dir}` (phase 1) first")
-    saved = json.loads(path.read_text())
-    return list(saved["config_files"]), dict(saved["overrides"])
-
-
+# ------------------------------------------------------------------------------------------------ commands
 def train(
     output_dir: str = "runs/alr", preset: str | Sequence[str] | None = None, manifest: str | None = None, **overrides
 ):
-    """Phase 1: co-teaching with small-loss + VoG selection. Resumes if ``output_dir`` holds a checkpoint.
+    """Phase 1: co-teaching with small-loss + VoG selection. Resumes if output_dir holds a checkpoint.
 
     Args:
         output_dir: the run folder (checkpoints, selection.csv, metrics.json, tensorboard/).
@@ -116,13 +64,19 @@ def train(
         manifest: a manifest CSV (id,image,label[,patient_id,split]) to train on instead of the embedded data.
         **overrides: bundle keys, e.g. max_epochs=5 or "vog#mix_ratio"=0.1.
     """
+    check_overrides(overrides, ("train", "manifest") if manifest else ("train",), "train", strict=False)
+    if manifest and not Path(manifest).is_file():
+        raise FileNotFoundError(
+            f"manifest file {manifest} not found: pass the path of your manifest CSV "
+            "(`alr manifest build ROOT --out m.csv` makes one from a folder per class)"
+        )
     run_dir = Path(output_dir)
-    files = _phase1_files(preset, manifest)
+    files = phase1_files(preset, bool(manifest))
     overrides = {"output_dir": str(run_dir), **overrides}
     if manifest:
         overrides["manifest_path"] = str(Path(manifest).resolve())
     run_dir.mkdir(parents=True, exist_ok=True)
-    _save_run_config(run_dir, files, overrides)
+    save_run_config(run_dir, config_files=files, overrides=overrides)
     started = time.time()
     run_workflow(files, overrides)
     from alr_monai.report import write_report
@@ -134,51 +88,159 @@ def train(
 def relabel(run_dir: str = "runs/alr", mode: str = "simulation", **overrides):
     """Phase 2: active relabel rounds after phase 1 in the same run folder.
 
+    The relabel keys given on the first `alr relabel` / `alr query` of a run are saved in run_config.json and
+    reused on every resume; once rounds are written, a resume that changes one of them is refused (only
+    relabel#num_rounds may change, to add rounds).
+
     Args:
         run_dir: the phase-1 run folder.
         mode: "simulation" (oracle answers from the injected noise's truth) or "interactive" (stops at each
             query; fill the file, then rerun `alr query --run_dir RUN_DIR`).
         **overrides: e.g. "relabel#acquisition"="margin", "relabel#round_budget"=50, "relabel#num_rounds"=3.
     """
+    _relabel(run_dir, mode, overrides, "relabel")
+
+
+def query(run_dir: str = "runs/alr", **overrides):
+    """Phase 2 with a person answering: trains until the next query file is written, then stops.
+
+    Relabel keys are saved with the run on first use and reused on resume, as for `alr relabel`.
+
+    Args:
+        run_dir: the phase-1 run folder.
+        **overrides: relabel keys, e.g. "relabel#round_budget"=20.
+    """
+    _relabel(run_dir, "interactive", overrides, "query")
+    status(run_dir)
+
+
+def _relabel(run_dir: str, mode: str, overrides: dict[str, Any], command: str) -> None:
+    if mode not in MODES:
+        raise UsageError(f"--mode {mode!r} is not accepted; choose one of: {', '.join(MODES)}")
+    check_overrides(overrides, ("relabel",), command, strict=False)
     run_path = Path(run_dir)
-    files, saved = _load_run_config(run_path)
+    config = load_run_config(run_path)
+    settings = relabel_settings(run_path, config, overrides)
+    if settings != config["relabel"] or "relabel" not in json.loads((run_path / RUN_CONFIG).read_text()):
+        save_run_config(run_path, relabel=settings)
     merged = {
-        **saved,
+        **config["overrides"],
         "output_dir": str(run_path),  # the run folder given now, even if phase 1 ran under another path
+        **settings,
         "relabel#mode": mode,
-        "relabel#resume_command": f"alr query --run_dir {run_dir}",
-        **overrides,
+        # The settings are saved, so this plain command resumes with them.
+        "relabel#resume_command": f"alr query --run_dir {shlex.quote(str(run_dir))}",
     }
-    run_workflow(files + [_bundle_file("relabel.json")], merged)
+    run_workflow(relabel_files(config["config_files"]), merged)
     from alr_monai.report import write_report
 
     write_report(run_path)
 
 
-def query(run_dir: str = "runs/alr", **overrides):
-    """Run phase 2 with a person answering: trains until the next query file is written, then stops."""
-    relabel(run_dir, mode="interactive", **overrides)
-    status(run_dir)
+def rounds_written(run_dir: Path) -> bool:
+    """True once a relabel round's query file exists: from then on its settings are fixed."""
+    return any((Path(run_dir) / "relabel" / "queries").glob("round_*.csv"))
 
 
-def answer(file: str, run_dir: str = "runs/alr"):
-    """Validate an expert's answers CSV for the pending round and apply it (every bad row is reported at once,
-    and nothing is applied when any row is bad)."""
-    from alr_monai.relabel import apply_answers_file
+def relabel_settings(run_dir: Path, config: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """The phase-2 settings of a run: those saved in run_config.json, updated by ``overrides``.
+
+    Raises:
+        UsageError: rounds are already written (a query file exists) and ``overrides`` changes a setting
+            they were written with.
+    """
+    saved = dict(config["relabel"])
+    if rounds_written(run_dir):
+        for name, value in overrides.items():
+            if not keys_.is_fixed_in_rounds(name):
+                continue
+            before = saved[name] if name in saved else _configured_value(config, name)
+            if _same(before, value):
+                continue
+            raise UsageError(
+                f"--{name} {value!r}: this run's relabel rounds were written with {name} = {before!r} "
+                f"(saved in {run_dir / 'run_config.json'}); rerun without --{name} to resume with the saved "
+                "settings, or start phase 2 in a new run folder to use another value"
+            )
+    return {**saved, **overrides}
+
+
+def _same(a: Any, b: Any) -> bool:
+    normal = {"true": True, "false": False, "null": None, "none": None}
+    a = normal.get(a.strip().lower(), a) if isinstance(a, str) else a
+    b = normal.get(b.strip().lower(), b) if isinstance(b, str) else b
+    return a == b
+
+
+def _configured_value(config: dict[str, Any], name: str) -> Any:
+    """``name``'s value in the run's phase-1 overrides, else its last setting in the run's config files."""
+    if name in config["overrides"]:
+        return config["overrides"][name]
+    value: Any = None
+    for path in relabel_files(config["config_files"]):
+        node: Any = json.loads(Path(path).read_text())
+        if name in node:
+            value = node[name]
+            continue
+        for part in name.split("#"):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
+            value = node
+    return value
+
+
+def answer(file: str, run_dir: str = "runs/alr", dry_run: bool = False, allow_empty: bool = False):
+    """Validate an expert's answers CSV for the pending round and apply it.
+
+    Every bad row is reported at once, and nothing is applied when any row is bad.
+
+    Args:
+        file: the answers CSV (the filled-in query file, or any CSV with id and expert_label columns).
+        run_dir: the run folder.
+        dry_run: validate and print what would change; apply nothing.
+        allow_empty: close the round even if the file answers nothing (every expert_label blank).
+    """
+    from alr_monai.relabel import RoundError, RoundState, apply_answers_file, read_answers
 
     relabel_dir = Path(run_dir) / "relabel"
+    state_path = relabel_dir / "state.json"
+    if not state_path.is_file():
+        raise FileNotFoundError(
+            f"{state_path} not found: no relabel round was started in {run_dir}; run `alr query --run_dir {run_dir}`"
+        )
+    if dry_run:
+        state = RoundState.load(state_path)
+        if state.pending_round is None:
+            raise RoundError(f"no query is pending in {state_path} ({state.round} rounds applied)")
+        pending = state.pending_round
+        answers = read_answers(file, state.class_names, state.queried[str(pending)], state.ids, allow_empty)
+        rows = state.apply_answers(pending, answers, "expert")  # in memory only: nothing is written
+        entry = state.history[-1]
+        print(
+            f"dry run, round {pending}: {entry['labels_spent']} answers would be applied ({entry['labels_changed']} "
+            f"labels changed, {entry['excluded']} excluded, {entry['skipped']} skipped); nothing was written"
+        )
+        for row in rows:
+            print(f"  {row['id']}: {row['old_label']} -> {row['new_label']}")
+        print(f"Apply with: alr answer {shlex.quote(str(file))} --run_dir {shlex.quote(str(run_dir))}")
+        return
     state = apply_answers_file(
-        relabel_dir / "state.json", relabel_dir / "audit.csv", relabel_dir / "labels_cleaned.csv", file
+        state_path, relabel_dir / "audit.csv", relabel_dir / "labels_cleaned.csv", file, allow_empty=allow_empty
     )
     entry = state.history[-1]
     print(
         f"round {entry['round']}: applied {entry['labels_spent']} answers ({entry['labels_changed']} labels changed, "
-        f"{entry['excluded']} excluded, {entry['skipped']} skipped). Continue with: alr query --run_dir {run_dir}"
+        f"{entry['excluded']} excluded, {entry['skipped']} skipped). "
+        f"Continue with: alr query --run_dir {shlex.quote(str(run_dir))}"
     )
 
 
 def status(run_dir: str = "runs/alr"):
-    """Print the relabel round, labels spent, and what is waiting."""
+    """Print the relabel round, labels spent, and what is waiting.
+
+    Args:
+        run_dir: the run folder.
+    """
     from alr_monai.relabel import RoundState
 
     state_path = Path(run_dir) / "relabel" / "state.json"
@@ -201,7 +263,11 @@ def status(run_dir: str = "runs/alr"):
 
 
 def report(run_dir: str = "runs/alr"):
-    """Write report.md for a run and print it."""
+    """Write report.md for a run and print it.
+
+    Args:
+        run_dir: the run folder.
+    """
     from alr_monai.report import write_report
 
     print(write_report(run_dir).read_text())
@@ -219,7 +285,25 @@ def demo(
     """Phase 1 and simulated relabel rounds on the embedded long-tailed BloodMNIST subset, with a report.
 
     The run folder is reused: a finished phase is not rerun (delete the folder to start over).
+
+    Args:
+        output_dir: the run folder.
+        noise_rate: share of training labels corrupted by symmetric noise.
+        max_epochs: phase-1 epochs.
+        rounds: relabel rounds.
+        budget: samples queried per round.
+        acquisition: how the pool is ranked (random, entropy, least_confidence, margin, bald, coreset).
+        seed: seed of everything (noise, training, oracle).
     """
+    settings = {
+        "simulation#noise_rate": noise_rate,
+        "max_epochs": max_epochs,
+        "seed": seed,
+        "relabel#num_rounds": rounds,
+        "relabel#round_budget": budget,
+        "relabel#acquisition": acquisition,
+    }
+    check_overrides(settings, ("train", "relabel"), "demo")
     from alr_monai.data.medmnist import load_medmnist
     from alr_monai.data.noise import inject_noise, noise_table
 
@@ -233,12 +317,7 @@ def demo(
         not (run_dir / "metrics.json").is_file()
         or json.loads((run_dir / "metrics.json").read_text())["epoch"] < max_epochs
     ):
-        train(
-            output_dir=str(run_dir),
-            max_epochs=max_epochs,
-            seed=seed,
-            **{"simulation#noise_rate": noise_rate},
-        )
+        train(output_dir=str(run_dir), max_epochs=max_epochs, seed=seed, **{"simulation#noise_rate": noise_rate})
     relabel(
         str(run_dir),
         mode="simulation",
@@ -248,7 +327,7 @@ def demo(
 
 
 def benchmark(
-    preset: str = "configs/benchmarks/full.json",
+    preset: str = "full",
     out: str = "runs/benchmark",
     data: str | None = None,
     imbalance_ratio: float | None = None,
@@ -257,27 +336,29 @@ def benchmark(
     """Run or resume a benchmark matrix (finished cells are not rerun); writes results.csv, results.md, plots.
 
     Args:
-        preset: a JSON in configs/benchmarks (full, small, phase1_noise0.6) or any path.
+        preset: a matrix in configs/benchmarks (full, small, noise0.6, phase1_noise0.6) or any .json path.
         out: output folder.
         data: any MedMNIST-layout .npz (default: the preset's, else the embedded subset).
-        imbalance_ratio: long-tail the training split of ``data`` to this ratio, e.g. 20.
-        shard: "K/N" to run the K-th of N interleaved parts of the cells, so N processes share ``out`` (then
+        imbalance_ratio: long-tail the training split of data to this ratio, e.g. 20.
+        shard: "K/N" to run the K-th of N interleaved parts of the cells, so N processes share out (then
             run once without a shard to write the complete tables).
     """
     from alr_monai.benchmark import run_benchmark
 
-    path = Path(preset)
-    if not path.is_file() and (REPO_ROOT / "configs" / "benchmarks" / f"{preset}.json").is_file():
-        path = REPO_ROOT / "configs" / "benchmarks" / f"{preset}.json"
-    run_benchmark(path, out, data, imbalance_ratio, shard)
+    run_benchmark(benchmark_preset_file(preset), out, data, imbalance_ratio, shard)
 
 
 class Manifest:
-    """Manifest tools."""
+    """Manifest tools: build a manifest from a folder per class, or check one."""
 
     @staticmethod
     def build(root: str, out: str = "manifest.csv"):
-        """Turn ROOT/<class>/<files> (.dcm .nii .nii.gz .png .jpg) into a manifest CSV."""
+        """Turn ROOT/<class>/<files> (.dcm .nii .nii.gz .png .jpg) into a manifest CSV.
+
+        Args:
+            root: a folder with one subfolder per class.
+            out: the manifest CSV to write.
+        """
         from alr_monai.data.manifest import build_manifest_from_folder, load_manifest
 
         path = build_manifest_from_folder(root, out)
@@ -286,7 +367,13 @@ class Manifest:
 
     @staticmethod
     def check(path: str, classes: Sequence[str] | None = None, root: str | None = None):
-        """Validate a manifest; every bad row is reported at once."""
+        """Validate a manifest; every bad row is reported at once.
+
+        Args:
+            path: the manifest CSV.
+            classes: class names in index order (default: inferred from the labels).
+            root: folder that relative image paths start from (default: the CSV's folder).
+        """
         from alr_monai.data.manifest import load_manifest
 
         manifest = load_manifest(path, class_names=classes, root=root)
@@ -307,26 +394,321 @@ COMMANDS = {
     "benchmark": benchmark,
     "manifest": Manifest,
 }
+# Bundle-key phases each command accepts as --KEY VALUE (train adds "manifest" when --manifest is given).
+COMMAND_PHASES: dict[str, tuple[str, ...]] = {"train": ("train",), "relabel": ("relabel",), "query": ("relabel",)}
+# Choices of plain command arguments (bundle keys carry their own).
+ARGUMENT_CHOICES: dict[tuple[str, str], tuple] = {
+    ("relabel", "mode"): MODES,
+    ("demo", "acquisition"): keys_.ACQUISITIONS,
+}
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of the ``alr`` console script."""
+# -------------------------------------------------------------------------------------- argument checking
+def _subcommands(target: Any) -> dict[str, Callable]:
+    return {
+        name: getattr(target, name)
+        for name in sorted(vars(target))
+        if not name.startswith("_") and callable(getattr(target, name))
+    }
+
+
+def _parse_value(text: str) -> Any:
+    """A flag's value as fire will pass it (fire's own parser)."""
+    from fire import parser
+
+    return parser.DefaultParseValue(text)
+
+
+def check_argv(args: Sequence[str]) -> tuple[str, Callable] | None:
+    """Check a command line before fire runs it; print help and exit 0 for ``-h`` / ``--help``.
+
+    Returns:
+        (command name, function) of a command line fire may run, or None when help was printed.
+
+    Raises:
+        UsageError: an unknown command, option or bundle key (with the closest known one), a bad value, a
+            missing or extra argument.
+        KeyError_: a bundle key's value the key does not accept.
+    """
+    args = list(args)
+    if not args or args[0] in HELP_FLAGS:
+        print(main_help())
+        return None
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        hint = closest(name, list(COMMANDS))
+        raise UsageError(
+            f"unknown command {name!r}{f' (did you mean {hint}?)' if hint else ''}; commands: {', '.join(COMMANDS)}"
+        )
+    target = COMMANDS[name]
+    if inspect.isclass(target):
+        subs = _subcommands(target)
+        if not rest or rest[0] in HELP_FLAGS:
+            print(group_help(name, target))
+            return None
+        if rest[0] not in subs:
+            hint = closest(rest[0], list(subs))
+            raise UsageError(
+                f"unknown command 'alr {name} {rest[0]}'{f' (did you mean {hint}?)' if hint else ''}; "
+                f"commands: {', '.join(subs)}"
+            )
+        name, target, rest = f"{name} {rest[0]}", subs[rest[0]], rest[1:]
+    if any(token in HELP_FLAGS for token in rest):
+        print(command_help(name, target))
+        return None
+    _check_arguments(name, target, rest)
+    return name, target
+
+
+def _check_arguments(name: str, function: Callable, args: list[str]) -> None:
+    signature = inspect.signature(function)
+    params = {p.name: p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD}
+    takes_keys = len(params) < len(signature.parameters)
+    positionals: list[str] = []
+    flags: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        token = args[i]
+        if token == "--":
+            raise UsageError(f"alr {name}: unexpected '--'; pass options as --name value (see alr {name} --help)")
+        if token.startswith("--"):
+            flag, has_value, text = token[2:].partition("=")
+            flag = flag.replace("-", "_")  # fire accepts --dry-run for dry_run
+            if not has_value:
+                if i + 1 < len(args) and not args[i + 1].startswith("--"):
+                    text, i = args[i + 1], i + 1
+                    value = _parse_value(text)
+                else:
+                    value = True
+            else:
+                value = _parse_value(text)
+            if flag in flags:
+                raise UsageError(f"alr {name}: --{flag} is given twice")
+            flags[flag] = value
+        else:
+            positionals.append(token)
+        i += 1
+
+    keys: dict[str, Any] = {}
+    for flag, value in flags.items():
+        if flag in params:
+            choices = ARGUMENT_CHOICES.get((name, flag))
+            if choices and value not in choices:
+                hint = closest(str(value), [str(c) for c in choices])
+                raise UsageError(
+                    f"--{flag} {value!r} is not accepted{f' (did you mean {hint}?)' if hint else ''}; "
+                    f"choose one of: {', '.join(map(str, choices))}"
+                )
+            if params[flag].annotation in ("bool", bool) and not isinstance(value, bool):
+                raise UsageError(f"--{flag} is a switch and takes no value (got {value!r})")
+        elif takes_keys:
+            keys[flag] = value
+        else:
+            hint = closest(flag, list(params))
+            raise UsageError(
+                f"unknown option --{flag} for alr {name}: {f'did you mean --{hint}? ' if hint else ''}"
+                f"See alr {name} --help"
+            )
+    if takes_keys:
+        phases = COMMAND_PHASES[name]
+        if name == "train" and flags.get("manifest"):
+            phases = (*phases, "manifest")
+        known = [key.name for key in keys_.keys_for(phases)] + list(params)
+        for flag, value in keys.items():
+            key = {k.name: k for k in keys_.keys_for(phases)}.get(flag)
+            if key is None:
+                if keys_._BY_NAME.get(flag) is None:
+                    hint = closest(flag, known)
+                    elsewhere = None if hint else closest(flag, [k.name for k in keys_.KEYS])
+                    if elsewhere:
+                        # A typo of a key another command takes: say so, or the user fixes the typo and
+                        # still lands on a refusal.
+                        hint = f"{elsewhere}, which alr {name} does not take"
+                    raise UsageError(
+                        f"unknown option --{flag} for alr {name}: {f'did you mean --{hint}? ' if hint else ''}"
+                        f"See alr {name} --help for the accepted keys"
+                    )
+                raise UsageError(keys_.unknown_key_message(flag, name, known))
+            key.check(value)
+
+    free = [p for p in params.values() if p.name not in flags]
+    if len(positionals) > len(free):
+        extra = positionals[len(free) :]
+        raise UsageError(f"alr {name}: unexpected argument(s) {extra} (see alr {name} --help)")
+    given = {p.name for p in free[: len(positionals)]} | set(flags)
+    missing = [p.name for p in params.values() if p.default is inspect.Parameter.empty and p.name not in given]
+    if missing:
+        raise UsageError(f"alr {name} needs {', '.join(m.upper() for m in missing)}; usage: {usage(name, function)}")
+
+
+# ------------------------------------------------------------------------------------------------- help
+def _doc_parts(function: Callable) -> tuple[str, dict[str, str]]:
+    """(description, {argument: meaning}) from a Google-style docstring."""
+    doc = inspect.getdoc(function) or ""
+    head, _, args_block = doc.partition("\nArgs:\n")
+    meanings: dict[str, str] = {}
+    current = None
+    for line in args_block.splitlines():
+        match = re.match(r"^\s{4}(\*{0,2}\w+):\s*(.*)$", line)
+        if match:
+            current = match.group(1).lstrip("*")
+            meanings[current] = match.group(2)
+        elif current and line.startswith(" " * 8):
+            meanings[current] += " " + line.strip()
+        elif line.strip() and not line.startswith(" "):
+            break
+    return head.strip(), meanings
+
+
+def usage(name: str, function: Callable) -> str:
+    """The one-line usage of ``alr name``."""
+    parts = [f"alr {name}"]
+    signature = inspect.signature(function)
+    for param in signature.parameters.values():
+        if param.kind is inspect.Parameter.VAR_KEYWORD:
+            parts.append("[--KEY VALUE ...]")
+        elif param.default is inspect.Parameter.empty:
+            parts.append(param.name.upper())
+        elif param.annotation in ("bool", bool):
+            parts.append(f"[--{param.name}]")
+        else:
+            parts.append(f"[--{param.name} {param.name.upper()}]")
+    return " ".join(parts)
+
+
+def _key_lines(phases: Sequence[str], indent: str = "  ") -> list[str]:
+    lines = []
+    for key in keys_.keys_for(phases):
+        choices = f" {{{', '.join(map(str, key.choices))}}}" if key.choices else ""
+        lines.append(f"{indent}--{key.name} (default {key.default_text()}){choices}")
+        lines.append(f"{indent}    {key.meaning}")
+    return lines
+
+
+def command_help(name: str, function: Callable) -> str:
+    """Help of one command: usage, description, its arguments, and every bundle key it accepts."""
+    description, meanings = _doc_parts(function)
+    lines = [f"usage: {usage(name, function)}", "", description, ""]
+    signature = inspect.signature(function)
+    arguments = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    if arguments:
+        lines.append("arguments:")
+        for param in arguments:
+            default = "" if param.default is inspect.Parameter.empty else f" (default {param.default})"
+            label = param.name.upper() if param.default is inspect.Parameter.empty else f"--{param.name}"
+            choices = ARGUMENT_CHOICES.get((name, param.name))
+            extra = f" {{{', '.join(map(str, choices))}}}" if choices else ""
+            lines.append(f"  {label}{default}{extra}")
+            if param.name in meanings:
+                lines.append(f"      {meanings[param.name]}")
+    phases = COMMAND_PHASES.get(name)
+    if phases:
+        lines += ["", f"bundle keys (--KEY VALUE; defaults from the bundle configs; see {keys_.__name__}):"]
+        lines += _key_lines(phases)
+        if name == "train":
+            lines += ["", "bundle keys with --manifest only:"]
+            lines += _key_lines(("manifest",))
+    lines += ["", "  --debug  show the full traceback of an error", "  -h, --help  show this help and exit"]
+    return "\n".join(lines).replace("\n\n\n", "\n\n")
+
+
+def group_help(name: str, target: Any) -> str:
+    """Help of a command group such as ``alr manifest``."""
+    lines = [f"usage: alr {name} COMMAND ...", "", inspect.getdoc(target) or "", "", "commands:"]
+    for sub, function in _subcommands(target).items():
+        lines.append(f"  {usage(f'{name} {sub}', function)}")
+        lines.append(f"      {_doc_parts(function)[0].splitlines()[0]}")
+    lines.append(f"\nalr {name} COMMAND --help shows a command's arguments.")
+    return "\n".join(lines)
+
+
+def main_help() -> str:
+    """Help of ``alr``: the command list from this module's docstring."""
+    doc = (__doc__ or "").split("\n\n")
+    commands = doc[1] if len(doc) > 1 else ""
+    return "\n".join(
+        [
+            "usage: alr COMMAND [ARGS] [--KEY VALUE ...] [--debug]",
+            "",
+            "Active Label Refinement: noise-robust training, then expert relabel rounds.",
+            "",
+            "commands:",
+            *(line[4:] if line.startswith("    ") else line for line in commands.splitlines()),
+            "",
+            "alr COMMAND --help lists a command's arguments and every bundle key it accepts.",
+            "Errors print one or two lines and exit 2; --debug shows the full traceback.",
+        ]
+    )
+
+
+# --------------------------------------------------------------------------------------------- errors
+def _user_errors() -> tuple[type[BaseException], ...]:
     from alr_monai.data.manifest import ManifestError
     from alr_monai.relabel import AnswerError, RoundError
 
-    user_errors = (ManifestError, AnswerError, RoundError, FileNotFoundError, FileExistsError, ValueError)
+    return (
+        UsageError,
+        KeyError_,
+        ManifestError,
+        AnswerError,
+        RoundError,
+        FileNotFoundError,
+        FileExistsError,
+        ValueError,
+    )
+
+
+_WRAPPER_MESSAGES = ("Failed to instantiate", "Failed to evaluate", "Failed to run", "failed to run")
+
+
+def unwrap(error: BaseException) -> BaseException:
+    """The user's error inside MONAI's wrappers ("Failed to instantiate component", "Failed to evaluate
+    ConfigExpression"), however many levels deep."""
+    seen = set()
+    while id(error) not in seen:
+        seen.add(id(error))
+        inner = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+        if inner is None or not (isinstance(error, RuntimeError) and str(error).lstrip().startswith(_WRAPPER_MESSAGES)):
+            break
+        error = inner
+    return error
+
+
+def error_message(error: BaseException) -> str:
+    """``error`` as the CLI prints it: its message, with the exception type where the message alone is vague."""
+    text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    if isinstance(error, (FileNotFoundError, FileExistsError)) and error.filename and str(error.filename) not in text:
+        text = f"{text}: {error.filename}"
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``alr`` console script: check the arguments, run the command through fire."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = DEBUG_FLAG in args
+    args = [a for a in args if a != DEBUG_FLAG]
     try:
-        fire.Fire(COMMANDS, command=None if argv is None else list(argv), name="alr")
-    except user_errors as error:
-        print(f"alr: error: {error}", file=sys.stderr)
-        sys.exit(2)
-    except RuntimeError as error:
-        # MONAI wraps an error raised while evaluating a config expression; show the user the cause.
-        cause = error.__cause__
-        if isinstance(cause, user_errors):
-            print(f"alr: error: {cause}", file=sys.stderr)
-            sys.exit(2)
+        if check_argv(args) is None:
+            return
+        fire.Fire(COMMANDS, command=args, name="alr")
+    except SystemExit:
         raise
+    except KeyboardInterrupt:
+        print("alr: interrupted; rerun the same command to resume", file=sys.stderr)
+        sys.exit(130)
+    except Exception as error:
+        if debug:
+            raise
+        cause = unwrap(error)
+        if isinstance(cause, _user_errors()):
+            print(f"alr: error: {error_message(cause)}", file=sys.stderr)
+            sys.exit(2)
+        print(
+            f"alr: error: {type(cause).__name__}: {error_message(cause)}\n"
+            "  (unexpected: rerun with --debug for the traceback, and report it if it is a bug)",
+            file=sys.stderr,
+        )
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -251,12 +251,16 @@ def _ordered(ids: Collection[str]) -> list[str]:
 
 
 def _cell(record: list[str], column: int | None) -> str:
-    # Spreadsheets may drop trailing empty cells, so a short row reads as blank there.
     return record[column] if column is not None and column < len(record) else ""
 
 
-def _read_records(path: Path, problems: list[str]) -> list[list[str]] | None:
-    """All CSV records of ``path`` (blank lines kept as ``[]`` so record n is spreadsheet row n), or None."""
+def _read_records(path: Path, problems: list[str]) -> tuple[list[list[str]], list[tuple[int, int]]] | None:
+    """All CSV records of ``path`` and the (first, last) physical line of each, or None when unreadable.
+
+    Blank lines are kept as ``[]`` so record n is spreadsheet row n. The reader is strict: a quote that is never
+    closed (which would otherwise swallow every following line into one cell) or a stray quote inside a cell is
+    an error naming the row where it starts.
+    """
     data = path.read_bytes()
     try:
         text = data.decode("utf-8-sig")
@@ -272,32 +276,53 @@ def _read_records(path: Path, problems: list[str]) -> list[list[str]] | None:
         if set(REQUIRED_ANSWER_COLUMNS) <= cells:
             delimiter = candidate
             break
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     records: list[list[str]] = []
+    lines: list[tuple[int, int]] = []
+    last_line = 0
     try:
         for record in reader:
             records.append(record)
+            lines.append((last_line + 1, reader.line_num))
+            last_line = reader.line_num
     except csv.Error as error:
-        problems.append(f"{path} row {len(records) + 1}: unreadable CSV ({error})")
+        row, line = len(records) + 1, last_line + 1
+        if "unexpected end of data" in str(error):
+            reason = (
+                'a quote (") opened in this row is never closed, so every line after it would be read as one '
+                "cell; close the quote or remove it"
+            )
+        else:
+            reason = f'malformed CSV ({error}); a quote (") inside a cell must be doubled ("")'
+        problems.append(f"{path} row {row} (line {line}): {reason}")
         return None
-    return records
+    return records, lines
 
 
 def read_answers(
-    path: str | Path, class_names: Sequence[str], queried_ids: Collection[str], known_ids: Collection[str]
+    path: str | Path,
+    class_names: Sequence[str],
+    queried_ids: Collection[str],
+    known_ids: Collection[str],
+    allow_empty: bool = False,
 ) -> list[Answer]:
     """Read and validate an expert's answers file.
 
     Required columns are ``id`` and ``expert_label`` (header names ignore case and surrounding whitespace);
     ``comment`` is optional and any other column is ignored, so the filled-in query file itself is a valid
     answers file. ``expert_label`` may be a class name (any case), a class index, ``exclude`` (remove the sample
-    from training) or blank (skipped: the sample stays in the pool). Rows whose cells are all blank are ignored.
+    from training) or blank (skipped: the sample stays in the pool). Rows whose cells are all blank are ignored;
+    every other row must have the header's number of cells (extra cells may only be empty). The CSV is parsed
+    strictly: an unterminated or stray quote is an error naming its row, never a silently swallowed row.
 
     Args:
         path: the answers CSV (comma, semicolon or tab separated; UTF-8, BOM allowed).
         class_names: class names by index.
         queried_ids: ids queried this round; queried ids absent from the file count as skipped.
         known_ids: every id in the dataset, to tell a typo from a sample of another round.
+        allow_empty: accept a file that answers nothing (every label blank, or no row at all), which closes the
+            round with every queried sample skipped; by default such a file is refused, because it is most often
+            the query file saved back unfilled.
 
     Returns:
         One answer per answered row in file order, then a skipped answer for each queried id not in the file.
@@ -314,9 +339,10 @@ def read_answers(
     queried_set = set(queried)
     known = {str(i) for i in known_ids}
     problems: list[str] = []
-    records = _read_records(path, problems)
-    if records is None:
+    read = _read_records(path, problems)
+    if read is None:
         raise AnswerError(problems)
+    records, lines = read
     if not any(any(cell.strip() for cell in record) for record in records):
         raise AnswerError([f"{path} row 1: the file is empty (expected a header with columns id, expert_label)"])
 
@@ -338,11 +364,28 @@ def read_answers(
         if not any(cell.strip() for cell in record):
             continue
         where = f"{path} row {row_number}"
+        first_line, last_line = lines[row_number - 1]
+        if first_line != last_line:
+            where += f" (lines {first_line}-{last_line})"
+        row_ok = True
         if any(value.strip() for value in record[len(header) :]):
             problems.append(f"{where}: {len(record)} cells but the header has {len(header)} (an unquoted comma?)")
+            row_ok = False
+        elif len(record) < len(header):
+            problems.append(
+                f"{where}: {len(record)} cells but the header has {len(header)}; every row needs the header's "
+                "columns (a cell typed in the wrong column, or a lost separator?)"
+            )
+            row_ok = False
+        for column, name in ((id_col, "id"), (label_col, "expert_label")):
+            if "\n" in _cell(record, column) or "\r" in _cell(record, column):
+                problems.append(
+                    f"{where}: the {name} cell spans several lines (a quote opened and closed rows apart?); "
+                    "remove the stray quotes"
+                )
+                row_ok = False
         sample_id = _cell(record, id_col).strip()
         raw_label = _cell(record, label_col)
-        row_ok = True
         if not sample_id:
             problems.append(f"{where}: empty id")
             row_ok = False
@@ -363,6 +406,12 @@ def read_answers(
             row_ok = False
         if row_ok:
             answers.append(Answer(sample_id, label, excluded, _cell(record, comment_col).strip()))
+    if not problems and not allow_empty and all(answer.skipped for answer in answers):
+        problems.append(
+            f"{path}: no answer at all (every expert_label is blank; was the query file saved back unfilled?): "
+            "fill expert_label with a class name or 'exclude', or, to close the round with no answers, run "
+            f"`alr answer {path} --allow_empty`"
+        )
     if problems:
         raise AnswerError(problems)
     answered = {answer.id for answer in answers}

@@ -582,6 +582,7 @@ def apply_answers_file(
     answers_path: str | Path,
     round_index: int | None = None,
     source: str = "expert",
+    allow_empty: bool = False,
 ) -> RoundState:
     """Read an expert's answers CSV for the pending round and apply it with :func:`apply_round`.
 
@@ -590,6 +591,7 @@ def apply_answers_file(
 
     Args:
         round_index: the round answered; defaults to the pending round.
+        allow_empty: accept a file with no answer at all (see :func:`~alr_monai.relabel.expert.read_answers`).
     """
     state = RoundState.load(state_path)
     if round_index is None:
@@ -597,5 +599,5 @@ def apply_answers_file(
             raise RoundError(f"no query is pending in {state_path} ({state.round} rounds applied)")
         round_index = state.pending_round
     state._check_can_apply(round_index)
-    answers = read_answers(answers_path, state.class_names, state.queried[str(round_index)], state.ids)
+    answers = read_answers(answers_path, state.class_names, state.queried[str(round_index)], state.ids, allow_empty)
     return apply_round(state_path, audit_path, labels_cleaned_path, round_index, answers, source)
