@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # torch first, pinned, so pip takes the local CPU wheel instead of a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test lint format clean
+.PHONY: install demo test lint format clean wheel-smoke
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ format: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+# A wheel (not editable) installed into a fresh venv runs `alr train` and `alr relabel` from a temp folder.
+wheel-smoke: $(STAMP)
+	BASE_PYTHON=$(PYTHON) TORCH_SPEC=$(TORCH_SPEC) bash scripts/wheel_smoke.sh $(BIN)/python
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -196,14 +196,20 @@ KEYS: tuple[Key, ...] = (
         minimum=1,
     ),
     Key("resume", TRAIN, "train", "bool", "resume from the newest checkpoint in the run folder (false: refuse to)"),
-    Key("augment", TRAIN, "train", "bool", "random flips (and the augment_* options) during training"),
-    Key("augment_rotate90", TRAIN, "train", "bool", "random 90-degree rotations when augment is true"),
+    Key(
+        "augment",
+        TRAIN,
+        "train",
+        "bool",
+        "random left-right flips during training (augment_rotate90 and augment_shift add more)",
+    ),
+    Key("augment_rotate90", TRAIN, "train", "bool", "with augment: also up-down flips and random 90-degree rotations"),
     Key(
         "augment_shift",
         TRAIN,
         "train",
         "int",
-        "random shifts of up to N pixels (pad and crop) when augment is true",
+        "with augment: random shifts of up to N pixels (pad and crop back)",
         minimum=0,
     ),
     Key("dataset_dir", TRAIN, "train", "str?", "a folder with bloodmnist.npz; null = the embedded subset"),
@@ -483,3 +489,41 @@ def markdown_table(phases: Iterable[str]) -> str:
         choices = ", ".join(str(c) for c in key.choices)
         lines.append(f"| `{key.name}` | {key.default_text()} | {choices} | {key.meaning} |")
     return "\n".join(lines) + "\n"
+
+
+DOC_SECTIONS = {"train": ("train",), "manifest": ("manifest",), "relabel": ("relabel",)}
+
+
+def render_docs(text: str) -> str:
+    """``text`` (the bundle README) with every ``<!-- keys:NAME -->`` ... ``<!-- /keys:NAME -->`` block
+    replaced by the current key table of that section (``train``, ``manifest``, ``relabel``).
+
+    Raises:
+        ValueError: a section's markers are missing.
+    """
+    for name, phases in DOC_SECTIONS.items():
+        begin, end = f"<!-- keys:{name} -->", f"<!-- /keys:{name} -->"
+        if begin not in text or end not in text:
+            raise ValueError(f"the bundle docs lack the markers {begin} ... {end}")
+        head, rest = text.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        text = f"{head}{begin}\n{markdown_table(phases)}{end}{tail}"
+    return text
+
+
+def main() -> None:
+    """Rewrite the key tables of the bundle docs from this table: ``python -m alr_monai.keys``."""
+    from pathlib import Path
+
+    from alr_monai.workflow import bundle_dir
+
+    path = Path(bundle_dir()) / "docs" / "README.md"
+    text = path.read_text(encoding="utf-8")
+    new = render_docs(text)
+    if new != text:
+        path.write_text(new, encoding="utf-8")
+    print(f"{path}: key tables {'rewritten' if new != text else 'already current'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -192,3 +192,263 @@ def test_answer_with_a_bad_file_lists_every_problem_and_changes_nothing(pending_
     code, _, err = run_cli(["answer", str(pending_run / "nope.csv"), "--run_dir", str(pending_run)], capsys)
     assert code == 2 and "nope.csv" in err
     assert state_path.read_bytes() == before
+
+
+# ------------------------------------------------------------------------------------- help and refusals
+COMMAND_LINES = [["demo"], ["train"], ["relabel"], ["query"], ["answer"], ["status"], ["report"], ["benchmark"]]
+COMMAND_LINES += [["manifest"], ["manifest", "build"], ["manifest", "check"]]
+
+
+@pytest.fixture
+def no_workflow(monkeypatch):
+    """Any attempt to run a bundle workflow (training) fails the test."""
+    calls = []
+
+    def refuse(*args, **kwargs):
+        calls.append(args)
+        raise AssertionError("a workflow ran")
+
+    monkeypatch.setattr(cli, "run_workflow", refuse)
+    return calls
+
+
+@pytest.mark.parametrize("command", COMMAND_LINES, ids=" ".join)
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_of_every_command_exits_0_and_runs_nothing(command, flag, tmp_path, monkeypatch, capsys, no_workflow):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli([*command, flag], capsys)
+    assert code == 0, err
+    assert out.startswith("usage: alr " + " ".join(command)), out
+    assert not no_workflow and list(tmp_path.iterdir()) == [], "help must not run or write anything"
+
+
+def test_help_lists_every_key_a_command_accepts_with_default_and_meaning(capsys):
+    from alr_monai.keys import keys_for
+
+    for command, phases in [("train", ("train", "manifest")), ("relabel", ("relabel",)), ("query", ("relabel",))]:
+        code, out, _ = run_cli([command, "--help"], capsys)
+        assert code == 0
+        for key in keys_for(phases):
+            line = f"--{key.name} (default {key.default_text()})"
+            assert line in out, f"{command} --help lacks {line!r}"
+            assert key.meaning in out
+    out = run_cli(["train", "--help"], capsys)[1]
+    assert "--max_epochs (default 30)" in out and "phase-1 training epochs" in out
+    assert "{random, entropy, least_confidence, margin, bald, coreset}" in run_cli(["query", "-h"], capsys)[1]
+    out = run_cli(["answer", "--help"], capsys)[1]
+    assert "--dry_run" in out and "--allow_empty" in out and "FILE" in out
+    # The working form of the old CLI, `alr train -- --help`, is help too.
+    assert run_cli(["train", "--", "--help"], capsys)[0] == 0
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["train", "--max_epoch", "2"], "did you mean --max_epochs?"),
+        (["relabel", "--relabel#acquisiton", "margin"], "did you mean --relabel#acquisition?"),
+        (["train", "--relabel#acquisiton", "margin"], "did you mean --relabel#acquisition, which alr train does not"),
+        (["train", "--relabel#round_budget", "5"], "phase-2 setting: pass it to alr relabel or alr query"),
+        (["train", "--image_size", "[32,32]"], "add --manifest"),
+        (["query", "--max_epochs", "3"], "phase-1 setting: pass it to alr train"),
+        (["answer", "f.csv", "--dry-run", "--bogus"], "unknown option --bogus for alr answer"),
+        (["answer", "f.csv", "--dryrun"], "did you mean --dry_run?"),
+        (["status", "--run-dri", "x"], "did you mean --run_dir?"),
+        (["trian"], "did you mean train?"),
+        (["manifest", "chek", "m.csv"], "did you mean check?"),
+        (["answer"], "needs FILE"),
+        (["status", "a", "b"], "unexpected argument"),
+    ],
+)
+def test_typos_are_refused_with_the_closest_name_before_anything_runs(
+    argv, words, tmp_path, monkeypatch, capsys, no_workflow
+):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli([*argv, "--output_dir", "run"] if argv[0] == "train" else argv, capsys)
+    assert code == 2
+    assert err.startswith("alr: error: ") and words in err, err
+    assert len(err.strip().splitlines()) <= 2, err
+    assert out == "" and not no_workflow
+    assert list(tmp_path.iterdir()) == [], "nothing may be written before the arguments are checked"
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["relabel", "--relabel#acquisition", "margn"], "did you mean margin?"),
+        (["query", "--relabel#recipe", "all"], "choose one of: coteaching, trusted"),
+        (["train", "--max_epochs", "two"], "expected an integer"),
+        (["train", "--simulation#noise_kind", "uniform"], "choose one of: symmetric, pairflip"),
+        (["train", "--manifest", "m.csv", "--spatial_dims", "4"], "choose one of: 2, 3"),
+        (["relabel", "--mode", "interactiv"], "did you mean interactive?"),
+        (["demo", "--acquisition", "margn"], "did you mean margin?"),
+        (["answer", "f.csv", "--dry_run", "yes"], "is a switch"),
+    ],
+)
+def test_bad_values_are_refused_with_the_choices_before_any_output(
+    argv, words, tmp_path, monkeypatch, capsys, no_workflow
+):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(argv, capsys)
+    assert code == 2 and words in err, err
+    assert out == "" and not no_workflow and list(tmp_path.iterdir()) == []
+
+
+def test_missing_manifest_file_is_one_line_exit_2_and_creates_no_run_folder(tmp_path, capsys, no_workflow):
+    code, out, err = run_cli(
+        ["train", "--manifest", str(tmp_path / "labels.csv"), "--output_dir", str(tmp_path / "r")], capsys
+    )
+    assert code == 2
+    assert err.count("\n") == 1 and "labels.csv not found" in err and "alr manifest build" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_errors_inside_config_expressions_are_unwrapped(capsys, monkeypatch, tmp_path):
+    """MONAI wraps a user's error in several RuntimeErrors; the CLI prints the user's error in one line."""
+    from alr_monai.data.manifest import ManifestError
+
+    def nested(*args, **kwargs):
+        try:
+            try:
+                raise ManifestError([f"{tmp_path / 'm.csv'} row 3: label 'tumour' is not a class"])
+            except ManifestError as inner:
+                raise RuntimeError("Failed to evaluate ConfigExpression: $load_manifest(@manifest_path)") from inner
+        except RuntimeError as middle:
+            raise RuntimeError("Failed to instantiate component 'train#dataset' with keywords: data") from middle
+
+    monkeypatch.setattr(cli, "run_workflow", nested)
+    argv = ["train", "--output_dir", str(tmp_path / "run")]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2 and f"{tmp_path / 'm.csv'} row 3: label 'tumour' is not a class" in err
+    assert "Failed" not in err and "Traceback" not in err and len(err.splitlines()) <= 2, err
+    # --debug shows the whole chain as a traceback instead.
+    with pytest.raises(RuntimeError, match="Failed to instantiate") as info:
+        cli.main([*argv, "--debug"])
+    assert isinstance(info.value.__cause__.__cause__, ManifestError)
+
+
+# ---------------------------------------------------------------------------------- strict answers via alr
+def test_unterminated_quote_is_an_error_naming_the_row(pending_run, capsys):
+    path = pending_run / "quoted.csv"
+    path.write_text('id,expert_label,comment\ns3,abnormal,"fine\ns4,normal,ok\ns5,normal,ok\ns6,normal,ok\n')
+    state = (pending_run / "relabel" / "state.json").read_bytes()
+    code, out, err = run_cli(["answer", str(path), "--run_dir", str(pending_run)], capsys)
+    assert code == 2 and "applied" not in out
+    assert f"{path} row 2 (line 2)" in err and "never closed" in err, err
+    assert (pending_run / "relabel" / "state.json").read_bytes() == state
+
+
+def test_empty_answers_file_is_refused_unless_allowed(pending_run, capsys):
+    query = pending_run / "relabel" / "queries" / "round_1.csv"  # saved back unfilled
+    state_path = pending_run / "relabel" / "state.json"
+    before = state_path.read_bytes()
+    code, out, err = run_cli(["answer", str(query), "--run_dir", str(pending_run)], capsys)
+    assert code == 2 and "no answer at all" in err and "--allow_empty" in err, err
+    assert state_path.read_bytes() == before
+
+    code, out, err = run_cli(["answer", str(query), "--run_dir", str(pending_run), "--allow_empty"], capsys)
+    assert code == 0, err
+    assert "round 1: applied 0 answers (0 labels changed, 0 excluded, 4 skipped)" in out
+    assert RoundState.load(state_path).pending_round is None
+
+
+def test_dry_run_prints_the_changes_and_applies_nothing(pending_run, capsys):
+    answers = write_csv(
+        pending_run / "filled.csv",
+        ["id", "expert_label", "comment"],
+        [["s3", "abnormal", ""], ["s4", "abnormal", ""], ["s5", "exclude", ""], ["s6", "", ""]],
+    )
+    relabel_dir = pending_run / "relabel"
+    before = {path.name: path.read_bytes() for path in relabel_dir.rglob("*") if path.is_file()}
+    for flag in ("--dry_run", "--dry-run"):
+        code, out, err = run_cli(["answer", str(answers), "--run_dir", str(pending_run), flag], capsys)
+        assert code == 0, err
+        assert "dry run, round 1: 3 answers would be applied (1 labels changed, 1 excluded, 1 skipped)" in out
+        assert "s3: normal -> abnormal" in out and "s5: unclear -> excluded" in out
+        assert "s4:" not in out  # s4's given label is already abnormal: no change
+        after = {path.name: path.read_bytes() for path in relabel_dir.rglob("*") if path.is_file()}
+        assert after == before
+    # A bad file in a dry run is reported like a real one.
+    bad = write_csv(pending_run / "bad.csv", ["id", "expert_label"], [["s3", "tumour"]])
+    code, _, err = run_cli(["answer", str(bad), "--run_dir", str(pending_run), "--dry_run"], capsys)
+    assert code == 2 and "tumour" in err
+
+
+def test_answer_without_a_started_round_says_what_to_run(tmp_path, capsys):
+    answers = write_csv(tmp_path / "a.csv", ["id", "expert_label"], [["s1", "normal"]])
+    code, _, err = run_cli(["answer", str(answers), "--run_dir", str(tmp_path / "run")], capsys)
+    assert code == 2 and "alr query --run_dir" in err and err.count("\n") == 1
+
+
+# --------------------------------------------------------------------------- relabel settings saved with the run
+@pytest.fixture
+def phase1_dir(tmp_path) -> Path:
+    """A run folder as `alr train` leaves it (run_config.json), with a fake workflow instead of training."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    from alr_monai.workflow import phase1_files, save_run_config
+
+    save_run_config(run_dir, config_files=phase1_files("smoke"), overrides={"output_dir": str(run_dir)})
+    return run_dir
+
+
+@pytest.fixture
+def fake_rounds(monkeypatch):
+    """Replace the workflow by one that records its overrides and writes round 1's query file."""
+    runs: list[dict] = []
+
+    def fake(files, overrides):
+        runs.append(dict(overrides))
+        queries = Path(overrides["output_dir"]) / "relabel" / "queries"
+        queries.mkdir(parents=True, exist_ok=True)
+        (queries / "round_1.csv").write_text("id\n")
+
+    monkeypatch.setattr(cli, "run_workflow", fake)
+    monkeypatch.setattr("alr_monai.report.write_report", lambda run_dir: Path(run_dir) / "report.md")
+    return runs
+
+
+def test_relabel_settings_are_saved_and_reused_on_resume(phase1_dir, fake_rounds, capsys):
+    argv = ["relabel", "--run_dir", str(phase1_dir), "--relabel#round_budget", "20", "--relabel#acquisition", "margin"]
+    assert run_cli(argv, capsys)[0] == 0
+    saved = json.loads((phase1_dir / "run_config.json").read_text())
+    assert saved["relabel"] == {"relabel#round_budget": 20, "relabel#acquisition": "margin"}
+    assert saved["config_files"] and saved["overrides"]["output_dir"] == str(phase1_dir)  # phase 1 kept
+
+    # The printed resume command carries no settings: a plain resume reuses the saved ones.
+    assert fake_rounds[0]["relabel#resume_command"] == f"alr query --run_dir {phase1_dir}"
+    code, _, err = run_cli(["query", "--run_dir", str(phase1_dir)], capsys)
+    assert code == 0, err
+    assert fake_rounds[1]["relabel#round_budget"] == 20 and fake_rounds[1]["relabel#acquisition"] == "margin"
+    assert fake_rounds[1]["relabel#mode"] == "interactive"
+
+    # The same value again is fine; more rounds are fine and saved.
+    extend = ["--relabel#round_budget", "20", "--relabel#num_rounds", "8"]
+    assert run_cli(["relabel", "--run_dir", str(phase1_dir), *extend], capsys)[0] == 0
+    assert json.loads((phase1_dir / "run_config.json").read_text())["relabel"]["relabel#num_rounds"] == 8
+
+
+def test_resume_that_changes_written_rounds_is_refused(phase1_dir, fake_rounds, capsys):
+    assert run_cli(["query", "--run_dir", str(phase1_dir), "--relabel#round_budget", "20"], capsys)[0] == 0
+    before = (phase1_dir / "run_config.json").read_bytes()
+    for change in (["--relabel#round_budget", "100"], ["--relabel#acquisition", "random"], ["--batch_size", "8"]):
+        code, out, err = run_cli(["query", "--run_dir", str(phase1_dir), *change], capsys)
+        assert code == 2, change
+        assert change[0][2:] in err and "rerun without" in err and "new run folder" in err, err
+    assert len(fake_rounds) == 1, "a refused resume must not run"
+    assert (phase1_dir / "run_config.json").read_bytes() == before
+    # The default value of a key that was never set is what the rounds were written with: giving it is fine.
+    assert run_cli(["query", "--run_dir", str(phase1_dir), "--relabel#acquisition", "entropy"], capsys)[0] == 0
+
+
+def test_settings_may_change_before_any_round_is_written(phase1_dir, monkeypatch, capsys):
+    def failing(files, overrides):
+        raise ValueError("network_def#dropout is 0: BALD needs dropout")
+
+    monkeypatch.setattr(cli, "run_workflow", failing)
+    code, _, err = run_cli(["relabel", "--run_dir", str(phase1_dir), "--relabel#acquisition", "bald"], capsys)
+    assert code == 2 and "network_def#dropout" in err
+    assert json.loads((phase1_dir / "run_config.json").read_text())["relabel"] == {"relabel#acquisition": "bald"}
+    monkeypatch.setattr(cli, "run_workflow", lambda files, overrides: None)
+    monkeypatch.setattr("alr_monai.report.write_report", lambda run_dir: Path(run_dir) / "report.md")
+    assert run_cli(["relabel", "--run_dir", str(phase1_dir), "--relabel#acquisition", "margin"], capsys)[0] == 0
+    assert json.loads((phase1_dir / "run_config.json").read_text())["relabel"] == {"relabel#acquisition": "margin"}

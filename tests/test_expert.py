@@ -268,3 +268,73 @@ def test_oracle_rejects_bad_settings():
         OracleExpert({"a": 0}, 2, error_rate=1.5)
     with pytest.raises(ValueError, match="out of range"):
         OracleExpert({"a": 5}, 2)
+
+
+# --------------------------------------------------------------------------------------- strict parsing
+def _answers_text(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "a.csv"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_unterminated_quote_swallowing_the_rest_is_an_error_naming_its_row(tmp_path):
+    rows = "".join(f"s{i},normal,ok\n" for i in range(2, 10))
+    path = _answers_text(tmp_path, 'id,expert_label,comment\ns1,benign,"looks fine\n' + rows)
+    with pytest.raises(AnswerError) as info:
+        read_answers(path, CLASSES, [f"s{i}" for i in range(10)], KNOWN)
+    assert info.value.problems == [
+        f'{path} row 2 (line 2): a quote (") opened in this row is never closed, so every line after it would be '
+        "read as one cell; close the quote or remove it"
+    ]
+
+
+def test_stray_quotes_that_join_rows_are_errors(tmp_path):
+    # Two stray quotes rows apart join rows 2-4 into one record; the id and label cells then span lines.
+    path = _answers_text(tmp_path, 'id,expert_label\ns1,"normal\ns2,benign\ns3,malignant"\ns4,normal\n')
+    with pytest.raises(AnswerError) as info:
+        read_answers(path, CLASSES, QUERIED, KNOWN)
+    assert len(info.value.problems) == 1
+    problem = info.value.problems[0]
+    assert problem.startswith(f"{path} row 2 (lines 2-4): ") and "spans several lines" in problem
+    # A quote in the middle of a cell is malformed CSV too.
+    path = _answers_text(tmp_path, 'id,expert_label\ns1,"normal"x\n')
+    with pytest.raises(AnswerError, match=r"row 2 \(line 2\): malformed CSV"):
+        read_answers(path, CLASSES, QUERIED, KNOWN)
+
+
+def test_a_multi_line_comment_is_fine(tmp_path):
+    path = _answers_text(tmp_path, 'id,expert_label,comment\ns1,benign,"two\nlines"\ns2,normal,\n')
+    answers = read_answers(path, CLASSES, QUERIED, KNOWN)
+    assert answers[0] == Answer("s1", 1, False, "two\nlines") and answers[1] == Answer("s2", 0, False, "")
+
+
+def test_rows_with_the_wrong_number_of_cells_are_errors(tmp_path):
+    path = _write(
+        tmp_path / "a.csv",
+        [
+            ["id", "image", "expert_label", "comment"],
+            ["s1", "a.png", "normal", ""],  # row 2: fine
+            ["s2", "benign"],  # row 3: label typed in the image column, 2 cells
+            ["s3", "c.png", "normal", "x", "extra"],  # row 4: a fifth cell with content
+            ["s4", "d.png", "normal", "", ""],  # row 5: an empty extra cell is harmless
+        ],
+    )
+    with pytest.raises(AnswerError) as info:
+        read_answers(path, CLASSES, QUERIED, KNOWN)
+    assert [p.split(": ")[0] for p in info.value.problems] == [f"{path} row 3", f"{path} row 4"]
+    assert "2 cells but the header has 4" in info.value.problems[0]
+    assert "5 cells but the header has 4" in info.value.problems[1]
+
+
+def test_a_file_with_no_answer_is_refused_unless_allowed(tmp_path):
+    unfilled = write_query_file(tmp_path / "q.csv", _query_rows(QUERIED), CLASSES)
+    header_only = _write(tmp_path / "h.csv", [["id", "expert_label"]])
+    for path in (unfilled, header_only):
+        with pytest.raises(AnswerError, match="no answer at all") as info:
+            read_answers(path, CLASSES, QUERIED, KNOWN)
+        assert "--allow_empty" in str(info.value)
+        answers = read_answers(path, CLASSES, QUERIED, KNOWN, allow_empty=True)
+        assert [a.id for a in answers] == QUERIED and all(a.skipped for a in answers)
+    # One exclusion is an answer.
+    excluded = _write(tmp_path / "x.csv", [["id", "expert_label"], ["s1", "exclude"]])
+    assert read_answers(excluded, CLASSES, QUERIED, KNOWN)[0].excluded

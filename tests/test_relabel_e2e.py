@@ -381,3 +381,37 @@ def test_coreset_runs_a_round(phase1_run, tmp_path):
     assert not {row["id"] for row in query} & phase1_trusted_ids(phase1_run)
     scores = [float(row["score"]) for row in query]
     assert scores[0] == 1.0 and scores[-1] == 0.0 and scores == sorted(scores, reverse=True)
+
+
+# ------------------------------------------------------------------------------ relabel settings on resume
+def test_printed_resume_command_keeps_the_relabel_settings(phase1_run, tmp_path, capsys):
+    """A round-1 budget of 7 stays 7 when the run is resumed with the command it prints (issue 9)."""
+    run_dir = copy_run(phase1_run, tmp_path)
+    cli.main(["query", "--run_dir", str(run_dir), "--relabel#round_budget", "7", *ROUNDS_ARGV[2:]])
+    printed = capsys.readouterr().out
+    resume = [line.split("Resume with: ", 1)[1] for line in printed.splitlines() if "Resume with: " in line]
+    assert resume == [f"alr query --run_dir {run_dir}"], printed
+    saved = json.loads((run_dir / "run_config.json").read_text())["relabel"]
+    assert saved == {"relabel#round_budget": 7, "relabel#num_rounds": 2, "relabel#recalibration_epochs": 1}
+
+    query_path = run_dir / "relabel" / "queries" / "round_1.csv"
+    header, query = rows_of(query_path)
+    assert len(query) == 7
+    filled = tmp_path / "filled.csv"
+    with open(filled, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=header)
+        writer.writeheader()
+        writer.writerows({**row, "expert_label": row["given_label"]} for row in query)
+    cli.main(["answer", str(filled), "--run_dir", str(run_dir)])
+    cli.main(resume[0].split()[1:])  # exactly the printed command
+    state = load_state(run_dir)
+    assert state.round == 1 and state.pending_round == 2 and state.budget_spent == 7
+    assert len(rows_of(run_dir / "relabel" / "queries" / "round_2.csv")[1]) == 7
+
+    # Changing the budget now would change written rounds: refused before anything runs.
+    before = (run_dir / "relabel" / "state.json").read_bytes()
+    with pytest.raises(SystemExit) as info:
+        cli.main(["query", "--run_dir", str(run_dir), "--relabel#round_budget", "100"])
+    assert info.value.code == 2
+    assert "relabel#round_budget = 7" in capsys.readouterr().err
+    assert (run_dir / "relabel" / "state.json").read_bytes() == before

@@ -384,6 +384,8 @@ def read_answers(
                     "remove the stray quotes"
                 )
                 row_ok = False
+        if not row_ok:
+            continue  # the row's cells are not where the header says: checking their values would mislead
         sample_id = _cell(record, id_col).strip()
         raw_label = _cell(record, label_col)
         if not sample_id:
