@@ -452,3 +452,19 @@ def test_settings_may_change_before_any_round_is_written(phase1_dir, monkeypatch
     monkeypatch.setattr("alr_monai.report.write_report", lambda run_dir: Path(run_dir) / "report.md")
     assert run_cli(["relabel", "--run_dir", str(phase1_dir), "--relabel#acquisition", "margin"], capsys)[0] == 0
     assert json.loads((phase1_dir / "run_config.json").read_text())["relabel"] == {"relabel#acquisition": "margin"}
+
+
+def test_a_bad_manifest_found_inside_the_bundle_is_one_error_line(tmp_path, capsys, imagefile_png):
+    """The real MONAI path: load_manifest fails inside a config expression; the user sees the manifest's row."""
+    imagefile_png(tmp_path / "a.png", np.zeros((8, 8)))
+    manifest = write_csv(
+        tmp_path / "m.csv",
+        ["id", "image", "label", "split"],
+        [["a", "a.png", "normal", "train"], ["b", "missing.png", "abnormal", "val"]],
+    )
+    argv = ["train", "--manifest", str(manifest), "--output_dir", str(tmp_path / "run"), "--device", "cpu"]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 2, err
+    assert err.startswith("alr: error: ") and "row 3" in err and "missing.png" in err, err
+    assert "Failed to" not in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -108,3 +108,16 @@ def test_source_checkout_uses_the_top_level_folders():
 
     assert bundle_dir() == ROOT / "bundles" / "alr_bloodmnist"
     assert configs_dir() == ROOT / "configs"
+
+
+def test_run_config_written_by_another_install_is_relocated(tmp_path):
+    from alr_monai.workflow import bundle_file, load_run_config, preset_files, save_run_config
+
+    old = ["/gone/bundles/alr_bloodmnist/configs/train.json", "/gone/configs/presets/smoke.json"]
+    save_run_config(tmp_path, config_files=old, overrides={"max_epochs": 1})
+    config = load_run_config(tmp_path)
+    assert config["config_files"] == [bundle_file("train.json"), *preset_files("smoke")]
+    assert config["overrides"] == {"max_epochs": 1} and config["relabel"] == {}
+    (tmp_path / "run_config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="run_config.json is unreadable"):
+        load_run_config(tmp_path)
