@@ -37,6 +37,7 @@ from alr_monai.keys import MODES, KeyError_, check_overrides, closest
 from alr_monai.workflow import (
     RUN_CONFIG,
     benchmark_preset_file,
+    coerce_literal,
     load_run_config,
     phase1_files,
     relabel_files,
@@ -160,16 +161,13 @@ def relabel_settings(run_dir: Path, config: dict[str, Any], overrides: dict[str,
             raise UsageError(
                 f"--{name} {value!r}: this run's relabel rounds were written with {name} = {before!r} "
                 f"(saved in {run_dir / 'run_config.json'}); rerun without --{name} to resume with the saved "
-                "settings, or start phase 2 in a new run folder to use another value"
+                "settings, or, for another value, copy the run folder without its relabel/ folder and relabel there"
             )
     return {**saved, **overrides}
 
 
 def _same(a: Any, b: Any) -> bool:
-    normal = {"true": True, "false": False, "null": None, "none": None}
-    a = normal.get(a.strip().lower(), a) if isinstance(a, str) else a
-    b = normal.get(b.strip().lower(), b) if isinstance(b, str) else b
-    return a == b
+    return coerce_literal(a) == coerce_literal(b)
 
 
 def _configured_value(config: dict[str, Any], name: str) -> Any:
@@ -513,23 +511,12 @@ def _check_arguments(name: str, function: Callable, args: list[str]) -> None:
         phases = COMMAND_PHASES[name]
         if name == "train" and flags.get("manifest"):
             phases = (*phases, "manifest")
-        known = [key.name for key in keys_.keys_for(phases)] + list(params)
+        allowed = {key.name: key for key in keys_.keys_for(phases)}
+        known = [*allowed, *params]
         for flag, value in keys.items():
-            key = {k.name: k for k in keys_.keys_for(phases)}.get(flag)
-            if key is None:
-                if keys_._BY_NAME.get(flag) is None:
-                    hint = closest(flag, known)
-                    elsewhere = None if hint else closest(flag, [k.name for k in keys_.KEYS])
-                    if elsewhere:
-                        # A typo of a key another command takes: say so, or the user fixes the typo and
-                        # still lands on a refusal.
-                        hint = f"{elsewhere}, which alr {name} does not take"
-                    raise UsageError(
-                        f"unknown option --{flag} for alr {name}: {f'did you mean --{hint}? ' if hint else ''}"
-                        f"See alr {name} --help for the accepted keys"
-                    )
+            if flag not in allowed:
                 raise UsageError(keys_.unknown_key_message(flag, name, known))
-            key.check(value)
+            allowed[flag].check(value)
 
     free = [p for p in params.values() if p.name not in flags]
     if len(positionals) > len(free):

@@ -476,6 +476,10 @@ def unknown_key_message(name: str, command: str, known: Sequence[str]) -> str:
             f"--{name} is a phase-1 setting: pass it to alr train (a finished phase 1 is not changed by alr {command})"
         )
     hint = closest(name, known)
+    if hint is None:
+        # A typo of a key another command takes: say so, or the user fixes the typo and still lands on a refusal.
+        elsewhere = closest(name, list(_BY_NAME))
+        hint = f"{elsewhere}, which alr {command} does not take" if elsewhere else None
     did_you_mean = f"did you mean --{hint}? " if hint else ""
     return f"unknown option --{name} for alr {command}: {did_you_mean}See alr {command} --help for the accepted keys"
 

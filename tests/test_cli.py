@@ -433,7 +433,7 @@ def test_resume_that_changes_written_rounds_is_refused(phase1_dir, fake_rounds, 
     for change in (["--relabel#round_budget", "100"], ["--relabel#acquisition", "random"], ["--batch_size", "8"]):
         code, out, err = run_cli(["query", "--run_dir", str(phase1_dir), *change], capsys)
         assert code == 2, change
-        assert change[0][2:] in err and "rerun without" in err and "new run folder" in err, err
+        assert change[0][2:] in err and "rerun without" in err and "without its relabel/ folder" in err, err
     assert len(fake_rounds) == 1, "a refused resume must not run"
     assert (phase1_dir / "run_config.json").read_bytes() == before
     # The default value of a key that was never set is what the rounds were written with: giving it is fine.
