@@ -11,7 +11,7 @@ tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp" build alr_monai.egg-info' EXIT
 started=$SECONDS
 
-"$build_python" -m pip wheel . --no-deps --no-build-isolation -q -w "$tmp/dist"
+"$build_python" -m pip wheel . --no-deps -q -w "$tmp/dist"  # isolated: setuptools as pyproject.toml asks
 rm -rf build alr_monai.egg-info
 wheel="$(ls "$tmp"/dist/alr_monai-*.whl)"
 

@@ -63,7 +63,7 @@ def wheel(tmp_path_factory) -> Path:
                 target = build / source.relative_to(ROOT)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(source.read_bytes())
-    command = [sys.executable, "-m", "pip", "wheel", str(build), "--no-deps", "--no-build-isolation", "-q"]
+    command = [sys.executable, "-m", "pip", "wheel", str(build), "--no-deps", "-q"]  # isolated build
     subprocess.run([*command, "-w", str(out)], check=True, capture_output=True, cwd=build)
     (found,) = out.glob("alr_monai-*.whl")
     return found
