@@ -268,6 +268,11 @@ def report(run_dir: str = "runs/alr"):
     """
     from alr_monai.report import write_report
 
+    if not (Path(run_dir) / "metrics.json").is_file():
+        raise FileNotFoundError(
+            f"{Path(run_dir) / 'metrics.json'} not found: {run_dir} holds no phase-1 results yet; "
+            f"run `alr train --output_dir {run_dir}` (or check --run_dir)"
+        )
     print(write_report(run_dir).read_text())
 
 

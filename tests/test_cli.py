@@ -468,3 +468,9 @@ def test_a_bad_manifest_found_inside_the_bundle_is_one_error_line(tmp_path, caps
     assert err.startswith("alr: error: ") and "row 3" in err and "missing.png" in err, err
     assert "Failed to" not in err and "Traceback" not in err
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_report_of_a_folder_without_phase_1_says_what_to_run(tmp_path, capsys):
+    code, out, err = run_cli(["report", "--run_dir", str(tmp_path / "nowhere")], capsys)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and "holds no phase-1 results" in err and "alr train --output_dir" in err
