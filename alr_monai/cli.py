@@ -463,6 +463,13 @@ def check_argv(args: Sequence[str]) -> tuple[str, Callable] | None:
     return name, target
 
 
+_NUMBER_ANNOTATIONS = {
+    "int": (int, "an integer"),
+    "float": ((int, float), "a number"),
+    "float | None": ((int, float), "a number"),
+}
+
+
 def _check_arguments(name: str, function: Callable, args: list[str]) -> None:
     signature = inspect.signature(function)
     params = {p.name: p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD}
@@ -502,8 +509,15 @@ def _check_arguments(name: str, function: Callable, args: list[str]) -> None:
                     f"--{flag} {value!r} is not accepted{f' (did you mean {hint}?)' if hint else ''}; "
                     f"choose one of: {', '.join(map(str, choices))}"
                 )
-            if params[flag].annotation in ("bool", bool) and not isinstance(value, bool):
+            annotation = params[flag].annotation
+            if annotation in ("bool", bool) and not isinstance(value, bool):
                 raise UsageError(f"--{flag} is a switch and takes no value (got {value!r})")
+            expected = _NUMBER_ANNOTATIONS.get(str(annotation))
+            if expected and not (
+                (value is None and "None" in str(annotation))
+                or (isinstance(value, expected[0]) and not isinstance(value, bool))
+            ):
+                raise UsageError(f"--{flag} {value!r} is not accepted; expected {expected[1]}")
         elif takes_keys:
             keys[flag] = value
         else:

@@ -282,6 +282,8 @@ def test_typos_are_refused_with_the_closest_name_before_anything_runs(
         (["relabel", "--mode", "interactiv"], "did you mean interactive?"),
         (["demo", "--acquisition", "margn"], "did you mean margin?"),
         (["answer", "f.csv", "--dry_run", "yes"], "is a switch"),
+        (["demo", "--rounds", "two"], "--rounds 'two' is not accepted; expected an integer"),
+        (["benchmark", "--imbalance_ratio", "high"], "expected a number"),
     ],
 )
 def test_bad_values_are_refused_with_the_choices_before_any_output(
