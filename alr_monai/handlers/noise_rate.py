@@ -3,29 +3,88 @@
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Iterable, Sequence
 
+import torch
 from ignite.engine import Engine, Events
 
-from alr_monai.algorithms.noise_estimate import estimate_noise_rate
+from alr_monai.algorithms.noise_estimate import (
+    NOISE_ESTIMATION_METHODS,
+    VALIDATION_METHODS,
+    confident_joint_val_rates,
+    confusion_inversion_rates,
+    estimate_noise_rate,
+    prototype_matching_rates,
+)
 from alr_monai.handlers.selection import SmallLossSelectionHandler
 
 
+def _eval_pass(network: torch.nn.Module, loader: Iterable, with_features: bool) -> dict[str, torch.Tensor]:
+    """Eval-mode pass of every peer: mean softmax (N, C), labels, indices, and per-peer features (P, N, D)."""
+    from alr_monai.networks import FeatureTap
+
+    peers = list(getattr(network, "peers", [network]))
+    device = next(network.parameters()).device
+    taps = [FeatureTap(peer) for peer in peers] if with_features else []
+    was_training = network.training
+    network.eval()
+    probs, features, labels, indices = [], [], [], []
+    try:
+        with torch.no_grad():
+            for batch in loader:
+                images = batch["image"].to(device)
+                probs.append(torch.stack([torch.softmax(peer(images).float(), -1) for peer in peers]).mean(0).cpu())
+                if taps:
+                    features.append(torch.stack([tap.pop().float() for tap in taps]).cpu())
+                labels.append(torch.as_tensor(batch["label"]).long().reshape(-1).cpu())
+                index = batch.get("index")
+                indices.append(torch.as_tensor(index).long().reshape(-1) if index is not None else torch.empty(0))
+    finally:
+        for tap in taps:
+            tap.remove()
+        network.train(was_training)
+    out = {"probs": torch.cat(probs), "labels": torch.cat(labels), "index": torch.cat(indices)}
+    if taps:
+        out["features"] = torch.cat(features, 1)
+    return out
+
+
 class NoiseRateEstimateHandler:
-    """After epoch ``estimate_epoch``, fit the loss distribution and estimate the noise rate.
+    """After epoch ``estimate_epoch``, estimate the noise rate from the data.
 
     A hospital never knows its noise rate; the reference code set the forget rate to the injected truth. When
     the trainer's ``forget_rate`` is None, the estimate (clipped to ``max_rate``) becomes the forget rate; the
     ramp started at 0, so nothing was dropped before the estimate existed. The estimate is logged as
     ``noise_rate_estimate`` every time, and ``noise_rate_true`` too when a simulation supplies it.
 
+    Methods:
+        ``"gmm"`` (default): two-component mixture over the training pass's per-sample losses (per given class
+        with ``per_class``); needs nothing but the selection tracker.
+        ``"confusion_inversion"``, ``"prototype_matching"``, ``"confident_joint_val"``: per-given-class
+        estimators calibrated on the expert-clean validation set (see
+        :mod:`alr_monai.algorithms.noise_estimate`). At the estimate epoch the handler runs ONE extra eval-mode
+        pass (no augmentation, no gradients) of every peer over ``train_loader`` and ``val_loader``: about a
+        third of a training epoch's compute for the training set plus one validation pass, once per run.
+        The global estimate is the class-size-weighted mean of the per-class rates; the per-class rates are
+        kept in ``class_estimates`` and logged as ``noise_rate_estimate/<class>``.
+
     Args:
         selection: the tracker holding the epoch's per-sample losses and labels.
         num_classes: number of classes.
         estimate_epoch: 1-based epoch after which to estimate (after a short warm-up).
-        method: estimator name passed to :func:`estimate_noise_rate`.
-        per_class: fit within each labelled class (protects rare clean classes).
+        method: ``"gmm"`` or one of :data:`~alr_monai.algorithms.noise_estimate.VALIDATION_METHODS`.
+        per_class: for ``"gmm"``: fit within each labelled class (protects rare clean classes).
         max_rate: upper bound on the forget rate taken from the estimate.
         true_rate: the injected rate, in simulation only, for logging.
+        network: the peers (a ``PeerEnsemble`` or one network); required by the validation methods.
+        train_loader: the training set WITHOUT augmentation, batches with ``image``, ``label`` (given) and
+            ``index``; required by the validation methods.
+        val_loader: the expert-clean validation set, batches with ``image`` and ``label``; required by the
+            validation methods.
+        true_labels: simulation only, the true training labels by index, to log each given class's true noise
+            rate (``noise_rate_true/<class>``) next to its estimate. Never used to estimate.
+        class_names: names for the per-class metrics (default: the class indices).
     """
 
     def __init__(
@@ -37,7 +96,29 @@ class NoiseRateEstimateHandler:
         per_class: bool = True,
         max_rate: float = 0.9,
         true_rate: float | None = None,
+        network: torch.nn.Module | None = None,
+        train_loader: Iterable | None = None,
+        val_loader: Iterable | None = None,
+        true_labels: Sequence[int] | torch.Tensor | None = None,
+        class_names: Sequence[str] | None = None,
     ) -> None:
+        if method not in NOISE_ESTIMATION_METHODS + VALIDATION_METHODS:
+            raise ValueError(
+                f"unknown noise estimation method {method!r}; choose from {NOISE_ESTIMATION_METHODS + VALIDATION_METHODS}"
+            )
+        if method in VALIDATION_METHODS:
+            missing = [
+                name
+                for name, value in (("network", network), ("train_loader", train_loader), ("val_loader", val_loader))
+                if value is None
+            ]
+            if missing:
+                raise ValueError(
+                    f"noise estimation method {method!r} needs {', '.join(missing)} "
+                    "(an eval-mode pass over the un-augmented training set and the expert-clean validation set)"
+                )
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
         self.selection = selection
         self.num_classes = num_classes
         self.estimate_epoch = estimate_epoch
@@ -45,7 +126,14 @@ class NoiseRateEstimateHandler:
         self.per_class = per_class
         self.max_rate = max_rate
         self.true_rate = true_rate
+        self.network = network
+        self.train_loader = train_loader
+        self.val_loader = val_loader
+        self.true_labels = None if true_labels is None else torch.as_tensor(true_labels).long().reshape(-1)
+        self.class_names = [str(c) for c in range(num_classes)] if class_names is None else list(class_names)
         self.estimate: float | None = None
+        self.class_estimates: list[float] | None = None
+        self._class_truth: list[float] | None = None
         self.logger = logging.getLogger(__name__)
 
     def attach(self, engine: Engine) -> None:
@@ -57,32 +145,87 @@ class NoiseRateEstimateHandler:
         if self.estimate is not None and getattr(engine, "forget_rate", 0.0) is None:
             engine.forget_rate = min(self.estimate, self.max_rate)
 
+    def _estimate_from_validation(self) -> tuple[float, list[float]]:
+        with_features = self.method == "prototype_matching"
+        train = _eval_pass(self.network, self.train_loader, with_features)
+        val = _eval_pass(self.network, self.val_loader, with_features)
+        if train["index"].numel() != train["labels"].numel():
+            raise KeyError("train_loader batches need an 'index' entry (each sample's position in the training set)")
+        order = torch.argsort(train["index"])
+        given = train["labels"][order]
+        if self.method == "prototype_matching":
+            rates = prototype_matching_rates(
+                train["features"][:, order], given, val["features"], val["labels"], self.num_classes
+            )
+        elif self.method == "confusion_inversion":
+            rates = confusion_inversion_rates(
+                train["probs"][order], given, val["probs"], val["labels"], self.num_classes
+            )
+        else:
+            rates = confident_joint_val_rates(
+                train["probs"][order], given, val["probs"], val["labels"], self.num_classes
+            )
+        counts = torch.bincount(given, minlength=self.num_classes).double()
+        overall = float((rates * counts).sum() / counts.sum().clamp_min(1.0))
+        if self.true_labels is not None:
+            if len(self.true_labels) != len(given):
+                raise ValueError(f"{len(self.true_labels)} true labels for {len(given)} training samples")
+            wrong = self.true_labels[train["index"][order]] != given
+            self._class_truth = [
+                float(wrong[given == c].double().mean()) if (given == c).any() else math.nan
+                for c in range(self.num_classes)
+            ]
+        return overall, [float(r) for r in rates]
+
     def __call__(self, engine: Engine) -> None:
         if self.estimate is None and engine.state.epoch >= self.estimate_epoch:
-            seen = self.selection.seen
-            self.estimate = estimate_noise_rate(
-                self.selection.mean_loss()[seen],
-                self.selection.labels[seen],
-                num_classes=self.num_classes,
-                method=self.method,
-                per_class=self.per_class,
-            )
+            if self.method in VALIDATION_METHODS:
+                self.estimate, self.class_estimates = self._estimate_from_validation()
+            else:
+                seen = self.selection.seen
+                self.estimate = estimate_noise_rate(
+                    self.selection.mean_loss()[seen],
+                    self.selection.labels[seen],
+                    num_classes=self.num_classes,
+                    method=self.method,
+                    per_class=self.per_class,
+                )
             message = f"noise rate estimate after epoch {engine.state.epoch}: {self.estimate:.3f}"
             if getattr(engine, "forget_rate", 0.0) is None:
                 engine.forget_rate = min(self.estimate, self.max_rate)
                 message += f" -> forget rate {engine.forget_rate:.3f}"
             if self.true_rate is not None:
                 message += f" (simulation truth {self.true_rate:.3f})"
+            if self.class_estimates is not None:
+                message += "; per given class: " + ", ".join(
+                    f"{name} {rate:.2f}" for name, rate in zip(self.class_names, self.class_estimates, strict=True)
+                )
             self.logger.info(message)
         if self.estimate is not None:
             engine.state.metrics["noise_rate_estimate"] = self.estimate
+        if self.class_estimates is not None:
+            for name, rate in zip(self.class_names, self.class_estimates, strict=True):
+                engine.state.metrics[f"noise_rate_estimate/{name}"] = rate
+        if self._class_truth is not None:
+            for name, rate in zip(self.class_names, self._class_truth, strict=True):
+                engine.state.metrics[f"noise_rate_true/{name}"] = rate
         if self.true_rate is not None:
             engine.state.metrics["noise_rate_true"] = self.true_rate
         engine.state.metrics["forget_rate"] = engine.current_forget_rate(engine.state.epoch - 1)
 
     def state_dict(self) -> dict:
-        return {"estimate": -1.0 if self.estimate is None else float(self.estimate)}
+        state = {"estimate": -1.0 if self.estimate is None else float(self.estimate)}
+        if self.class_estimates is not None:
+            state["class_estimates"] = torch.tensor(self.class_estimates, dtype=torch.float64)
+        if self._class_truth is not None:
+            state["class_truth"] = torch.tensor(self._class_truth, dtype=torch.float64)
+        return state
 
     def load_state_dict(self, state_dict: dict) -> None:
         estimate = float(state_dict["estimate"])
         self.estimate = None if estimate < 0 else estimate
+        # Checkpoints written before the per-class methods existed have only the global estimate.
+        class_estimates = state_dict.get("class_estimates")
+        self.class_estimates = None if class_estimates is None else [float(r) for r in class_estimates]
+        class_truth = state_dict.get("class_truth")
+        self._class_truth = None if class_truth is None else [float(r) for r in class_truth]
