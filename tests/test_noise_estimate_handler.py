@@ -101,6 +101,27 @@ def test_validation_method_without_its_inputs_is_a_clear_error():
         NoiseRateEstimateHandler(selection, NUM_CLASSES, method="oracle")
 
 
+def test_untrained_model_triggers_a_warning(caplog):
+    true, given, images, val_true, val_images = _setup()
+    selection = SmallLossSelectionHandler(NUM_SAMPLES, 2, ["a", "b", "c"])
+    # A network that outputs the same logits for every image: nothing separates the classes.
+    network = PeerEnsemble(lambda: nn.Sequential(nn.Linear(4, 8), nn.Linear(8, NUM_CLASSES)), num_peers=2)
+    for peer in network.peers:
+        nn.init.zeros_(peer[0].weight)
+    estimator = NoiseRateEstimateHandler(
+        selection,
+        NUM_CLASSES,
+        estimate_epoch=1,
+        method="confusion_inversion",
+        network=network,
+        train_loader=_batches(given, images),
+        val_loader=_batches(val_true, val_images),
+    )
+    with caplog.at_level("WARNING", logger="alr_monai.handlers.noise_rate"):
+        estimator._estimate_from_validation()
+    assert "does not yet separate the classes" in caplog.text
+
+
 def test_default_method_logs_no_per_class_keys():
     selection = SmallLossSelectionHandler(NUM_SAMPLES, 2, ["a", "b", "c"])
     estimator = NoiseRateEstimateHandler(selection, NUM_CLASSES)

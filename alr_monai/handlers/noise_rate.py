@@ -165,6 +165,7 @@ class NoiseRateEstimateHandler:
             rates = confident_joint_val_rates(
                 train["probs"][order], given, val["probs"], val["labels"], self.num_classes
             )
+        self._warn_if_classes_inseparable(val["probs"], val["labels"])
         counts = torch.bincount(given, minlength=self.num_classes).double()
         overall = float((rates * counts).sum() / counts.sum().clamp_min(1.0))
         if self.true_labels is not None:
@@ -176,6 +177,20 @@ class NoiseRateEstimateHandler:
                 for c in range(self.num_classes)
             ]
         return overall, [float(r) for r in rates]
+
+    def _warn_if_classes_inseparable(self, probs: torch.Tensor, labels: torch.Tensor) -> None:
+        # The validation-calibrated estimates assume the model tells the classes apart; a model that has learnt
+        # nothing yet makes every class look alike and the estimate arbitrary.
+        present = [c for c in range(self.num_classes) if (labels == c).any()]
+        predicted = probs.argmax(1)
+        recalls = [float((predicted[labels == c] == c).double().mean()) for c in present]
+        balanced = sum(recalls) / max(len(recalls), 1)
+        if balanced < 2.0 / self.num_classes:
+            self.logger.warning(
+                f"noise rate estimate ({self.method}): validation balanced accuracy at epoch {self.estimate_epoch} is "
+                f"{balanced:.2f}, under twice chance; the model does not yet separate the classes and the estimate "
+                "is unreliable (estimate later: noise_estimate#estimate_epoch)"
+            )
 
     def __call__(self, engine: Engine) -> None:
         if self.estimate is None and engine.state.epoch >= self.estimate_epoch:
