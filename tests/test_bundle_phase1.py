@@ -242,6 +242,7 @@ def test_all_presets_parse():
         "coteaching": {"vog#mix_ratio": 0.0, "coteaching#forget_rate": None},
         "paper_recipe": {"coteaching#forget_rate": 0.6, "vog#class_normalise": False, "vog#mix_ratio": 0.2},
         "ce": {"network_def#num_peers": 1, "coteaching#forget_rate": 0.0, "vog#mix_ratio": 0.0},
+        "noise_estimate_val": {"noise_estimate#method": "prototype_matching", "noise_estimate#estimate_epoch": 2},
     }
     assert {p.stem for p in PRESETS.glob("*.json")} == set(expected)
     for name, values in expected.items():
