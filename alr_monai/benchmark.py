@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from alr_monai.tables import markdown_table
 from alr_monai.utils import atomic_write_csv, atomic_write_text
 
 METHOD_PRESETS = {"ce": ["ce"], "coteaching": ["coteaching"], "paper_recipe": ["paper_recipe"], "ours": []}
@@ -254,14 +255,7 @@ def summary_markdown(rows: Sequence[dict], rounds: int, budget: int) -> str:
     ]
     for acquisition in acquisitions:
         header += [f"{acquisition}: final bal. acc.", f"{acquisition}: gain", f"{acquisition}: yield (pool noise)"]
-    lines = [
-        f"Mean ± std over seeds. Final = after {rounds} rounds x {budget} labels; gain = final - phase 1 (test "
-        "balanced accuracy); yield = label errors found / labels spent, with the noise rate of the pool it was "
-        "drawn from after the last round.",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-    ]
+    table = []
     for (method, rate), group in sorted(groups.items(), key=lambda item: (item[0][1], item[0][0])):
         per_seed = {r["seed"]: r for r in group}
         seeds = sorted(per_seed)
@@ -283,7 +277,14 @@ def summary_markdown(rows: Sequence[dict], rounds: int, budget: int) -> str:
             yields = _mean_std([_num(r["yield"]) for r in finals])
             pool = _mean_std([_num(r["pool_noise_rate"]) for r in finals])
             cells += [_mean_std(final_acc), _mean_std(gains), f"{yields} ({pool})"]
-        lines.append("| " + " | ".join(cells) + " |")
+        table.append(cells)
+    lines = [
+        f"Mean ± std over seeds. Final = after {rounds} rounds x {budget} labels; gain = final - phase 1 (test "
+        "balanced accuracy); yield = label errors found / labels spent, with the noise rate of the pool it was "
+        "drawn from after the last round.",
+        "",
+        markdown_table(header, table),
+    ]
     return "\n".join(lines) + "\n" + _comparison_markdown(rows, rounds)
 
 
@@ -301,14 +302,7 @@ def _comparison_markdown(rows: Sequence[dict], rounds: int) -> str:
     acquisitions = sorted(measured - {"random"}) if "random" in measured else []
     header = ["method", "noise", "phase-1 bal. acc. minus co-teaching's (same seeds)"]
     header += [f"{a} gain / random gain" for a in acquisitions]
-    lines = [
-        "",
-        "Paired comparisons: the phase-1 difference is taken seed by seed (mean ± std); the gain ratio is the mean "
-        "gain of an acquisition over the mean gain of random relabeling for the same labels and seeds.",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-    ]
+    table = []
     for method, rate in sorted({(key[0], key[1]) for key in phase1}, key=lambda item: (item[1], item[0])):
         seeds = sorted(seed for m, r, seed in phase1 if (m, r) == (method, rate))
         deltas = [
@@ -326,7 +320,14 @@ def _comparison_markdown(rows: Sequence[dict], rounds: int) -> str:
             random_gain = _finite_mean([b for _, b in pairs])
             ratio = _finite_mean([a for a, _ in pairs]) / random_gain if pairs and random_gain > 0 else float("nan")
             cells.append("n/a (random gained nothing)" if pairs and not random_gain > 0 else _mean_std([ratio]))
-        lines.append("| " + " | ".join(cells) + " |")
+        table.append(cells)
+    lines = [
+        "",
+        "Paired comparisons: the phase-1 difference is taken seed by seed (mean ± std); the gain ratio is the mean "
+        "gain of an acquisition over the mean gain of random relabeling for the same labels and seeds.",
+        "",
+        markdown_table(header, table),
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -63,14 +63,16 @@ def evaluate_checkpoint(
     metrics_file: str | Path | None = None,
     split: str = "test",
 ) -> dict:
-    """Load ``checkpoint`` (a ``{"model": state_dict}`` file or a bare state dict) into ``network``, evaluate it
+    """Load ``checkpoint`` (a ``{"model": state_dict}`` file or a bare state dict, see
+    :func:`alr_monai.networks.load_weights`) into ``network``, evaluate it
     on ``dataloader`` and, if ``metrics_file`` is given, add the result under ``split`` in that JSON file.
 
     The checkpoint is the one chosen on the validation set; held-out metrics never choose a model.
     """
     if checkpoint is not None:
-        state = torch.load(checkpoint, map_location=device, weights_only=True)
-        network.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+        from alr_monai.networks import load_weights
+
+        load_weights(network, checkpoint, device, hint="evaluate it with the network settings it was trained with")
     report = evaluate_loader(network, dataloader, len(class_names), device)
     report["checkpoint"] = None if checkpoint is None else str(checkpoint)
     report["class_names"] = list(class_names)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -68,3 +70,40 @@ class FeatureTap:
 
     def remove(self) -> None:
         self._handle.remove()
+
+
+def load_weights(
+    network: nn.Module, path: str | Path, map_location=None, hint: str = "the checkpoint comes from another network"
+) -> nn.Module:
+    """Load a saved model (a bare state dict, or ``{"model": state_dict}`` as MONAI's savers write) into ``network``.
+
+    Args:
+        network: the network to fill, built with the settings the checkpoint was trained with.
+        path: the ``.pt`` file.
+        map_location: passed to ``torch.load``.
+        hint: what to check when the file does not fit ``network`` (appended to the error).
+
+    Returns:
+        ``network``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: ``path`` cannot be read as a checkpoint, or its weights do not fit ``network``; the message
+            names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {path} not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (EOFError, pickle.UnpicklingError, RuntimeError, OSError) as error:
+        raise ValueError(f"model file {path} cannot be read ({type(error).__name__}: {error})") from error
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict):
+        raise ValueError(f"model file {path} holds a {type(state).__name__}, not a state dict")
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as error:
+        raise ValueError(f"model file {path} does not fit this network ({error}); {hint}") from error
+    return network

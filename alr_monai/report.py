@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
+from alr_monai.tables import format_cell, markdown_table
 from alr_monai.utils import atomic_write_text
 
 
 def _fmt(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
+    return format_cell(value, missing="n/a")
 
 
 def phase1_summary(run_dir: str | Path) -> dict:
@@ -65,18 +63,18 @@ def build_report(run_dir: str | Path) -> str:
             f"; selection precision {_fmt(summary['selection_precision'])}, "
             f"lowest per-class clean recall {_fmt(summary['min_clean_recall'])}"
         )
-    lines += [
-        trusted_line,
-        "",
-        "| class | kept fraction | clean recall (simulation) | test recall |",
-        "|---|---|---|---|",
+    recalls = summary["test_per_class_recall"]
+    class_rows = [
+        [
+            name,
+            summary["per_class_kept_fraction"][i],
+            summary["per_class_clean_recall"][i],
+            recalls[i] if i < len(recalls) else None,
+        ]
+        for i, name in enumerate(summary["class_names"])
     ]
-    for i, name in enumerate(summary["class_names"]):
-        recall = summary["test_per_class_recall"][i] if i < len(summary["test_per_class_recall"]) else None
-        lines.append(
-            f"| {name} | {_fmt(summary['per_class_kept_fraction'][i])} | "
-            f"{_fmt(summary['per_class_clean_recall'][i])} | {_fmt(recall)} |"
-        )
+    header = ["class", "kept fraction", "clean recall (simulation)", "test recall"]
+    lines += [trusted_line, "", markdown_table(header, class_rows, _fmt)]
     rounds = run_dir / "relabel" / "rounds.md"
     if rounds.exists():
         lines += ["", "## Phase 2: active relabel rounds", "", rounds.read_text().rstrip()]

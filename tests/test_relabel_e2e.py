@@ -415,3 +415,34 @@ def test_printed_resume_command_keeps_the_relabel_settings(phase1_run, tmp_path,
     assert info.value.code == 2
     assert "relabel#round_budget = 7" in capsys.readouterr().err
     assert (run_dir / "relabel" / "state.json").read_bytes() == before
+
+
+# ------------------------------------------------------------------------------------------ phase-1 handoff
+@pytest.mark.parametrize(
+    ("change", "names"),
+    [
+        (["--seed", "1"], ["selection.csv", "given label"]),
+        (["--simulation#noise_rate", "0.3"], ["selection.csv", "given label"]),
+        (["--simulation#noise_kind", "pairflip"], ["selection.csv", "given label"]),
+    ],
+    ids=["seed", "noise_rate", "noise_kind"],
+)
+def test_phase2_on_other_labels_than_phase1_is_refused(phase1_run, tmp_path, capsys, change, names):
+    run_dir = copy_run(phase1_run, tmp_path)
+    with pytest.raises(SystemExit) as info:
+        cli.main(["relabel", "--run_dir", str(run_dir), *ROUNDS_ARGV, *change])
+    assert info.value.code == 2
+    error = capsys.readouterr().err
+    assert str(run_dir / "selection.csv") in error and all(name in error for name in names), error
+    assert "Phase 2 must load the same data as phase 1" in error
+    assert not (run_dir / "relabel").exists(), "nothing of phase 2 may be written before the handoff is checked"
+
+
+def test_phase2_on_other_class_names_is_refused(phase1_run, tmp_path):
+    run_dir = copy_run(phase1_run, tmp_path)
+    classes = json.loads((run_dir / "classes.json").read_text())["class_names"]
+    renamed = ["Basophil", *classes[1:]]
+    with pytest.raises(Exception) as info:
+        cli.relabel(str(run_dir), **ROUNDS, class_names=renamed)
+    messages = [str(error) for error in exception_chain(info.value)]
+    assert any("classes.json" in m and "class 0: phase 1 'basophil', now 'Basophil'" in m for m in messages), messages

@@ -13,13 +13,16 @@ writes a manifest for the common ``ROOT/<class>/<files>`` layout.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
-import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from alr_monai.data.classes import check_class_names, class_name_problems
+from alr_monai.utils import atomic_write_json, atomic_write_text
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -136,8 +139,7 @@ class Manifest:
         Args:
             path: destination JSON file; its parent folder is created if needed.
         """
-        text = json.dumps({"class_names": list(self.class_names)}, indent=2) + "\n"
-        _atomic_write_text(Path(path), text)
+        _keeping_mode(path, lambda: atomic_write_json(path, {"class_names": list(self.class_names)}))
 
 
 def load_class_map(path: str | Path) -> list[str]:
@@ -148,13 +150,16 @@ def load_class_map(path: str | Path) -> list[str]:
 
     Returns:
         The class names in index order.
+
+    Raises:
+        ValueError: the file does not hold a list of valid class names; the message names the file.
     """
     with open(path, encoding="utf-8") as handle:
         data = json.load(handle)
     names = data.get("class_names") if isinstance(data, dict) else None
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise ValueError(f"{path}: expected a JSON object with a list of strings under 'class_names'")
-    return names
+    return check_class_names(names, where=str(path))
 
 
 def image_extension(path: str | os.PathLike[str], extensions: Iterable[str] | None = None) -> str | None:
@@ -203,10 +208,16 @@ def load_manifest(
 
     Raises:
         ManifestError: the file is missing, empty or invalid; ``problems`` lists every problem.
-        ValueError: ``class_names`` itself is invalid (empty, blank or duplicate names).
+        ManifestError: also when a label inferred as a class name breaks the class-name rules of
+            :func:`alr_monai.data.classes.check_class_names` (reserved, clashing in case, ...), naming its first row.
+        ValueError: ``class_names`` itself is invalid (see :func:`alr_monai.data.classes.check_class_names`).
     """
     manifest_path = Path(path).expanduser().absolute()
-    given_classes = _check_class_names(class_names) if class_names is not None else None
+    given_classes = (
+        check_class_names(class_names, where=f"class_names given for manifest {manifest_path}")
+        if class_names is not None
+        else None
+    )
     root_resolved = Path(root).expanduser().resolve() if root is not None else None
 
     def problem_at(row: int, reason: str) -> str:
@@ -304,7 +315,20 @@ def load_manifest(
     if problems:
         raise ManifestError(problems, manifest_path)
 
-    names = given_classes if given_classes is not None else _infer_class_names(d["label_name"] for d in drafts)
+    if given_classes is not None:
+        names = given_classes
+    else:
+        names = _infer_class_names(d["label_name"] for d in drafts)
+        # Phase 2 writes these names into query files and reads them back from the expert: a name it would
+        # reject (reserved, clashing in case, ...) is refused here, at the first row that uses it.
+        first_row = {}
+        for d in drafts:
+            first_row.setdefault(d["label_name"], d["row"])
+        bad = class_name_problems(names)
+        if bad:
+            raise ManifestError(
+                [problem_at(first_row[names[i]], f"label: {reason}") for i, reason in bad], manifest_path
+            )
     lookup = {name: index for index, name in enumerate(names)}
     records = [{**d, "label": lookup[d["label_name"]]} for d in drafts]
     return Manifest(path=manifest_path, class_names=names, records=records)
@@ -366,38 +390,23 @@ def build_manifest_from_folder(
     if not rows:
         raise ValueError(f"no image files with extensions {sorted(wanted)} in the class folders under {root_path}")
 
-    lines: list[str] = []
-    writer = csv.writer(_LineCollector(lines), lineterminator="\n")
+    # The whole CSV is built in memory so it is written atomically in one go.
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["id", "image", "label", "patient_id"])
     writer.writerows([r["id"], r["image"], r["label"], r["patient_id"]] for r in rows)
-    _atomic_write_text(out_path, "".join(lines))
+    _keeping_mode(out_path, lambda: atomic_write_text(out_path, buffer.getvalue()))
     return out_path
 
 
-class _LineCollector:
-    """File-like sink for csv.writer so the whole CSV can be written atomically in one go."""
-
-    def __init__(self, lines: list[str]):
-        self._lines = lines
-
-    def write(self, text: str) -> int:
-        self._lines.append(text)
-        return len(text)
-
-
-def _check_class_names(class_names: Sequence[str]) -> list[str]:
-    # Configs may give class names as numbers; labels in a CSV are always text.
-    if isinstance(class_names, str):
-        raise ValueError("class_names must be a sequence of names, not a single string")
-    names = [str(name).strip() for name in class_names]
-    if not names:
-        raise ValueError("class_names is empty")
-    if any(not name for name in names):
-        raise ValueError(f"class_names contains an empty name: {list(class_names)}")
-    duplicates = sorted({name for name in names if names.count(name) > 1})
-    if duplicates:
-        raise ValueError(f"class_names contains duplicates: {duplicates}")
-    return names
+def _keeping_mode(path: str | Path, write: Callable[[], object]) -> None:
+    """Run an atomic ``write`` of ``path``; a file that existed keeps its permissions (a data manager may have
+    restricted who can read a manifest or class map)."""
+    path = Path(path)
+    mode = path.stat().st_mode & 0o777 if path.exists() else None
+    write()
+    if mode is not None:
+        os.chmod(path, mode)
 
 
 def _infer_class_names(labels: Iterable[str]) -> list[str]:
@@ -499,22 +508,3 @@ def _dicom_patient_id(file_path: Path) -> str:
     except Exception:  # an unreadable file is reported by load_manifest; the import itself should not fail
         return ""
     return str(dataset.get("PatientID", "") or "").strip()
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The temporary file lives in the destination folder so os.replace is a same-filesystem atomic rename.
-    handle = tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", newline="", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    )
-    try:
-        with handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        # mkstemp files are private (0600); keep an existing file's mode, else use the usual 0644.
-        os.chmod(handle.name, path.stat().st_mode & 0o777 if path.exists() else 0o644)
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise

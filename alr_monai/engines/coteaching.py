@@ -59,7 +59,8 @@ class CoTeachingTrainer(Trainer):
         prepare_batch: parses ``(image, label)`` from a batch.
         key_train_metric: optional metric on the summed logits.
         additional_metrics: more metrics.
-        train_handlers: handlers to attach.
+        train_handlers: handlers to attach; None entries are skipped, so a bundle overlay can switch an optional
+            handler off by setting its key to null.
         amp: automatic mixed precision on CUDA.
     """
 
@@ -108,7 +109,9 @@ class CoTeachingTrainer(Trainer):
         # Handlers are attached after the taps and the events exist, so they can rely on both.
         if train_handlers:
             for handler in train_handlers:
-                handler.attach(self)
+                # None is an optional handler an overlay switched off (e.g. "selection_metrics": null).
+                if handler is not None:
+                    handler.attach(self)
 
     def current_forget_rate(self, epoch: int | None = None) -> float:
         """The forget rate for a 0-based ``epoch`` (default: the epoch now running)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from alr_monai.handlers.active_relabel import ActiveRelabelRoundHandler
 from alr_monai.handlers.metrics import ClassificationReport
 from alr_monai.handlers.noise_rate import NoiseRateEstimateHandler
 from alr_monai.handlers.outputs import MetricsJSONWriter, SelectionCSVWriter, TensorBoardImageHandler
@@ -17,6 +18,7 @@ from alr_monai.handlers.selection_metrics import SelectionMetricsHandler
 from alr_monai.handlers.vog import VoGHandler
 
 __all__ = [
+    "ActiveRelabelRoundHandler",
     "BestModelSaver",
     "ClassificationReport",
     "EngineBestMetric",

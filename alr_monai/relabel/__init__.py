@@ -1,7 +1,9 @@
-"""Phase 2, active relabeling: expert query/answer files, the simulated oracle, and crash-safe round state."""
+"""Phase 2, active relabeling: expert query/answer files, the simulated oracle, crash-safe round state, the
+phase-1 handoff and the round driver."""
 
 from __future__ import annotations
 
+from alr_monai.relabel.driver import RelabelDriver, RoundOutcome, TrainingTarget
 from alr_monai.relabel.expert import (
     ANSWER_COLUMNS,
     EXCLUDE,
@@ -13,6 +15,13 @@ from alr_monai.relabel.expert import (
     check_class_names,
     read_answers,
     write_query_file,
+)
+from alr_monai.relabel.phase1 import (
+    Phase1Mismatch,
+    Phase1Outputs,
+    load_phase1_model,
+    phase1_forget_rate,
+    read_phase1,
 )
 from alr_monai.relabel.state import (
     ANSWER_SOURCES,
@@ -44,12 +53,20 @@ __all__ = [
     "AnswerError",
     "AuditTrail",
     "OracleExpert",
+    "Phase1Mismatch",
+    "Phase1Outputs",
+    "RelabelDriver",
     "RoundError",
+    "RoundOutcome",
     "RoundState",
+    "TrainingTarget",
     "apply_answers_file",
     "apply_round",
     "check_class_names",
+    "load_phase1_model",
+    "phase1_forget_rate",
     "read_answers",
+    "read_phase1",
     "start_round",
     "write_query_file",
 ]

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from alr_monai.data.classes import EXCLUDE, check_class_names
 from alr_monai.utils import atomic_write_csv, atomic_write_text, read_csv
 
 QUERY_COLUMNS = [
@@ -40,7 +41,6 @@ QUERY_COLUMNS = [
 ]
 ANSWER_COLUMNS = ["id", "expert_label", "comment"]
 REQUIRED_ANSWER_COLUMNS = ("id", "expert_label")
-EXCLUDE = "exclude"
 
 __all__ = [
     "ANSWER_COLUMNS",
@@ -90,31 +90,6 @@ class AnswerError(ValueError):
         count = len(self.problems)
         header = f"{count} problem{'s' if count != 1 else ''} in the expert answers; nothing was applied:"
         super().__init__("\n".join([header, *(f"  {p}" for p in self.problems)]))
-
-
-def check_class_names(class_names: Sequence[str]) -> list[str]:
-    """Validate class names for use in expert files and return them as a list.
-
-    Names must be non-empty, unique ignoring case and surrounding whitespace (the expert may type any case),
-    and must not be ``exclude``, which is reserved for removing a sample.
-
-    Raises:
-        ValueError: on an empty list or an invalid, reserved or clashing name.
-    """
-    names = [str(name) for name in class_names]
-    if not names:
-        raise ValueError("class_names is empty")
-    seen: dict[str, str] = {}
-    for name in names:
-        key = name.strip().lower()
-        if not key:
-            raise ValueError(f"class names must be non-empty, got {names}")
-        if key == EXCLUDE:
-            raise ValueError(f"{name!r} cannot be a class name: it is the reserved answer for excluding a sample")
-        if key in seen:
-            raise ValueError(f"class names {seen[key]!r} and {name!r} clash: the expert's answers ignore case")
-        seen[key] = name
-    return names
 
 
 class _LabelParser:

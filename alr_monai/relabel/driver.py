@@ -1,0 +1,496 @@
+"""The round logic of phase 2 as plain Python: query, answers, what to train on, model choice, round table.
+
+:class:`RelabelDriver` knows the network, the data loaders, the state files and the settings, and nothing of
+Ignite: a training loop (the bundle's :class:`alr_monai.handlers.ActiveRelabelRoundHandler`, or any other) calls
+it at the start and end of the run, of each recalibration epoch and of each round, and pushes
+:meth:`RelabelDriver.training_target` into its sampler, label lookup and forget rate.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from alr_monai.evaluation import evaluate_loader
+from alr_monai.relabel.acquire import acquire
+from alr_monai.relabel.expert import OracleExpert
+from alr_monai.relabel.state import RoundState, apply_answers_file, start_round
+from alr_monai.tables import format_cell, markdown_table
+from alr_monai.utils import atomic_torch_save, atomic_write_csv, atomic_write_text
+
+__all__ = ["MODES", "RECIPES", "ROUND_COLUMNS", "RelabelDriver", "RoundOutcome", "TrainingTarget"]
+
+RECIPES = ("coteaching", "trusted")
+MODES = ("simulation", "interactive")
+ROUND_COLUMNS = [
+    "round",
+    "labels_spent",
+    "labels_changed",
+    "excluded",
+    "errors_found",
+    "yield",
+    "pool_noise_rate",
+    "val_balanced_accuracy",
+    "test_balanced_accuracy",
+    "test_macro_f1",
+]
+
+
+class RoundOutcome:
+    """What :meth:`RelabelDriver.advance_to` found: the round is applied, the pool is empty, or a person must answer."""
+
+    APPLIED = "applied"
+    EMPTY = "empty"
+    WAITING = "waiting"
+
+
+@dataclass(frozen=True)
+class TrainingTarget:
+    """What the trainer trains on for the current state.
+
+    Attributes:
+        labels: the current label of every training sample (-1 = excluded), by training index.
+        verified: True for samples whose label an expert (or the oracle) gave; co-teaching always keeps them.
+        indices: the training indices to draw batches from.
+        forget_rate: the co-teaching forget rate (0 for the "trusted" recipe).
+    """
+
+    labels: list[int]
+    verified: list[bool]
+    indices: list[int]
+    forget_rate: float
+
+
+class RelabelDriver:
+    """Runs the relabel rounds of phase 2: it queries, takes answers, chooses what to train on and which weights
+    to keep, evaluates each round and writes the round table.
+
+    A run of ``num_rounds * recalibration_epochs`` recalibration epochs calls, in order: :meth:`open` once; at
+    the start of each epoch :meth:`round_starting` and, when a round starts, :meth:`advance_to`; after each epoch
+    :meth:`validation_score`, :meth:`consider` and, when a round ends, :meth:`end_round`; at the end
+    :meth:`finish`. Every round is applied through the crash-safe :func:`apply_answers_file` (audit trail,
+    labels_cleaned.csv, state last), so a run killed anywhere resumes from state.json.
+
+    Model choice: after every recalibration epoch the model is scored on the validation set; at the end of a
+    round the weights with the best validation balanced accuracy seen so far (the phase-1 model counts) are
+    restored, so a round whose training did not help on validation does not make the model worse. The test set
+    is only reported.
+
+    Recalibration recipes:
+        "trusted" (default): plain training on the trusted set (phase-1 selection with its given labels, plus
+            every expert answer), as the reference code does, but each round ends on the best-validation model.
+        "coteaching": keep co-teaching on every non-excluded sample with the current labels; expert-verified
+            samples are always kept, and the forget rate shrinks as errors are fixed
+            (phase-1 rate x N - labels changed) / N.
+
+    Args:
+        network: the model being recalibrated (the trainer's network; its weights are chosen here).
+        relabel_dir: folder for state.json, queries/, answers/, audit.csv, labels_cleaned.csv, rounds.csv.
+        class_names: names by class index.
+        ids: training ids by index.
+        given_labels: labels as given, by index.
+        phase1_trusted: phase 1's clean selection, by index.
+        scoring_dataset: the training set with deterministic (evaluation) transforms, same indices.
+        val_loader: loader of the validation set (round metrics; model choice uses validation only).
+        test_loader: loader of the held-out test set (reported, never used to choose), or None.
+        acquisition: acquisition function name.
+        round_budget: labels per round.
+        num_rounds: rounds to run.
+        recalibration_epochs: training epochs after each round.
+        mode: "simulation" (``oracle`` answers) or "interactive" (a person answers).
+        oracle: the simulated expert, simulation only.
+        true_labels: simulation only, for the errors-found and pool-noise columns (a metric, never trained on).
+        recipe: "trusted" or "coteaching".
+        base_forget_rate: the forget rate phase 1 ended with.
+        image_paths: image path per index for the query file (optional).
+        patient_ids: patient id per index for the query file (optional).
+        seed: seed for random acquisition (per round, so a resume picks the same samples).
+        mc_samples: MC-dropout passes for BALD.
+        batch_size: inference batch size.
+        resume_command: the command a person runs after filling the answers file.
+        summary_writer: TensorBoard writer for round scalars (optional).
+        device: inference device (default: the device of the network's parameters).
+    """
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        relabel_dir: str | Path,
+        class_names: Sequence[str],
+        ids: Sequence[str],
+        given_labels: Sequence[int],
+        phase1_trusted: Sequence[bool],
+        scoring_dataset: Dataset,
+        val_loader: DataLoader,
+        test_loader: DataLoader | None = None,
+        acquisition: str = "entropy",
+        round_budget: int = 100,
+        num_rounds: int = 5,
+        recalibration_epochs: int = 2,
+        mode: str = "simulation",
+        oracle: OracleExpert | None = None,
+        true_labels: Sequence[int] | None = None,
+        recipe: str = "trusted",
+        base_forget_rate: float = 0.0,
+        image_paths: Sequence[str] | None = None,
+        patient_ids: Sequence[str] | None = None,
+        seed: int = 0,
+        mc_samples: int = 10,
+        batch_size: int = 256,
+        resume_command: str = "alr relabel",
+        summary_writer=None,
+        device: str | torch.device | None = None,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if recipe not in RECIPES:
+            raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
+        if mode == "simulation" and oracle is None:
+            raise ValueError("simulation mode needs an oracle (relabel#oracle); use mode 'interactive' for a person")
+        if round_budget < 1 or num_rounds < 1 or recalibration_epochs < 1:
+            raise ValueError("round_budget, num_rounds and recalibration_epochs must all be >= 1")
+        self.network = network
+        self.dir = Path(relabel_dir)
+        self.state_path = self.dir / "state.json"
+        self.audit_path = self.dir / "audit.csv"
+        self.labels_path = self.dir / "labels_cleaned.csv"
+        self.class_names = list(class_names)
+        self.ids = [str(i) for i in ids]
+        self.given_labels = [int(label) for label in given_labels]
+        self.phase1_trusted = [bool(t) for t in phase1_trusted]
+        if not len(self.given_labels) == len(self.phase1_trusted) == len(self.ids):
+            raise ValueError(
+                f"{len(self.ids)} ids, {len(self.given_labels)} given labels and {len(self.phase1_trusted)} "
+                "trusted flags: one of each per training sample"
+            )
+        self.scoring_dataset = scoring_dataset
+        self.val_loader = val_loader
+        self.test_loader = test_loader
+        self.acquisition = acquisition
+        self.round_budget = round_budget
+        self.num_rounds = num_rounds
+        self.recalibration_epochs = recalibration_epochs
+        self.mode = mode
+        self.oracle = oracle
+        self.true_labels = None if true_labels is None else [int(t) for t in true_labels]
+        if self.true_labels is not None and len(self.true_labels) != len(self.ids):
+            raise ValueError(f"{len(self.true_labels)} true labels for {len(self.ids)} training samples")
+        self.recipe = recipe
+        self.base_forget_rate = float(base_forget_rate)
+        self.image_paths = None if image_paths is None else [str(p) for p in image_paths]
+        self.patient_ids = None if patient_ids is None else [str(p) for p in patient_ids]
+        self.seed = seed
+        self.mc_samples = mc_samples
+        self.batch_size = batch_size
+        self.resume_command = resume_command
+        self.writer = summary_writer
+        self._device = device
+        self.best_val = float("-inf")
+        self.best_weights: dict[str, torch.Tensor] = {}
+        self.logger = logging.getLogger(__name__)
+
+    # ------------------------------------------------------------------------------------------ paths
+    @property
+    def device(self) -> torch.device | str:
+        if self._device is not None:
+            return self._device
+        parameter = next(self.network.parameters(), None)
+        return parameter.device if parameter is not None else torch.device("cpu")
+
+    def query_path(self, round_index: int) -> Path:
+        """The query file of round ``round_index``."""
+        return self.dir / "queries" / f"round_{round_index}.csv"
+
+    def answers_path(self, round_index: int) -> Path:
+        """Where the answers of round ``round_index`` are expected."""
+        return self.dir / "answers" / f"round_{round_index}.csv"
+
+    def load_state(self) -> RoundState:
+        """The round state as saved in state.json."""
+        return RoundState.load(self.state_path)
+
+    # ------------------------------------------------------------------------------------------ schedule
+    def round_starting(self, epoch: int) -> int | None:
+        """The round whose recalibration begins with (1-based) ``epoch``, or None mid-round."""
+        if (epoch - 1) % self.recalibration_epochs:
+            return None
+        return (epoch - 1) // self.recalibration_epochs + 1
+
+    def round_ending(self, epoch: int) -> int | None:
+        """The round whose recalibration ends with (1-based) ``epoch``, or None mid-round."""
+        if epoch % self.recalibration_epochs:
+            return None
+        return epoch // self.recalibration_epochs
+
+    # ------------------------------------------------------------------------------------------ rounds
+    def open(self) -> RoundState:
+        """Start or continue: create the state from phase 1's selection if there is none, record round 0 (the
+        phase-1 model before any expert label) once, and count the current weights as the best so far unless a
+        resumed run has restored its own choice."""
+        if not self.state_path.exists():
+            state = RoundState.initial(self.ids, self.given_labels, self.phase1_trusted, self.class_names)
+            state.save(self.state_path)
+        state = self.load_state()
+        if state.ids != self.ids:
+            raise ValueError(f"{self.state_path} belongs to another training set (ids differ)")
+        if not state.baseline_metrics:
+            state.record_metrics(0, self.evaluate(state))
+            state.save(self.state_path)
+            self.write_round_table(state)
+        if not self.best_weights:
+            self.remember(state.baseline_metrics["val_balanced_accuracy"])
+        return state
+
+    def advance_to(self, round_index: int) -> str:
+        """Make sure round ``round_index``'s answers are applied: query it if not yet queried, let the oracle answer
+        in simulation, and apply the answers file if it exists.
+
+        Returns:
+            A :class:`RoundOutcome`: APPLIED (now or before), EMPTY (the pool is empty, nothing to ask) or WAITING
+            (the answers file does not exist yet; :meth:`waiting_message` says what to do).
+        """
+        state = self.load_state()
+        if state.round >= round_index:
+            return RoundOutcome.APPLIED
+        query_path, answers_path = self.query_path(round_index), self.answers_path(round_index)
+        if state.pending_round != round_index:
+            rows = self.query_rows(state, round_index)
+            if not rows:
+                self.logger.info(f"round {round_index}: the pool is empty, nothing to ask")
+                return RoundOutcome.EMPTY
+            start_round(self.state_path, query_path, round_index, rows)
+            self.logger.info(f"round {round_index}: wrote {len(rows)} queries to {query_path}")
+        if self.mode == "simulation" and not answers_path.exists():
+            self.oracle.fill_query_file(query_path, answers_path, round_index)
+        if not answers_path.exists():
+            return RoundOutcome.WAITING
+        self.apply_round(round_index)
+        return RoundOutcome.APPLIED
+
+    def waiting_message(self, round_index: int) -> str:
+        """What a person does when round ``round_index`` waits for the expert."""
+        return (
+            f"\nRound {round_index} is waiting for the expert.\n"
+            f"  1. Open {self.query_path(round_index)} and fill the expert_label column (a class name or index; "
+            f"leave blank to skip; 'exclude' to drop the image).\n"
+            f"  2. Save it as {self.answers_path(round_index)} (or run: alr answer <your file> --run_dir "
+            f"{self.dir.parent}).\n"
+            f"  3. Resume with: {self.resume_command}\n"
+        )
+
+    def apply_round(self, round_index: int) -> RoundState:
+        """Apply round ``round_index``'s answers file (crash-safe; a second call applies nothing twice)."""
+        source = "oracle" if self.mode == "simulation" else "expert"
+        state = apply_answers_file(
+            self.state_path,
+            self.audit_path,
+            self.labels_path,
+            self.answers_path(round_index),
+            round_index,
+            source=source,
+        )
+        entry = state.history[-1]
+        self.logger.info(
+            f"round {round_index}: {entry['labels_spent']} labels spent, {entry['labels_changed']} changed, "
+            f"{entry['excluded']} excluded, {entry['skipped']} skipped"
+        )
+        return state
+
+    def query_rows(self, state: RoundState, round_index: int) -> list[dict]:
+        """Rank the pool with the current model and return the round's query rows (best first); [] if no pool."""
+        pool = state.pool_indices()
+        if not pool:
+            return []
+        pool_loader = self._loader(pool)
+        trusted = [i for i, t in enumerate(state.trusted) if t]
+        labelled_loader = self._loader(trusted) if self.acquisition == "coreset" and trusted else None
+        generator = torch.Generator().manual_seed(self.seed * 1000 + round_index)
+        picked = acquire(
+            self.acquisition,
+            self.network,
+            pool_loader,
+            min(self.round_budget, len(pool)),
+            self.device,
+            labelled_loader=labelled_loader,
+            mc_samples=self.mc_samples,
+            generator=generator,
+        )
+        rows = []
+        for rank, index in enumerate(picked.indices):
+            rows.append(
+                {
+                    "id": self.ids[index],
+                    "image": self.image_paths[index] if self.image_paths else "",
+                    "given_label": state.current_labels[index],
+                    "predicted_label": picked.predicted_labels[rank],
+                    "predicted_probability": picked.predicted_probabilities[rank],
+                    "score": picked.scores[rank],
+                    "patient_id": self.patient_ids[index] if self.patient_ids else "",
+                }
+            )
+        return rows
+
+    def _loader(self, indices: Sequence[int]) -> DataLoader:
+        return DataLoader(Subset(self.scoring_dataset, list(indices)), batch_size=self.batch_size, shuffle=False)
+
+    def training_target(self, state: RoundState) -> TrainingTarget:
+        """Labels, verified mask, the subset trained on and the forget rate that follow ``state``."""
+        verified = [source in ("expert", "oracle") for source in state.source]
+        active = [i for i, label in enumerate(state.current_labels) if label >= 0]
+        if self.recipe == "trusted":
+            indices = [i for i in active if state.trusted[i]]
+            forget_rate = 0.0
+        else:
+            indices = active
+            fixed = sum(entry["labels_changed"] for entry in state.history)
+            remaining_noise = self.base_forget_rate * len(self.ids) - fixed
+            forget_rate = min(max(remaining_noise / max(len(active), 1), 0.0), 0.95)
+        return TrainingTarget(list(state.current_labels), verified, indices, forget_rate)
+
+    def end_round(self, round_index: int) -> RoundState | None:
+        """Close round ``round_index``: restore the best validation weights so far, evaluate and record the round,
+        rewrite the round table. None (nothing done) if the round's answers never arrived."""
+        state = self.load_state()
+        if state.round < round_index:
+            return None
+        # The round ends with the best model on validation so far; the test set only reports on it.
+        self.network.load_state_dict(self.best_weights)
+        state.record_metrics(round_index, self.evaluate(state))
+        state.save(self.state_path)
+        self.write_round_table(state)
+        return state
+
+    def finish(self) -> RoundState:
+        """End of the run: labels_cleaned.csv, the final model (models/model.pt) and the round table."""
+        state = self.load_state()
+        state.write_labels_cleaned(self.labels_path)
+        atomic_torch_save(self.dir / "models" / "model.pt", self.network.state_dict())
+        self.write_round_table(state)
+        return state
+
+    # ------------------------------------------------------------------------------------------ model choice
+    def validation_score(self) -> float:
+        """Balanced accuracy of the current model on the validation set."""
+        report = evaluate_loader(self.network, self.val_loader, len(self.class_names), self.device)
+        return float(report["balanced_accuracy"])
+
+    def remember(self, val_score: float) -> None:
+        """Keep a copy of the current weights as the best, with their validation score."""
+        self.best_val = float(val_score)
+        self.best_weights = {k: v.detach().clone() for k, v in self.network.state_dict().items()}
+
+    def consider(self, val_score: float) -> bool:
+        """Remember the current weights if ``val_score`` beats the best so far; True if it did."""
+        if val_score > self.best_val:
+            self.remember(val_score)
+            return True
+        return False
+
+    def state_dict(self) -> dict:
+        """The best validation score and weights so far, so a resumed run chooses as an uninterrupted one."""
+        return {"best_val": self.best_val, **{f"best_weights.{k}": v for k, v in self.best_weights.items()}}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.best_val = float(state_dict["best_val"])
+        prefix = "best_weights."
+        self.best_weights = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+
+    # ------------------------------------------------------------------------------------------ metrics
+    def evaluate(self, state: RoundState) -> dict:
+        """Validation and test metrics of the current model (plus simulation metrics), also sent to TensorBoard."""
+        metrics: dict = {}
+        for split, loader in (("val", self.val_loader), ("test", self.test_loader)):
+            if loader is None:
+                continue
+            report = evaluate_loader(self.network, loader, len(self.class_names), self.device)
+            for key in ("balanced_accuracy", "macro_f1", "mcc", "auroc"):
+                metrics[f"{split}_{key}"] = float(report[key])
+            metrics[f"{split}_per_class_recall"] = [float(r) for r in report["per_class_recall"]]
+        if self.true_labels is not None:
+            metrics.update(self.simulation_metrics(state))
+        if self.writer is not None:
+            step = state.budget_spent
+            for key, value in metrics.items():
+                if isinstance(value, float) and math.isfinite(value):
+                    self.writer.add_scalar(f"relabel/{key}", value, step)
+            self.writer.flush()
+        return metrics
+
+    def simulation_metrics(self, state: RoundState) -> dict:
+        """Errors found and the pool's noise rate, from the simulation's truth (reported, never trained on)."""
+        truth = self.true_labels
+        queried = [i for ids in state.queried.values() for i in ids]
+        position = {sample_id: i for i, sample_id in enumerate(self.ids)}
+        answered = [position[i] for i in queried if state.source[position[i]] in ("expert", "oracle", "excluded")]
+        errors_found = sum(self.given_labels[i] != truth[i] for i in answered)
+        pool = state.pool_indices()
+        pool_noise = sum(self.given_labels[i] != truth[i] for i in pool) / len(pool) if pool else float("nan")
+        current_noise = sum(
+            state.current_labels[i] != truth[i] for i in range(len(truth)) if state.current_labels[i] >= 0
+        ) / max(sum(label >= 0 for label in state.current_labels), 1)
+        return {"errors_found": int(errors_found), "pool_noise_rate": pool_noise, "label_noise_rate": current_noise}
+
+    # ------------------------------------------------------------------------------------------ round table
+    def round_rows(self, state: RoundState) -> list[dict]:
+        """One row per round (round 0 = phase 1's model): cumulative labels spent and changed, and the metrics."""
+        entries = [
+            {"round": 0, "labels_spent": 0, "labels_changed": 0, "excluded": 0, "metrics": state.baseline_metrics}
+        ]
+        spent = changed = excluded = 0
+        for entry in state.history:
+            spent += entry["labels_spent"]
+            changed += entry["labels_changed"]
+            excluded += entry["excluded"]
+            entries.append(
+                {
+                    "round": entry["round"],
+                    "labels_spent": spent,
+                    "labels_changed": changed,
+                    "excluded": excluded,
+                    "metrics": entry.get("metrics", {}),
+                }
+            )
+        rows = []
+        for entry in entries:
+            metrics = entry["metrics"]
+            errors = metrics.get("errors_found")
+            spent = entry["labels_spent"]
+            rows.append(
+                {
+                    "round": entry["round"],
+                    "labels_spent": spent,
+                    "labels_changed": entry["labels_changed"],
+                    "excluded": entry["excluded"],
+                    "errors_found": "" if errors is None else errors,
+                    "yield": "" if errors is None or spent == 0 else errors / spent,
+                    "pool_noise_rate": metrics.get("pool_noise_rate", ""),
+                    "val_balanced_accuracy": metrics.get("val_balanced_accuracy", ""),
+                    "test_balanced_accuracy": metrics.get("test_balanced_accuracy", ""),
+                    "test_macro_f1": metrics.get("test_macro_f1", ""),
+                    "test_per_class_recall": metrics.get("test_per_class_recall", []),
+                }
+            )
+        return rows
+
+    def round_table_markdown(self, state: RoundState) -> str:
+        """The round table as markdown: labels spent, errors found, yield, pool noise and metrics."""
+        rows = self.round_rows(state)
+        lines = [markdown_table(ROUND_COLUMNS, [[row[c] for c in ROUND_COLUMNS] for row in rows], format_cell)]
+        recall_rows = [r for r in rows if r["test_per_class_recall"]]
+        if recall_rows:
+            lines += ["", "Per-class test recall by round:", ""]
+            table = [[row["round"], *row["test_per_class_recall"]] for row in recall_rows]
+            lines.append(markdown_table(["round", *self.class_names], table, format_cell))
+        return "\n".join(lines) + "\n"
+
+    def write_round_table(self, state: RoundState) -> None:
+        """Write rounds.csv and rounds.md (atomically)."""
+        rows = self.round_rows(state)
+        atomic_write_csv(self.dir / "rounds.csv", rows, ROUND_COLUMNS)
+        atomic_write_text(self.dir / "rounds.md", self.round_table_markdown(state))
