@@ -10,6 +10,7 @@ import csv
 import json
 import logging
 import math
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -305,11 +306,15 @@ def manifest_dataset(tmp_path: Path, imagefile_dicom, imagefile_nifti, imagefile
     return manifest_write_csv(folder / "manifest.csv", rows)
 
 
-def _manifest_workflow(manifest: Path | None, output_dir: Path, **overrides) -> ConfigWorkflow:
+def _manifest_settings(manifest: Path | None, **overrides) -> dict:
     settings = {"max_epochs": 1, "batch_size": 4, "image_size": [16, 16], **TINY_NET, **overrides}
     if manifest is not None:
         settings["manifest_path"] = str(manifest)
-    return _workflow([TRAIN, TRAIN_MANIFEST], output_dir, **settings)
+    return settings
+
+
+def _manifest_workflow(manifest: Path | None, output_dir: Path, **overrides) -> ConfigWorkflow:
+    return _workflow([TRAIN, TRAIN_MANIFEST], output_dir, **_manifest_settings(manifest, **overrides))
 
 
 def test_manifest_run_trains_on_dicom_nifti_png(manifest_dataset: Path, tmp_path: Path, monkeypatch):
@@ -339,6 +344,40 @@ def test_manifest_run_trains_on_dicom_nifti_png(manifest_dataset: Path, tmp_path
     handlers = workflow.parser.get_parsed_content("train#handlers")
     assert not any(isinstance(h, SelectionMetricsHandler) for h in handlers)
     assert workflow.parser.get_parsed_content("noise_rate_estimator").true_rate is None
+
+
+def test_manifest_phase2_reads_phase1_labels_and_refuses_an_edited_manifest(
+    manifest_dataset: Path, tmp_path: Path, manifest_write_csv
+):
+    output_dir = tmp_path / "run"
+    _run(_manifest_workflow(manifest_dataset, output_dir))
+    relabel = {"relabel#mode": "interactive", "relabel#round_budget": 2, "relabel#recalibration_epochs": 1}
+    _run(
+        _workflow(
+            [TRAIN, TRAIN_MANIFEST, CONFIGS / "relabel.json"],
+            output_dir,
+            **_manifest_settings(manifest_dataset),
+            **relabel,
+        )
+    )
+    _, query = _read_csv(output_dir / "relabel" / "queries" / "round_1.csv")
+    given = {r["id"]: ["abnormal", "normal"][int(r["given_label"])] for r in _read_csv(output_dir / "selection.csv")[1]}
+    assert len(query) == 2 and all(r["given_label"] == given[r["id"]] for r in query)  # phase 1's labels, by name
+
+    # The same manifest with one training label changed: phase 1's trusted mask belongs to other labels.
+    _, rows = _read_csv(manifest_dataset)
+    rows[3]["label"] = "normal" if rows[3]["label"] == "abnormal" else "abnormal"
+    edited = manifest_write_csv(manifest_dataset.parent / "edited.csv", rows)
+    other = tmp_path / "other"
+    shutil.copytree(output_dir, other)
+    shutil.rmtree(other / "relabel")
+    with pytest.raises(Exception) as info:
+        _run(
+            _workflow([TRAIN, TRAIN_MANIFEST, CONFIGS / "relabel.json"], other, **_manifest_settings(edited), **relabel)
+        )
+    message = _error_chain(info.value)
+    assert f"{other / 'selection.csv'} row 5: id 'case3'" in message, message
+    assert not (other / "relabel").exists()
 
 
 def _base_value(config: dict, key: str):
