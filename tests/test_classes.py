@@ -23,6 +23,7 @@ BAD_NAME_SETS = {
     "blank": ["normal", "  "],
     "line break": ["normal", "ab\nnormal"],
     "tab": ["nor\tmal", "abnormal"],
+    "line separator": ["a\u2028b", "c"],
 }
 
 
@@ -47,7 +48,7 @@ def test_bad_names_are_refused_everywhere(names, tmp_path):
 
 
 def test_good_names_pass_and_integers_become_text():
-    assert check_class_names(["normal", "Abnormal", "type 2"]) == ["normal", "Abnormal", "type 2"]
+    assert check_class_names(["normal", "Abnormal", "type\u00a02"]) == ["normal", "Abnormal", "type\u00a02"]
     assert check_class_names([0, 1, 10]) == ["0", "1", "10"]
     assert class_name_problems(["a", "b"]) == []
 

@@ -8,6 +8,7 @@ word ``excluded``. So a name that phase 2 would reject must already be rejected 
 from __future__ import annotations
 
 import numbers
+import unicodedata
 from collections.abc import Sequence
 
 __all__ = ["EXCLUDE", "EXCLUDED", "RESERVED_NAMES", "check_class_names", "class_name_problems"]
@@ -67,7 +68,7 @@ def class_name_problems(class_names: Sequence[object]) -> list[tuple[int, str]]:
             )
         elif name != name.strip():
             problems.append((index, f"class name {name!r} has leading or trailing whitespace"))
-        elif any(not character.isprintable() for character in name):
+        elif any(unicodedata.category(character) in ("Cc", "Zl", "Zp") for character in name):
             problems.append((index, f"class name {name!r} contains a control character (tab or line break)"))
     return problems
 
