@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from alr_monai import cli
-from alr_monai.relabel import AUDIT_COLUMNS, QUERY_COLUMNS, RoundState
+from alr_monai.relabel import AUDIT_COLUMNS, QUERY_COLUMNS, Phase1Mismatch, RoundState
 from alr_monai.relabel import training as relabel_training
 from alr_monai.utils import read_csv
 
@@ -418,31 +418,49 @@ def test_printed_resume_command_keeps_the_relabel_settings(phase1_run, tmp_path,
 
 
 # ------------------------------------------------------------------------------------------ phase-1 handoff
+def _bundle_relabel(run_dir: Path, **changes):
+    """Phase 2 the way a bundle user runs it: train.json, the smoke preset and relabel.json, with ``changes``."""
+    from monai.bundle import ConfigWorkflow
+
+    configs = Path(cli.__file__).resolve().parents[1] / "bundles" / "alr_bloodmnist" / "configs"
+    preset = Path(cli.__file__).resolve().parents[1] / "configs" / "presets" / "smoke.json"
+    workflow = ConfigWorkflow(
+        config_file=[str(configs / "train.json"), str(preset), str(configs / "relabel.json")],
+        workflow_type="train",
+        logging_file=False,
+        **{**TINY, **ROUNDS, "output_dir": str(run_dir), **changes},
+    )
+    workflow.initialize()
+    try:
+        workflow.run()
+    finally:
+        workflow.finalize()
+
+
 @pytest.mark.parametrize(
-    ("change", "names"),
-    [
-        (["--seed", "1"], ["selection.csv", "given label"]),
-        (["--simulation#noise_rate", "0.3"], ["selection.csv", "given label"]),
-        (["--simulation#noise_kind", "pairflip"], ["selection.csv", "given label"]),
-    ],
+    "change",
+    [{"seed": 1}, {"simulation#noise_rate": 0.3}, {"simulation#noise_kind": "pairflip"}],
     ids=["seed", "noise_rate", "noise_kind"],
 )
-def test_phase2_on_other_labels_than_phase1_is_refused(phase1_run, tmp_path, capsys, change, names):
+def test_phase2_on_other_labels_than_phase1_is_refused(phase1_run, tmp_path, change):
     run_dir = copy_run(phase1_run, tmp_path)
-    with pytest.raises(SystemExit) as info:
-        cli.main(["relabel", "--run_dir", str(run_dir), *ROUNDS_ARGV, *change])
-    assert info.value.code == 2
-    error = capsys.readouterr().err
-    assert str(run_dir / "selection.csv") in error and all(name in error for name in names), error
-    assert "Phase 2 must load the same data as phase 1" in error
+    with pytest.raises(Exception) as info:
+        _bundle_relabel(run_dir, **change)
+    errors = [error for error in exception_chain(info.value) if isinstance(error, Phase1Mismatch)]
+    assert errors, [str(error) for error in exception_chain(info.value)]
+    message = str(errors[0])
+    assert message.startswith(f"{run_dir / 'selection.csv'} row ") and "given label" in message, message
+    assert "Phase 2 must load the same data as phase 1" in message
     assert not (run_dir / "relabel").exists(), "nothing of phase 2 may be written before the handoff is checked"
 
 
-def test_phase2_on_other_class_names_is_refused(phase1_run, tmp_path):
+def test_phase2_with_phase1_settings_runs_and_other_class_names_are_refused(phase1_run, tmp_path):
     run_dir = copy_run(phase1_run, tmp_path)
     classes = json.loads((run_dir / "classes.json").read_text())["class_names"]
-    renamed = ["Basophil", *classes[1:]]
     with pytest.raises(Exception) as info:
-        cli.relabel(str(run_dir), **ROUNDS, class_names=renamed)
+        _bundle_relabel(run_dir, class_names=["Basophil", *classes[1:]])
     messages = [str(error) for error in exception_chain(info.value)]
     assert any("classes.json" in m and "class 0: phase 1 'basophil', now 'Basophil'" in m for m in messages), messages
+
+    _bundle_relabel(run_dir, **{"relabel#num_rounds": 1})  # the same settings as phase 1: the round runs
+    assert load_state(run_dir).round == 1
