@@ -7,6 +7,7 @@
     alr query --run_dir runs/x                phase 2 with a person: run until the next query file is written
     alr answer FILE --run_dir runs/x          validate and apply an expert's answers (--dry_run: apply nothing)
     alr status --run_dir runs/x               round, labels spent, what is waiting
+    alr recover --run_dir runs/x              rebuild a lost relabel/state.json from the rounds' files
     alr report --run_dir runs/x               write and print report.md
     alr benchmark --preset small              a benchmark matrix (configs/benchmarks), resumable
     alr manifest build ROOT --out m.csv       folder tree ROOT/<class>/<files> -> manifest
@@ -76,14 +77,15 @@ def train(
     overrides = {"output_dir": str(run_dir), **overrides}
     if manifest:
         overrides["manifest_path"] = str(Path(manifest).resolve())
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_run_config(run_dir, config_files=files, overrides=overrides)
-    started = time.time()
-    run_workflow(files, overrides)
     from alr_monai.report import write_report
+    from alr_monai.runlock import run_lock
 
-    print(f"phase 1 finished in {time.time() - started:.0f} s; outputs in {run_dir}", flush=True)
-    print(write_report(run_dir).read_text(), flush=True)
+    with run_lock(run_dir, "train"):  # before run_config.json: a second process must change nothing
+        save_run_config(run_dir, config_files=files, overrides=overrides)
+        started = time.time()
+        run_workflow(files, overrides)
+        print(f"phase 1 finished in {time.time() - started:.0f} s; outputs in {run_dir}", flush=True)
+        print(write_report(run_dir).read_text(), flush=True)
 
 
 def relabel(run_dir: str = "runs/alr", mode: str = "simulation", **overrides):
@@ -120,6 +122,13 @@ def _relabel(run_dir: str, mode: str, overrides: dict[str, Any], command: str) -
         raise UsageError(f"--mode {mode!r} is not accepted; choose one of: {', '.join(MODES)}")
     check_overrides(overrides, ("relabel",), command, strict=False)
     run_path = Path(run_dir)
+    from alr_monai.runlock import run_lock
+
+    with run_lock(run_path, "relabel"):
+        _relabel_locked(run_path, run_dir, mode, overrides)
+
+
+def _relabel_locked(run_path: Path, run_dir: str, mode: str, overrides: dict[str, Any]) -> None:
     config = load_run_config(run_path)
     settings = relabel_settings(run_path, config, overrides)
     if settings != config["relabel"] or "relabel" not in json.loads((run_path / RUN_CONFIG).read_text()):
@@ -199,10 +208,11 @@ def answer(file: str, run_dir: str = "runs/alr", dry_run: bool = False, allow_em
         allow_empty: close the round even if the file answers nothing (every expert_label blank).
     """
     from alr_monai.relabel import RoundError, RoundState, apply_answers_file, read_answers
+    from alr_monai.relabel.state import relabel_outputs
 
     relabel_dir = Path(run_dir) / "relabel"
     state_path = relabel_dir / "state.json"
-    if not state_path.is_file():
+    if not state_path.is_file() and not relabel_outputs(relabel_dir):  # lost with rounds: the load says how to recover
         raise FileNotFoundError(
             f"{state_path} not found: no relabel round was started in {run_dir}; run `alr query --run_dir {run_dir}`"
         )
@@ -240,9 +250,10 @@ def status(run_dir: str = "runs/alr"):
         run_dir: the run folder.
     """
     from alr_monai.relabel import RoundState
+    from alr_monai.relabel.state import relabel_outputs
 
     state_path = Path(run_dir) / "relabel" / "state.json"
-    if not state_path.is_file():
+    if not state_path.is_file() and not relabel_outputs(state_path.parent):  # lost with rounds: load refuses
         phase1 = (Path(run_dir) / "metrics.json").is_file()
         print(f"{run_dir}: phase 1 {'finished' if phase1 else 'not run'}; no relabel round started yet")
         return
@@ -258,6 +269,22 @@ def status(run_dir: str = "runs/alr"):
         print(f"  fill expert_label and save as {answers_file}, or run: alr answer <file> --run_dir {run_dir}")
     else:
         print("nothing waiting for the expert")
+
+
+def recover(run_dir: str = "runs/alr"):
+    """Rebuild a missing or unreadable relabel/state.json from the rounds' query, answers and audit files.
+
+    Refuses, and writes nothing, if those files disagree with each other or with labels_cleaned.csv.
+
+    Args:
+        run_dir: the run folder.
+    """
+    from alr_monai.relabel.recover import recover_run
+
+    recovery = recover_run(run_dir)
+    for note in recovery.notes:
+        print(note)
+    print(f"rebuilt {Path(run_dir) / 'relabel' / 'state.json'}; continue with the command you were running")
 
 
 def report(run_dir: str = "runs/alr"):
@@ -393,6 +420,7 @@ COMMANDS = {
     "query": query,
     "answer": answer,
     "status": status,
+    "recover": recover,
     "report": report,
     "benchmark": benchmark,
     "manifest": Manifest,
@@ -651,6 +679,7 @@ def main_help() -> str:
 def _user_errors() -> tuple[type[BaseException], ...]:
     from alr_monai.data.manifest import ManifestError
     from alr_monai.relabel import AnswerError, RoundError
+    from alr_monai.runlock import RunLockedError
 
     return (
         UsageError,
@@ -658,6 +687,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         ManifestError,
         AnswerError,
         RoundError,
+        RunLockedError,
         FileNotFoundError,
         FileExistsError,
         ValueError,

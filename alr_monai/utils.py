@@ -1,7 +1,11 @@
 """Small shared helpers: atomic file writes and CSV helpers.
 
-Every state or result file is written to a temporary file in the same folder and then renamed over the
-target, so a crash leaves either the old file or the new one, never half of one.
+Every state or result file, checkpoints included, is written by :func:`atomic_write_bytes`: to a temporary file
+in the same folder, fsynced, then renamed over the target, so a crash leaves either the old file or the new one,
+never half of one (plus, after a kill, a stray ``.<name>.<random>.tmp`` that :func:`remove_stray_temp_files`
+cleans). The one file that grows instead (the relabel audit trail) is appended by :func:`append_bytes`. These two
+functions are the only ways the package writes a file a run depends on, which is what the fault-injection tests
+rely on: they make the N-th write fail and check that rerunning ends where an uninterrupted run ends.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import csv
 import io
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -37,7 +42,68 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    fsync_dir(path.parent)  # make the rename itself durable
     return path
+
+
+def append_bytes(path: str | Path, data: bytes) -> Path:
+    """Append ``data`` to ``path`` (created if missing) and fsync it; the folder too when the file is new.
+
+    Not atomic: a crash may leave a torn last line, which the reader must tolerate (see ``AuditTrail``).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    created = not path.exists()
+    with open(path, "ab") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    if created:
+        fsync_dir(path.parent)
+    return path
+
+
+def fsync_dir(folder: str | Path) -> None:
+    """fsync a folder so a new or renamed entry in it survives a power cut (a no-op where unsupported)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# tempfile.mkstemp(prefix=".<name>.", suffix=".tmp") names: the prefix, 8 random characters, the suffix.
+_TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
+
+
+def remove_stray_temp_files(folder: str | Path, recursive: bool = True) -> list[Path]:
+    """Delete the temporary files :func:`atomic_write_bytes` leaves when a process is killed mid-write.
+
+    Only call this while no other process writes into ``folder`` (e.g. holding the run lock).
+
+    Returns:
+        The files removed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    walk = os.walk(folder) if recursive else [(str(folder), [], os.listdir(folder))]
+    for root, _dirs, names in walk:
+        for name in names:
+            if _TEMP_NAME.match(name):
+                path = Path(root) / name
+                try:
+                    path.unlink()
+                except FileNotFoundError:
+                    continue
+                removed.append(path)
+    return removed
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

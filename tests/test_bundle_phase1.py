@@ -606,7 +606,7 @@ def test_resume_reproduces_the_uninterrupted_run(resume_runs: dict):
 
 def test_killed_run_resumes_from_the_last_checkpoint_and_finishes(resume_runs: dict):
     assert "simulated kill in epoch 3" in resume_runs["kill_message"]
-    assert resume_runs["C_checkpoints_after_kill"] == ["checkpoint_epoch=2.pt"]
+    assert resume_runs["C_checkpoints_after_kill"] == ["checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt"]  # n_saved 2
     assert resume_runs["C_history_after_kill"] == [1, 2]
     assert resume_runs["C"].parser.get_parsed_content("train#trainer").state.epoch == 3
     # The half-done epoch 3 left nothing behind: the rerun equals the run that was never killed.

@@ -34,21 +34,34 @@ class Acquisition:
 
 
 @torch.no_grad()
-def _mc_probabilities(network: nn.Module, dataloader: Iterable, device, mc_samples: int) -> torch.Tensor:
+def _mc_probabilities(
+    network: nn.Module, dataloader: Iterable, device, mc_samples: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """``mc_samples`` stochastic passes with only the dropout layers on.
+
+    The dropout masks come from a seed drawn from ``generator``, inside ``torch.random.fork_rng``: the same
+    generator (seed 0 without one) gives the same masks, so a round killed after writing its query recomputes the
+    same query; and the global RNG that training draws from is left exactly as it was.
+    """
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if generator is not None else 0
+    device = torch.device(device)
+    cuda_devices = [device.index or 0] if device.type == "cuda" else []
     was_training = network.training
-    try:
-        if enable_mc_dropout(network) == 0:
-            raise ValueError(
-                "BALD needs dropout layers for MC sampling, and this network has none: set "
-                "network_def#dropout > 0 (for example 0.3), or choose another acquisition function"
-            )
-        passes = []
-        for _ in range(mc_samples):
-            probs = [torch.softmax(network(batch["image"].to(device)).float(), 1).cpu() for batch in dataloader]
-            passes.append(torch.cat(probs))
-        return torch.stack(passes)
-    finally:
-        network.train(was_training)
+    with torch.random.fork_rng(devices=cuda_devices):
+        torch.manual_seed(seed)
+        try:
+            if enable_mc_dropout(network) == 0:
+                raise ValueError(
+                    "BALD needs dropout layers for MC sampling, and this network has none: set "
+                    "network_def#dropout > 0 (for example 0.3), or choose another acquisition function"
+                )
+            passes = []
+            for _ in range(mc_samples):
+                probs = [torch.softmax(network(batch["image"].to(device)).float(), 1).cpu() for batch in dataloader]
+                passes.append(torch.cat(probs))
+            return torch.stack(passes)
+        finally:
+            network.train(was_training)
 
 
 def acquire(
@@ -72,7 +85,8 @@ def acquire(
         device: where to run inference.
         labelled_loader: loader over the trusted samples, for coreset (their embeddings are the first centres).
         mc_samples: stochastic passes for BALD.
-        generator: RNG for "random" (seeded by the caller so a resumed run picks the same samples).
+        generator: RNG for "random" and for BALD's dropout masks (seeded by the caller per round, so a resumed
+            run picks the same samples); the global RNG is not touched.
     """
     if method not in ACQUISITION_NAMES:
         raise ValueError(f"unknown acquisition {method!r}; choose one of {list(ACQUISITION_NAMES)}")
@@ -89,7 +103,7 @@ def acquire(
         scores[positions] = torch.linspace(1.0, 0.0, len(positions)) if len(positions) > 1 else 1.0
     else:
         if method == "bald":
-            scores = bald(_mc_probabilities(network, pool_loader, device, mc_samples))
+            scores = bald(_mc_probabilities(network, pool_loader, device, mc_samples, generator))
         else:
             scores = SCORE_FUNCTIONS[method](probs, generator=generator)
         positions = select_top(scores, budget)

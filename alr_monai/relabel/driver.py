@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from alr_monai.evaluation import evaluate_loader
 from alr_monai.relabel.acquire import acquire
 from alr_monai.relabel.expert import OracleExpert
-from alr_monai.relabel.state import RoundState, apply_answers_file, start_round
+from alr_monai.relabel.state import RoundState, apply_answers_file, open_state, start_round
 from alr_monai.tables import format_cell, markdown_table
 from alr_monai.utils import atomic_torch_save, atomic_write_csv, atomic_write_text
 
@@ -233,10 +233,7 @@ class RelabelDriver:
         """Start or continue: create the state from phase 1's selection if there is none, record round 0 (the
         phase-1 model before any expert label) once, and count the current weights as the best so far unless a
         resumed run has restored its own choice."""
-        if not self.state_path.exists():
-            state = RoundState.initial(self.ids, self.given_labels, self.phase1_trusted, self.class_names)
-            state.save(self.state_path)
-        state = self.load_state()
+        state = open_state(self.state_path, self.ids, self.given_labels, self.phase1_trusted, self.class_names)
         if state.ids != self.ids:
             raise ValueError(f"{self.state_path} belongs to another training set (ids differ)")
         if not state.baseline_metrics:

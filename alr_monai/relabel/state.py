@@ -12,7 +12,14 @@ A round has two steps, each of which may be killed at any moment and simply reru
    uninterrupted run. Once the state is written, applying the round again raises: no answer is applied twice.
 
 Rounds are numbered from 1; ``RoundState.round`` is the number of rounds applied, so the next round is
-``round + 1``. Two processes must not apply rounds to the same state at once (there is no lock).
+``round + 1``. Every function here that writes holds the run folder's lock (:mod:`alr_monai.runlock`; re-entrant,
+so phase 2's handler calls them under the lock its command already holds): a second process that tries to apply
+answers to the same run is refused with the holder's pid and command instead of duplicating audit rows.
+
+The state file is the one record of which rounds were applied. If it is missing or unreadable while the relabel
+folder already holds outputs (queries, answers, audit.csv, labels_cleaned.csv), every function refuses
+(:class:`StateMissingError`) instead of silently starting over from round 0; ``alr recover`` rebuilds it
+(:mod:`alr_monai.relabel.recover`).
 """
 
 from __future__ import annotations
@@ -28,7 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from alr_monai.relabel.expert import Answer, check_class_names, read_answers, write_query_file
-from alr_monai.utils import atomic_write_csv, atomic_write_json
+from alr_monai.runlock import run_lock
+from alr_monai.utils import append_bytes, atomic_write_bytes, atomic_write_csv, atomic_write_json
 
 STATE_FORMAT_VERSION = 1
 SOURCES = ("given", "expert", "oracle", "excluded")
@@ -37,9 +45,13 @@ ANSWER_SOURCES = ("expert", "oracle")
 EXCLUDED_LABEL = -1
 EXCLUDED_NAME = "excluded"
 AUDIT_COLUMNS = ["id", "old_label", "new_label", "round", "source", "time"]
+QUERIES_DIR = "queries"
+ANSWERS_DIR = "answers"
 LABELS_CLEANED_COLUMNS = ["id", "label", "label_index", "source"]
 
 __all__ = [
+    "ANSWERS_DIR",
+    "QUERIES_DIR",
     "ANSWER_SOURCES",
     "AUDIT_COLUMNS",
     "EXCLUDED_LABEL",
@@ -49,14 +61,48 @@ __all__ = [
     "AuditTrail",
     "RoundError",
     "RoundState",
+    "StateMissingError",
     "apply_answers_file",
     "apply_round",
+    "open_state",
+    "relabel_outputs",
     "start_round",
 ]
 
 
 class RoundError(ValueError):
     """A round cannot be started or applied in the current state (wrong round, already applied, ...)."""
+
+
+class StateMissingError(RoundError):
+    """The relabel state file is missing or unreadable while the relabel folder holds outputs of past rounds."""
+
+
+def relabel_outputs(relabel_dir: str | Path) -> list[str]:
+    """Files in ``relabel_dir`` that only exist once a relabel round was queried or applied (relative paths).
+
+    These are what a state file must account for: audit.csv, labels_cleaned.csv, queries/*.csv, answers/*.csv.
+    """
+    relabel_dir = Path(relabel_dir)
+    found = [name for name in ("audit.csv", "labels_cleaned.csv") if (relabel_dir / name).is_file()]
+    for sub in (QUERIES_DIR, ANSWERS_DIR):
+        if (relabel_dir / sub).is_dir():
+            found += sorted(f"{sub}/{p.name}" for p in (relabel_dir / sub).glob("*.csv"))
+    return found
+
+
+def _run_dir_of(state_path: str | Path) -> Path:
+    """The run folder whose lock guards a state file: the parent of its ``relabel`` folder (else its own folder)."""
+    folder = Path(state_path).resolve().parent
+    return folder.parent if folder.name == "relabel" else folder
+
+
+def _recovery_hint(state_path: Path) -> str:
+    return (
+        f"Rebuild it from the rounds' query, answers and audit files with `alr recover --run_dir "
+        f"{_run_dir_of(state_path)}` (it refuses if they disagree), or move the folder {state_path.parent} away to "
+        "start phase 2 over"
+    )
 
 
 def _utc_now() -> str:
@@ -372,6 +418,13 @@ class RoundState:
         """
         path = Path(path)
         if not path.is_file():
+            outputs = relabel_outputs(path.parent)
+            if outputs:
+                raise StateMissingError(
+                    f"relabel state file {path} is missing, but {path.parent} holds outputs of relabel rounds "
+                    f"({', '.join(outputs[:6])}{', ...' if len(outputs) > 6 else ''}); starting over would reset "
+                    f"labels_cleaned.csv and rounds.csv while audit.csv keeps every change. {_recovery_hint(path)}."
+                )
             raise FileNotFoundError(
                 f"relabel state file {path} does not exist; it is created once after phase 1 by "
                 "RoundState.initial(ids, given_labels, trusted, class_names).save(path)"
@@ -379,9 +432,13 @@ class RoundState:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ValueError(f"relabel state file {path} is corrupt (not valid JSON: {error})") from error
+            raise StateMissingError(
+                f"relabel state file {path} is corrupt (not valid JSON: {error}). {_recovery_hint(path)}."
+            ) from error
         if not isinstance(data, dict):
-            raise ValueError(f"relabel state file {path} is corrupt (expected a JSON object)")
+            raise StateMissingError(
+                f"relabel state file {path} is corrupt (expected a JSON object). {_recovery_hint(path)}."
+            )
         if data.get("format_version") != STATE_FORMAT_VERSION:
             raise ValueError(
                 f"relabel state file {path} has format_version {data.get('format_version')!r}; "
@@ -391,7 +448,9 @@ class RoundState:
         data.setdefault("pool_scope", "suspected")  # states written before the field existed
         missing = [name for name in names if name not in data]
         if missing:
-            raise ValueError(f"relabel state file {path} is corrupt (missing {missing})")
+            raise StateMissingError(
+                f"relabel state file {path} is corrupt (missing {missing}). {_recovery_hint(path)}."
+            )
         state = cls(**{name: data[name] for name in names})
         state._validate(f"relabel state file {path} is inconsistent")
         return state
@@ -462,33 +521,17 @@ class AuditTrail:
             new.append(cells)
         if not new and not created:
             return 0
-        with open(self.path, "a", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=AUDIT_COLUMNS, lineterminator="\n")
-            if handle.tell() == 0:
-                writer.writeheader()
-            writer.writerows(new)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if created:
-            _fsync_dir(self.path.parent)  # make the new file's directory entry durable too
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=AUDIT_COLUMNS, lineterminator="\n")
+        if created or self.path.stat().st_size == 0:
+            writer.writeheader()
+        writer.writerows(new)
+        append_bytes(self.path, buffer.getvalue().encode("utf-8"))
         return len(new)
 
 
 def _change(row: Mapping[str, str]) -> tuple[str, str, str]:
     return row["old_label"], row["new_label"], row["source"]
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # not possible on every platform; the data itself is already fsynced
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def start_round(
@@ -516,17 +559,18 @@ def start_round(
     Returns:
         The saved state.
     """
-    state = RoundState.load(state_path)
-    query_path = Path(query_path)
-    ids = [str(row["id"]) for row in rows]
-    if state.pending_round == round_index and state.queried.get(str(round_index)) == ids and query_path.exists():
+    with run_lock(_run_dir_of(state_path), "relabel"):
+        state = RoundState.load(state_path)
+        query_path = Path(query_path)
+        ids = [str(row["id"]) for row in rows]
+        if state.pending_round == round_index and state.queried.get(str(round_index)) == ids and query_path.exists():
+            return state
+        state.begin_round(round_index, ids, replace=overwrite)
+        if rng_state is not None:
+            state.rng_state = rng_state
+        write_query_file(query_path, rows, state.class_names, overwrite=overwrite)
+        state.save(state_path)
         return state
-    state.begin_round(round_index, ids, replace=overwrite)
-    if rng_state is not None:
-        state.rng_state = rng_state
-    write_query_file(query_path, rows, state.class_names, overwrite=overwrite)
-    state.save(state_path)
-    return state
 
 
 def apply_round(
@@ -554,25 +598,28 @@ def apply_round(
         RoundError: the round is not pending or was already applied, an answer is invalid, or the audit trail
             already records a change for this round that these answers do not make.
     """
-    state = RoundState.load(state_path)
-    rows = state.apply_answers(round_index, answers, source)
-    trail = AuditTrail(audit_path)
-    computed = {(str(row["round"]), row["id"]) for row in rows}
-    stray = [
-        row for row in trail.rows() if row["round"] == str(round_index) and (row["round"], row["id"]) not in computed
-    ]
-    if stray:
-        raise RoundError(
-            f"audit trail {trail.path} records round {round_index} changes these answers do not make "
-            f"(ids {[row['id'] for row in stray[:5]]}): the answers changed after the round was partly applied"
-        )
-    try:
-        trail.append(rows)
-    except ValueError as error:
-        raise RoundError(str(error)) from error
-    state.write_labels_cleaned(labels_cleaned_path)
-    state.save(state_path)  # last: until this lands, the round is still pending and a rerun is safe
-    return state
+    with run_lock(_run_dir_of(state_path), "answer"):
+        state = RoundState.load(state_path)
+        rows = state.apply_answers(round_index, answers, source)
+        trail = AuditTrail(audit_path)
+        computed = {(str(row["round"]), row["id"]) for row in rows}
+        stray = [
+            row
+            for row in trail.rows()
+            if row["round"] == str(round_index) and (row["round"], row["id"]) not in computed
+        ]
+        if stray:
+            raise RoundError(
+                f"audit trail {trail.path} records round {round_index} changes these answers do not make "
+                f"(ids {[row['id'] for row in stray[:5]]}): the answers changed after the round was partly applied"
+            )
+        try:
+            trail.append(rows)
+        except ValueError as error:
+            raise RoundError(str(error)) from error
+        state.write_labels_cleaned(labels_cleaned_path)
+        state.save(state_path)  # last: until this lands, the round is still pending and a rerun is safe
+        return state
 
 
 def apply_answers_file(
@@ -587,17 +634,50 @@ def apply_answers_file(
     """Read an expert's answers CSV for the pending round and apply it with :func:`apply_round`.
 
     The file is fully validated first; on any problem an :class:`~alr_monai.relabel.expert.AnswerError` lists
-    them all and no file is touched.
+    them all and no file is touched. A file from elsewhere is first copied to ``answers/round_<k>.csv`` next to
+    the state, so the run folder keeps every answer it applied (``alr recover`` replays them); if that file
+    already holds different answers the call is refused. The run folder's lock is held throughout, so two
+    processes answering the same run cannot both apply.
 
     Args:
         round_index: the round answered; defaults to the pending round.
         allow_empty: accept a file with no answer at all (see :func:`~alr_monai.relabel.expert.read_answers`).
     """
-    state = RoundState.load(state_path)
-    if round_index is None:
-        if state.pending_round is None:
-            raise RoundError(f"no query is pending in {state_path} ({state.round} rounds applied)")
-        round_index = state.pending_round
-    state._check_can_apply(round_index)
-    answers = read_answers(answers_path, state.class_names, state.queried[str(round_index)], state.ids, allow_empty)
-    return apply_round(state_path, audit_path, labels_cleaned_path, round_index, answers, source)
+    with run_lock(_run_dir_of(state_path), "answer"):
+        state = RoundState.load(state_path)
+        if round_index is None:
+            if state.pending_round is None:
+                raise RoundError(f"no query is pending in {state_path} ({state.round} rounds applied)")
+            round_index = state.pending_round
+        state._check_can_apply(round_index)
+        answers = read_answers(answers_path, state.class_names, state.queried[str(round_index)], state.ids, allow_empty)
+        kept = Path(state_path).parent / ANSWERS_DIR / f"round_{round_index}.csv"
+        if not kept.exists() or not kept.samefile(answers_path):
+            data = Path(answers_path).read_bytes()
+            if kept.exists() and kept.read_bytes() != data:
+                raise RoundError(
+                    f"{kept} already holds other answers for round {round_index}; apply that file "
+                    f"(alr answer {kept} ...), or move it away to apply {answers_path} instead"
+                )
+            atomic_write_bytes(kept, data)
+        return apply_round(state_path, audit_path, labels_cleaned_path, round_index, answers, source)
+
+
+def open_state(
+    state_path: str | Path,
+    ids: Sequence[str],
+    given_labels: Sequence[int],
+    trusted: Sequence[bool],
+    class_names: Sequence[str],
+) -> RoundState:
+    """Load the relabel state, or create and save the initial one (after phase 1) if the relabel folder is new.
+
+    Raises:
+        StateMissingError: the state file is missing or unreadable while the relabel folder already holds
+            outputs of rounds; the message says how to recover.
+    """
+    state_path = Path(state_path)
+    with run_lock(_run_dir_of(state_path), "relabel"):
+        if not state_path.exists() and not relabel_outputs(state_path.parent):
+            RoundState.initial(ids, given_labels, trusted, class_names).save(state_path)
+        return RoundState.load(state_path)
