@@ -60,6 +60,10 @@ def _command_line() -> str:
     if spec is not None and spec.name:
         module = spec.name[: -len(".__main__")] if spec.name.endswith(".__main__") else spec.name
         head = ["python", "-m", module]
+    elif argv[0] == "-c":
+        head = ["python", "-c"]
+    elif Path(argv[0]).name == "__main__.py":  # e.g. a multiprocessing child of ``python -m pkg``
+        head = ["python", "-m", Path(argv[0]).parent.name]
     else:
         head = [Path(argv[0]).name]
     return shlex.join(head + argv[1:])

@@ -149,6 +149,24 @@ def test_bald_with_dropout_scores_disagreeing_passes():
     assert network.training and network.dropout.training, "modes are restored after MC sampling"
 
 
+def test_bald_masks_follow_the_generator_and_leave_the_global_rng_alone():
+    torch.manual_seed(0)
+    features = torch.randn(8, 16) * 3
+    network = TableNet(features, 4, identity_head=False, dropout=0.5)
+
+    def scores(seed: int) -> list[float]:
+        generator = torch.Generator().manual_seed(seed)
+        return acquire("bald", network, pool_loader(8), 8, "cpu", mc_samples=4, generator=generator).scores
+
+    torch.manual_seed(123)
+    global_state = torch.get_rng_state()
+    first = scores(7)
+    assert torch.equal(torch.get_rng_state(), global_state), "MC dropout must not consume training's RNG"
+    torch.manual_seed(999)  # whatever the global RNG holds (a resumed process), the same generator: same query
+    assert scores(7) == first
+    assert scores(8) != first
+
+
 def test_unknown_method_lists_the_choices():
     network = TableNet(log_probs(PROBS), 4)
     with pytest.raises(ValueError, match="entropy"):

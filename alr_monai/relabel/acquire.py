@@ -33,35 +33,36 @@ class Acquisition:
     predicted_probabilities: list[float]
 
 
+def _cuda_devices(device) -> list[int]:
+    device = torch.device(device)
+    return [device.index or 0] if device.type == "cuda" else []
+
+
 @torch.no_grad()
 def _mc_probabilities(
     network: nn.Module, dataloader: Iterable, device, mc_samples: int, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """``mc_samples`` stochastic passes with only the dropout layers on.
 
-    The dropout masks come from a seed drawn from ``generator``, inside ``torch.random.fork_rng``: the same
-    generator (seed 0 without one) gives the same masks, so a round killed after writing its query recomputes the
-    same query; and the global RNG that training draws from is left exactly as it was.
+    The dropout masks come from a seed drawn from ``generator`` (seed 0 without one): the same generator gives
+    the same masks, so a round killed after writing its query recomputes the same query.
     """
     seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if generator is not None else 0
-    device = torch.device(device)
-    cuda_devices = [device.index or 0] if device.type == "cuda" else []
+    torch.manual_seed(seed)  # inside acquire's fork_rng: the global RNG is restored afterwards
     was_training = network.training
-    with torch.random.fork_rng(devices=cuda_devices):
-        torch.manual_seed(seed)
-        try:
-            if enable_mc_dropout(network) == 0:
-                raise ValueError(
-                    "BALD needs dropout layers for MC sampling, and this network has none: set "
-                    "network_def#dropout > 0 (for example 0.3), or choose another acquisition function"
-                )
-            passes = []
-            for _ in range(mc_samples):
-                probs = [torch.softmax(network(batch["image"].to(device)).float(), 1).cpu() for batch in dataloader]
-                passes.append(torch.cat(probs))
-            return torch.stack(passes)
-        finally:
-            network.train(was_training)
+    try:
+        if enable_mc_dropout(network) == 0:
+            raise ValueError(
+                "BALD needs dropout layers for MC sampling, and this network has none: set "
+                "network_def#dropout > 0 (for example 0.3), or choose another acquisition function"
+            )
+        passes = []
+        for _ in range(mc_samples):
+            probs = [torch.softmax(network(batch["image"].to(device)).float(), 1).cpu() for batch in dataloader]
+            passes.append(torch.cat(probs))
+        return torch.stack(passes)
+    finally:
+        network.train(was_training)
 
 
 def acquire(
@@ -86,10 +87,16 @@ def acquire(
         labelled_loader: loader over the trusted samples, for coreset (their embeddings are the first centres).
         mc_samples: stochastic passes for BALD.
         generator: RNG for "random" and for BALD's dropout masks (seeded by the caller per round, so a resumed
-            run picks the same samples); the global RNG is not touched.
+            run picks the same samples). The global RNG is left as it was.
     """
     if method not in ACQUISITION_NAMES:
         raise ValueError(f"unknown acquisition {method!r}; choose one of {list(ACQUISITION_NAMES)}")
+    # Scoring leaves the global RNG (dropout during training, DataLoader seeds) exactly as it found it.
+    with torch.random.fork_rng(devices=_cuda_devices(device)):
+        return _acquire(method, network, pool_loader, budget, device, labelled_loader, mc_samples, generator)
+
+
+def _acquire(method, network, pool_loader, budget, device, labelled_loader, mc_samples, generator) -> Acquisition:
     outputs = predict(network, pool_loader, device, with_features=method == "coreset")
     probs = torch.softmax(outputs["logits"], 1)
     confidence, predicted = probs.max(1)
