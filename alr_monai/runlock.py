@@ -9,7 +9,8 @@ it last) may stay.
 
 Within one process the lock is re-entrant: phase 2's round handler applies an answers file while the command that
 runs it already holds the lock. Acquire and release must pair up; the lock is freed when the count reaches zero.
-A child made by ``fork`` does not inherit the parent's hold.
+A child made by ``fork`` does not inherit the parent's hold. Under ``torchrun`` only rank 0 takes the lock (the
+other ranks belong to the same command, and only rank 0 writes).
 """
 
 from __future__ import annotations
@@ -50,6 +51,14 @@ _GUARD = threading.Lock()
 
 def _key(run_dir: str | Path) -> str:
     return os.path.realpath(run_dir)
+
+
+def _rank() -> int:
+    """The process's rank under torchrun (0 outside distributed runs)."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
 
 
 def _command_line() -> str:
@@ -106,6 +115,8 @@ def acquire(run_dir: str | Path, purpose: str = "write") -> Path:
     """
     run_dir = Path(run_dir)
     path = run_dir / LOCK_NAME
+    if _rank() != 0:
+        return path
     key = _key(run_dir)
     with _GUARD:
         hold = _HOLDS.get(key)

@@ -15,12 +15,11 @@ import io
 import json
 import os
 import re
+import sys
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
-
-import torch
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -128,6 +127,8 @@ def atomic_write_csv(path: str | Path, rows: Iterable[Mapping[str, Any]], fieldn
 
 def atomic_torch_save(path: str | Path, obj: Any) -> Path:
     """``torch.save`` to ``path`` atomically."""
+    import torch  # here, so the lock and the writers load fast in processes that never touch torch
+
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     return atomic_write_bytes(path, buffer.getvalue())
@@ -156,7 +157,8 @@ def _json_safe(obj: Any) -> Any:
         return {str(key): _json_safe(value) for key, value in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_json_safe(value) for value in obj]
-    if isinstance(obj, torch.Tensor):
+    torch = sys.modules.get("torch")  # without torch imported, nothing can be a tensor
+    if torch is not None and isinstance(obj, torch.Tensor):
         return _json_safe(obj.tolist())
     if hasattr(obj, "item") and hasattr(obj, "dtype"):  # numpy scalars
         return _json_safe(obj.item())

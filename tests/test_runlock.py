@@ -189,3 +189,14 @@ def test_bundle_runs_take_the_lock_in_initialize(tmp_path, overlay):
     assert isinstance(info.value.__cause__, RunLockedError)
     assert f"process {holder.pid}" in str(info.value.__cause__)
     assert sorted(p.name for p in run_dir.iterdir()) == [runlock.LOCK_NAME], "nothing was written"
+
+
+def test_only_rank_0_of_a_distributed_run_takes_the_lock(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    holder = _holder(run_dir)  # rank 0 of the same torchrun command
+    try:
+        monkeypatch.setenv("RANK", "1")
+        with runlock.run_lock(run_dir, "train"):
+            assert not runlock.is_held(run_dir)
+    finally:
+        _stop(holder)
