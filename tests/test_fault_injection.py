@@ -14,6 +14,12 @@ folder, which must end byte-identical to the uninterrupted run. Crash kinds:
 
 The appended audit trail is torn by writing half of the appended bytes. After the crash, any further write
 attempt also fails (a killed process writes nothing more).
+
+Sizes: phase 1 runs 2 epochs (10 writes: classes.json, noise.csv, then per epoch model.pt when best,
+selection.csv, metrics.json and the checkpoint, then the test metrics), so 13 crash points; the relabel run is one
+round with 2 recalibration epochs (19 writes: state, round table, query, answers, audit, labels, checkpoints,
+model), so 22 crash points, and a crash in epoch 2 resumes from epoch 1's checkpoint. The CLI's own writes
+(run_config.json, report.md) are atomic too but not part of these bundle runs.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -506,3 +513,36 @@ def test_recovery_after_a_crash_anywhere_in_a_round_ends_like_the_uninterrupted_
         if problems:
             failures.append(f"crash {kind} at write {n} ({writes[n - 1][1]}), state deleted: {problems}")
     assert not failures, "\n".join(failures)
+
+
+# ------------------------------------------------------------------------------------ resume in a new process
+CHILD = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import torch
+torch.set_num_threads(1)
+import test_fault_injection as t
+from pathlib import Path
+t.TensorBoardImageHandler.__call__ = lambda self, engine: None
+t.run_relabel(Path(sys.argv[2]), Path(sys.argv[3]))
+"""
+
+
+def test_phase_2_killed_mid_round_resumes_in_a_new_process_like_the_uninterrupted_run(
+    relabel_reference, tiny_data, tmp_path
+):
+    # The suite resumes in the crashed process; here the resume runs in a fresh interpreter, so no state carried
+    # over in memory (module-level RNGs, cached objects) can make the resumed run look right.
+    writes = relabel_reference["writes"]
+    n = writes.index(("write", "relabel/checkpoints/checkpoint_epoch=1.pt")) + 1  # mid-round: epoch 2 reruns
+    target = copy_run(relabel_reference["start"], tmp_path / "run")
+    with WriteRecorder(target, n, "renamed"), pytest.raises(SimulatedKill):
+        run_relabel(target, tiny_data)
+    while runlock.is_held(target):
+        runlock.release(target)
+    assert not (target / "relabel" / "checkpoints" / "checkpoint_epoch=2.pt").exists()
+    child = [sys.executable, "-c", CHILD, str(Path(__file__).parent), str(target), str(tiny_data)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    resumed = subprocess.run(child, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert differences(relabel_reference["dir"], target, RELABEL_OUTPUTS) == []
