@@ -124,7 +124,8 @@ def _relabel(run_dir: str, mode: str, overrides: dict[str, Any], command: str) -
     run_path = Path(run_dir)
     from alr_monai.runlock import run_lock
 
-    with run_lock(run_path, "relabel"):
+    load_run_config(run_path)  # a clear error before anything is created if phase 1 never ran there
+    with run_lock(run_path, "relabel", create=False):
         _relabel_locked(run_path, run_dir, mode, overrides)
 
 

@@ -98,20 +98,22 @@ def _describe(holder: dict) -> str:
     return text
 
 
-def acquire(run_dir: str | Path, purpose: str = "write") -> Path:
-    """Take the run folder's lock (creating the folder), or raise at once if another process holds it.
+def acquire(run_dir: str | Path, purpose: str = "write", create: bool = True) -> Path:
+    """Take the run folder's lock, or raise at once if another process holds it.
 
     On the first (not re-entrant) acquisition, temporary files a killed writer left in the folder are deleted.
 
     Args:
         run_dir: the run folder.
         purpose: what this process does there (train, relabel, answer, ...), recorded for the error message.
+        create: create the folder if it does not exist (phase 1 starting); else a missing folder is an error.
 
     Returns:
         The lock file's path.
 
     Raises:
         RunLockedError: another process holds the lock; the message names its pid and command.
+        FileNotFoundError: ``create`` is False and the folder does not exist.
     """
     run_dir = Path(run_dir)
     path = run_dir / LOCK_NAME
@@ -123,7 +125,10 @@ def acquire(run_dir: str | Path, purpose: str = "write") -> Path:
         if hold is not None and hold.pid == os.getpid():
             hold.count += 1
             return path
-        run_dir.mkdir(parents=True, exist_ok=True)
+        if create:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        elif not run_dir.is_dir():
+            raise FileNotFoundError(f"run folder {run_dir} does not exist")
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -194,9 +199,9 @@ def holder(run_dir: str | Path) -> dict | None:
 
 
 @contextmanager
-def run_lock(run_dir: str | Path, purpose: str = "write") -> Iterator[Path]:
+def run_lock(run_dir: str | Path, purpose: str = "write", create: bool = True) -> Iterator[Path]:
     """Hold the run folder's lock for the ``with`` block (see :func:`acquire`)."""
-    path = acquire(run_dir, purpose)
+    path = acquire(run_dir, purpose, create)
     try:
         yield path
     finally:

@@ -395,14 +395,19 @@ def phase1_dir(tmp_path) -> Path:
 
 @pytest.fixture
 def fake_rounds(monkeypatch):
-    """Replace the workflow by one that records its overrides and writes round 1's query file."""
+    """Replace the workflow by one that records its overrides and writes round 1's query file (and state)."""
+    from alr_monai.relabel import RoundState
+
     runs: list[dict] = []
 
     def fake(files, overrides):
         runs.append(dict(overrides))
         queries = Path(overrides["output_dir"]) / "relabel" / "queries"
         queries.mkdir(parents=True, exist_ok=True)
-        (queries / "round_1.csv").write_text("id\n")
+        (queries / "round_1.csv").write_text("id\na\n")
+        state = RoundState.initial(["a"], [0], [False], ["normal", "abnormal"])
+        state.begin_round(1, ["a"])
+        state.save(queries.parent / "state.json")  # a query file without a state is a lost state: refused
 
     monkeypatch.setattr(cli, "run_workflow", fake)
     monkeypatch.setattr("alr_monai.report.write_report", lambda run_dir: Path(run_dir) / "report.md")

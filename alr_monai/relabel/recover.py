@@ -237,7 +237,9 @@ def recover_run(run_dir: str | Path) -> Recovery:
     run_dir = Path(run_dir)
     relabel_dir = run_dir / "relabel"
     state_path = relabel_dir / "state.json"
-    with run_lock(run_dir, "recover"):
+    if not relabel_dir.is_dir():
+        raise RoundError(f"nothing to recover: {relabel_dir} does not exist (phase 2 never started in {run_dir})")
+    with run_lock(run_dir, "recover", create=False):
         try:
             RoundState.load(state_path)
         except StateMissingError:

@@ -559,7 +559,7 @@ def start_round(
     Returns:
         The saved state.
     """
-    with run_lock(_run_dir_of(state_path), "relabel"):
+    with run_lock(_run_dir_of(state_path), "relabel", create=False):
         state = RoundState.load(state_path)
         query_path = Path(query_path)
         ids = [str(row["id"]) for row in rows]
@@ -598,7 +598,7 @@ def apply_round(
         RoundError: the round is not pending or was already applied, an answer is invalid, or the audit trail
             already records a change for this round that these answers do not make.
     """
-    with run_lock(_run_dir_of(state_path), "answer"):
+    with run_lock(_run_dir_of(state_path), "answer", create=False):
         state = RoundState.load(state_path)
         rows = state.apply_answers(round_index, answers, source)
         trail = AuditTrail(audit_path)
@@ -643,7 +643,7 @@ def apply_answers_file(
         round_index: the round answered; defaults to the pending round.
         allow_empty: accept a file with no answer at all (see :func:`~alr_monai.relabel.expert.read_answers`).
     """
-    with run_lock(_run_dir_of(state_path), "answer"):
+    with run_lock(_run_dir_of(state_path), "answer", create=False):
         state = RoundState.load(state_path)
         if round_index is None:
             if state.pending_round is None:
