@@ -116,7 +116,8 @@ def read_latest_checkpoint(ckpt_dir: str | Path, map_location=None) -> tuple[Pat
             checkpoint = torch.load(path, map_location=map_location, weights_only=True)
         except Exception as error:  # a torn or empty file fails in many ways (EOFError, RuntimeError, ...)
             size = path.stat().st_size if path.exists() else 0
-            skipped.append(f"{path.name} ({size} bytes: {type(error).__name__}: {error})")
+            reason = str(error).split(". ")[0][:120] or "file ends early"  # torch's zip errors run on for lines
+            skipped.append(f"{path.name} ({size} bytes: {type(error).__name__}: {reason})")
             continue
         if not isinstance(checkpoint, dict):
             skipped.append(f"{path.name} (not a checkpoint dictionary)")
