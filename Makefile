@@ -14,7 +14,7 @@ $(BIN)/python:
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install $(TORCH_SPEC)
-	$(BIN)/pip install -e ".[test]"
+	$(BIN)/pip install -e ".[test,benchmark]"
 	touch $(STAMP)
 
 install: $(STAMP)

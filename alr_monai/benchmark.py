@@ -1,7 +1,13 @@
-"""The benchmark matrix: methods x noise rates x seeds, each phase 1 followed by relabel rounds per acquisition.
+"""The benchmark matrix: methods x noise settings x seeds, each phase 1 followed by relabel rounds per acquisition.
 
 Every cell is an ordinary run folder written by the same bundle configs a user runs; a finished cell (or
 relabel arm) is detected from its outputs and not rerun, so an interrupted matrix resumes where it stopped.
+
+A noise setting is a (kind, rate) pair: a preset lists them as ``noise_settings`` (``[["symmetric", 0.6],
+["pairflip", 0.3]]``) or as one ``noise_kind`` with several ``noise_rates``. Method ``cleanlab`` is cleanlab's
+confident learning with the CE baseline's network and recipe (:mod:`alr_monai.baselines.cleanlab_peer`; preset keys
+``cleanlab_folds``, default 5, and ``cleanlab_fold_epochs``, default ``max_epochs``); its relabel rounds run on
+its folder like every other method's.
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ import csv
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +25,14 @@ import numpy as np
 from alr_monai.tables import markdown_table
 from alr_monai.utils import atomic_write_csv, atomic_write_text
 
-METHOD_PRESETS = {"ce": ["ce"], "coteaching": ["coteaching"], "paper_recipe": ["paper_recipe"], "ours": []}
+# cleanlab's phase-1 and phase-2 files are the CE baseline's; its phase 1 adds the subset overlay itself
+METHOD_PRESETS = {
+    "ce": ["ce"],
+    "coteaching": ["coteaching"],
+    "paper_recipe": ["paper_recipe"],
+    "ours": [],
+    "cleanlab": ["ce"],
+}
 RESULT_COLUMNS = [
     "method",
     "noise_kind",
@@ -40,8 +53,45 @@ RESULT_COLUMNS = [
     "min_clean_recall",
     "noise_rate_estimate",
     "noise_rate_true",
+    "label_error_auroc",
+    "label_error_ap",
     "per_class_clean_recall",
 ]
+
+
+def noise_settings(preset: Mapping[str, Any], source: str | Path = "preset") -> list[tuple[str, float]]:
+    """The (kind, rate) noise settings of a benchmark preset, in its order.
+
+    Either ``noise_settings`` (a list of ``[kind, rate]`` pairs) or ``noise_kind`` (default symmetric) with
+    ``noise_rates``; not both.
+
+    Raises:
+        ValueError: naming ``source`` and the key, for a malformed setting, an unknown kind or both forms at once.
+    """
+    from alr_monai.keys import NOISE_KINDS
+
+    if "noise_settings" in preset:
+        if "noise_rates" in preset or "noise_kind" in preset:
+            raise ValueError(f"{source}: give either noise_settings or noise_kind + noise_rates, not both")
+        raw = preset["noise_settings"]
+        settings = []
+        for entry in raw if isinstance(raw, list) else [raw]:
+            if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[1], (int, float))):
+                raise ValueError(f"{source}: noise_settings entries must be [kind, rate] pairs, got {entry!r}")
+            settings.append((str(entry[0]), float(entry[1])))
+    else:
+        if "noise_rates" not in preset:
+            raise ValueError(f"{source}: set noise_settings, or noise_rates (with an optional noise_kind)")
+        kind = str(preset.get("noise_kind", "symmetric"))
+        settings = [(kind, float(rate)) for rate in preset["noise_rates"]]
+    for kind, rate in settings:
+        if kind not in NOISE_KINDS:
+            raise ValueError(f"{source}: unknown noise kind {kind!r}; choose one of {list(NOISE_KINDS)}")
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"{source}: noise rate {rate:g} ({kind}) must be in [0, 1)")
+    if len(set(settings)) != len(settings):
+        raise ValueError(f"{source}: noise_settings lists a setting twice: {settings}")
+    return settings
 
 
 def load_preset(path: str | Path) -> dict:
@@ -50,6 +100,13 @@ def load_preset(path: str | Path) -> dict:
     unknown = set(preset.get("methods", [])) - set(METHOD_PRESETS)
     if unknown:
         raise ValueError(f"{path}: unknown method(s) {sorted(unknown)}; known: {sorted(METHOD_PRESETS)}")
+    noise_settings(preset, path)
+    for key in ("cleanlab_folds", "cleanlab_fold_epochs"):
+        value = preset.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ValueError(f"{path}: {key} must be a positive integer, got {value!r}")
+    if (preset.get("cleanlab_folds") or 5) < 2:
+        raise ValueError(f"{path}: cleanlab_folds must be at least 2")
     return preset
 
 
@@ -57,9 +114,18 @@ def _cell_dir(out: Path, method: str, kind: str, rate: float, seed: int) -> Path
     return out / method / f"{kind}{rate:g}" / f"seed{seed}"
 
 
-def _phase1_done(run_dir: Path) -> bool:
+def _setting_tag(kind: str, rate: float) -> str:
+    """File-name tag of a noise setting in plot names: ``noise0.6`` for symmetric (as before), ``pairflip0.3``."""
+    return f"noise{rate:g}" if kind == "symmetric" else f"{kind}{rate:g}"
+
+
+def _phase1_done(run_dir: Path, method: str = "") -> bool:
     path = run_dir / "metrics.json"
-    return path.is_file() and "test" in json.loads(path.read_text())
+    if not path.is_file():
+        return False
+    metrics = json.loads(path.read_text())
+    # the cleanlab peer writes its selection and metrics after the final model's test evaluation
+    return "test" in metrics and (method != "cleanlab" or "cleanlab" in metrics)
 
 
 def _relabel_done(relabel_dir: Path, rounds: int) -> bool:
@@ -94,34 +160,46 @@ def run_benchmark(
     out = Path(out)
     data = data if data is not None else config.get("data")
     imbalance_ratio = imbalance_ratio if imbalance_ratio is not None else config.get("imbalance_ratio")
-    kind = config.get("noise_kind", "symmetric")
     acquisitions = config.get("acquisitions", ["entropy", "random"])
     rounds = int(config.get("rounds", 5))
     cells = [
-        (method, float(rate), int(seed))
-        for rate in config["noise_rates"]
+        (method, kind, rate, int(seed))
+        for kind, rate in noise_settings(config, preset)
         for seed in config["seeds"]
         for method in config["methods"]
     ]
-    common = {
-        "max_epochs": config.get("max_epochs", 30),
-        "simulation#noise_kind": kind,
-        **config.get("overrides", {}),
-    }
+    common = {"max_epochs": config.get("max_epochs", 30), **config.get("overrides", {})}
     if data is not None:
         common["dataset_path"] = str(Path(data).resolve())
     if imbalance_ratio is not None:
         common["imbalance_ratio"] = imbalance_ratio
     started = time.time()
-    for number, (method, rate, seed) in _shard_cells(cells, shard, len(config["methods"])):
+    for number, (method, kind, rate, seed) in _shard_cells(cells, shard, len(config["methods"])):
         run_dir = _cell_dir(out, method, kind, rate, seed)
         files = [bundle_file("train.json"), *preset_files(METHOD_PRESETS[method])]
-        overrides = {**common, "output_dir": str(run_dir), "seed": seed, "simulation#noise_rate": rate}
-        label = f"[{number}/{len(cells)}] {method} noise {rate:g} seed {seed}"
-        if not _phase1_done(run_dir):
+        overrides = {
+            **common,
+            "output_dir": str(run_dir),
+            "seed": seed,
+            "simulation#noise_kind": kind,
+            "simulation#noise_rate": rate,
+        }
+        label = f"[{number}/{len(cells)}] {method} {kind} noise {rate:g} seed {seed}"
+        if not _phase1_done(run_dir, method):
             print(f"{label}: phase 1 ({time.time() - started:.0f} s elapsed)", flush=True)
             step_started = time.time()
-            run_workflow(files, overrides)
+            if method == "cleanlab":
+                from alr_monai.baselines.cleanlab_peer import run_cleanlab_peer
+
+                run_cleanlab_peer(
+                    files,
+                    overrides,
+                    num_folds=int(config.get("cleanlab_folds", 5)),
+                    fold_epochs=config.get("cleanlab_fold_epochs"),
+                    log=lambda message, label=label: print(f"{label}: {message}", flush=True),
+                )
+            else:
+                run_workflow(files, overrides)
             _log_time(out, method, kind, rate, seed, "phase1", time.time() - step_started)
         for acquisition in acquisitions:
             relabel_dir = run_dir / f"relabel_{acquisition}"
@@ -140,7 +218,7 @@ def run_benchmark(
             step_started = time.time()
             run_workflow(relabel_files(files), relabel_overrides)
             _log_time(out, method, kind, rate, seed, f"relabel_{acquisition}", time.time() - step_started)
-    rows = collect_results(out, cells, kind, acquisitions)
+    rows = collect_results(out, cells, acquisitions)
     atomic_write_csv(out / "results.csv", rows, RESULT_COLUMNS)
     atomic_write_text(out / "results.md", summary_markdown(rows, rounds, config.get("budget", 100)))
     plot_results(rows, out)
@@ -177,14 +255,16 @@ def _log_time(out: Path, method: str, kind: str, rate: float, seed: int, step: s
         writer.writerow([method, kind, rate, seed, step, f"{seconds:.1f}"])
 
 
-def collect_results(out: Path, cells: Sequence[tuple[str, float, int]], kind: str, acquisitions: Sequence[str]) -> list:
-    """One row per cell, acquisition and round, with the phase-1 numbers repeated on each row."""
+def collect_results(
+    out: Path, cells: Sequence[tuple[str, str, float, int]], acquisitions: Sequence[str]
+) -> list[dict[str, Any]]:
+    """One row per cell (method, noise kind, rate, seed), acquisition and round, phase-1 numbers on each row."""
     from alr_monai.report import phase1_summary
 
     rows = []
-    for method, rate, seed in cells:
+    for method, kind, rate, seed in cells:
         run_dir = _cell_dir(out, method, kind, rate, seed)
-        if not _phase1_done(run_dir):
+        if not _phase1_done(run_dir, method):
             continue
         phase1 = phase1_summary(run_dir)
         base = {
@@ -198,6 +278,8 @@ def collect_results(out: Path, cells: Sequence[tuple[str, float, int]], kind: st
             "min_clean_recall": phase1["min_clean_recall"],
             "noise_rate_estimate": phase1["noise_rate_estimate"],
             "noise_rate_true": phase1["noise_rate_true"],
+            "label_error_auroc": phase1["label_error_auroc"],
+            "label_error_ap": phase1["label_error_ap"],
             "per_class_clean_recall": json.dumps(phase1["per_class_clean_recall"]),
         }
         for acquisition in acquisitions:
@@ -237,12 +319,22 @@ def _mean_std(values: Sequence[float]) -> str:
     return f"{np.mean(finite):.3f} ± {np.std(finite, ddof=1):.3f}"
 
 
+def _setting(row: Mapping[str, Any]) -> tuple[str, float]:
+    """A row's noise setting (kind, rate); rows of files written before kinds were recorded read symmetric."""
+    return str(row.get("noise_kind") or "symmetric"), _num(row["noise_rate"])
+
+
+def _setting_label(kind: str, rate: float) -> str:
+    return f"{kind} {rate:g}"
+
+
 def summary_markdown(rows: Sequence[dict], rounds: int, budget: int) -> str:
-    """Mean ± std over seeds per method and noise rate: phase-1 numbers, then each acquisition's final numbers."""
+    """Mean ± std over seeds per method and noise setting (kind and rate): phase-1 numbers, then each
+    acquisition's final numbers."""
     acquisitions = sorted({r["acquisition"] for r in rows})
-    groups: dict[tuple[str, float], list[dict]] = {}
+    groups: dict[tuple[str, str, float], list[dict]] = {}
     for row in rows:
-        groups.setdefault((row["method"], _num(row["noise_rate"])), []).append(row)
+        groups.setdefault((row["method"], *_setting(row)), []).append(row)
     header = [
         "method",
         "noise",
@@ -252,23 +344,26 @@ def summary_markdown(rows: Sequence[dict], rounds: int, budget: int) -> str:
         "selection precision",
         "min clean recall",
         "noise estimate (truth)",
+        "label-error AUROC (AP)",
     ]
     for acquisition in acquisitions:
         header += [f"{acquisition}: final bal. acc.", f"{acquisition}: gain", f"{acquisition}: yield (pool noise)"]
     table = []
-    for (method, rate), group in sorted(groups.items(), key=lambda item: (item[0][1], item[0][0])):
+    for (method, kind, rate), group in sorted(groups.items(), key=lambda item: (item[0][1:], item[0][0])):
         per_seed = {r["seed"]: r for r in group}
         seeds = sorted(per_seed)
         first = [per_seed[s] for s in seeds]
         cells = [
             method,
-            f"{rate:g}",
+            _setting_label(kind, rate),
             str(len(seeds)),
             _mean_std([_num(r["phase1_test_balanced_accuracy"]) for r in first]),
             _mean_std([_num(r["phase1_test_macro_f1"]) for r in first]),
             _mean_std([_num(r["selection_precision"]) for r in first]),
             _mean_std([_num(r["min_clean_recall"]) for r in first]),
             f"{_mean_std([_num(r['noise_rate_estimate']) for r in first])} ({_mean_std([_num(r['noise_rate_true']) for r in first])})",
+            f"{_mean_std([_num(r.get('label_error_auroc')) for r in first])} "
+            f"({_mean_std([_num(r.get('label_error_ap')) for r in first])})",
         ]
         for acquisition in acquisitions:
             finals = [r for r in group if r["acquisition"] == acquisition and int(_num(r["round"])) == rounds]
@@ -281,7 +376,8 @@ def summary_markdown(rows: Sequence[dict], rounds: int, budget: int) -> str:
     lines = [
         f"Mean ± std over seeds. Final = after {rounds} rounds x {budget} labels; gain = final - phase 1 (test "
         "balanced accuracy); yield = label errors found / labels spent, with the noise rate of the pool it was "
-        "drawn from after the last round.",
+        "drawn from after the last round; label-error AUROC (AP) = how well the method's per-sample score ranks "
+        "the wrong given labels first over the whole training set (n/a where a method records no such score).",
         "",
         markdown_table(header, table),
     ]
@@ -290,32 +386,33 @@ def summary_markdown(rows: Sequence[dict], rounds: int, budget: int) -> str:
 
 def _comparison_markdown(rows: Sequence[dict], rounds: int) -> str:
     """Each method against co-teaching (phase 1, paired by seed) and each acquisition's gain against random's."""
+    # keys: (method, (kind, rate), seed[, acquisition])
     final = {
-        (r["method"], _num(r["noise_rate"]), r["seed"], r["acquisition"]): _num(r["test_balanced_accuracy"])
+        (r["method"], _setting(r), r["seed"], r["acquisition"]): _num(r["test_balanced_accuracy"])
         - _num(r["phase1_test_balanced_accuracy"])
         for r in rows
         if int(_num(r["round"])) == rounds
     }
-    phase1 = {(r["method"], _num(r["noise_rate"]), r["seed"]): _num(r["phase1_test_balanced_accuracy"]) for r in rows}
+    phase1 = {(r["method"], _setting(r), r["seed"]): _num(r["phase1_test_balanced_accuracy"]) for r in rows}
     # a gain ratio needs random relabeling as its reference
     measured = {key[3] for key in final}
     acquisitions = sorted(measured - {"random"}) if "random" in measured else []
     header = ["method", "noise", "phase-1 bal. acc. minus co-teaching's (same seeds)"]
     header += [f"{a} gain / random gain" for a in acquisitions]
     table = []
-    for method, rate in sorted({(key[0], key[1]) for key in phase1}, key=lambda item: (item[1], item[0])):
-        seeds = sorted(seed for m, r, seed in phase1 if (m, r) == (method, rate))
+    for method, setting in sorted({(key[0], key[1]) for key in phase1}, key=lambda item: (item[1], item[0])):
+        seeds = sorted(seed for m, r, seed in phase1 if (m, r) == (method, setting))
         deltas = [
-            phase1[(method, rate, s)] - phase1[("coteaching", rate, s)]
+            phase1[(method, setting, s)] - phase1[("coteaching", setting, s)]
             for s in seeds
-            if ("coteaching", rate, s) in phase1
+            if ("coteaching", setting, s) in phase1
         ]
-        cells = [method, f"{rate:g}", _mean_std(deltas)]
+        cells = [method, _setting_label(*setting), _mean_std(deltas)]
         for acquisition in acquisitions:
             pairs = [
-                (final[(method, rate, s, acquisition)], final[(method, rate, s, "random")])
+                (final[(method, setting, s, acquisition)], final[(method, setting, s, "random")])
                 for s in seeds
-                if (method, rate, s, acquisition) in final and (method, rate, s, "random") in final
+                if (method, setting, s, acquisition) in final and (method, setting, s, "random") in final
             ]
             random_gain = _finite_mean([b for _, b in pairs])
             ratio = _finite_mean([a for a, _ in pairs]) / random_gain if pairs and random_gain > 0 else float("nan")
@@ -345,22 +442,27 @@ def _save(figure, axis, path: Path, xlabel: str, ylabel: str, title: str) -> Pat
 
 
 def plot_results(rows: Sequence[dict], out: Path) -> list[Path]:
-    """PNG plots: per-class clean recall per method, balanced accuracy and yield vs labels spent."""
+    """PNG plots per noise setting: per-class clean recall per method, balanced accuracy and yield vs labels spent.
+
+    Files are tagged by setting (:func:`_setting_tag`): ``clean_recall_noise0.6.png`` for symmetric noise 0.6,
+    ``clean_recall_pairflip0.3.png`` for pair-flip noise 0.3.
+    """
     from alr_monai.plots import plt
 
     if not rows:
         return []
     written = []
     methods = sorted({r["method"] for r in rows})
-    rates = sorted({_num(r["noise_rate"]) for r in rows})
-    for rate in rates:
+    for kind, rate in sorted({_setting(r) for r in rows}):
+        tag, name = _setting_tag(kind, rate), _setting_label(kind, rate)
+        in_setting = [r for r in rows if _setting(r) == (kind, rate)]
         figure, axis = plt.subplots(figsize=(7, 3.5), dpi=90)
         width = 0.8 / max(len(methods), 1)
         for m, method in enumerate(methods):
             recalls = [
                 json.loads(r["per_class_clean_recall"])
-                for r in rows
-                if r["method"] == method and _num(r["noise_rate"]) == rate and int(_num(r["round"])) == 0
+                for r in in_setting
+                if r["method"] == method and int(_num(r["round"])) == 0
             ]
             recalls = [[_num(v) for v in rec] for rec in recalls if rec]
             if not recalls:
@@ -369,17 +471,15 @@ def plot_results(rows: Sequence[dict], out: Path) -> list[Path]:
             axis.bar(np.arange(len(mean)) + (m - (len(methods) - 1) / 2) * width, mean, width, label=method)
             axis.set_xticks(np.arange(len(mean)))
         axis.set_ylim(0, 1)
-        title = f"Phase-1 per-class clean recall, noise {rate:g}"
-        written.append(
-            _save(figure, axis, out / f"clean_recall_noise{rate:g}.png", "class index", "clean recall", title)
-        )
+        title = f"Phase-1 per-class clean recall, noise {name}"
+        written.append(_save(figure, axis, out / f"clean_recall_{tag}.png", "class index", "clean recall", title))
         for metric, ylabel in (("test_balanced_accuracy", "test balanced accuracy"), ("yield", "yield")):
             figure, axis = plt.subplots(figsize=(6, 3.5), dpi=90)
             for colour, method in enumerate(methods):
                 for style, acquisition in enumerate(sorted({r["acquisition"] for r in rows})):
                     series: dict[int, list[float]] = {}
-                    for r in rows:
-                        if r["method"] == method and r["acquisition"] == acquisition and _num(r["noise_rate"]) == rate:
+                    for r in in_setting:
+                        if r["method"] == method and r["acquisition"] == acquisition:
                             series.setdefault(int(_num(r["labels_spent"])), []).append(_num(r[metric]))
                     if series:
                         xs = sorted(series)
@@ -393,7 +493,7 @@ def plot_results(rows: Sequence[dict], out: Path) -> list[Path]:
                             linestyle=("-", "--", ":", "-.")[style % 4],
                             label=f"{method}/{acquisition}",
                         )
-            path = out / f"{metric}_vs_labels_noise{rate:g}.png"
-            title = f"{ylabel} vs labels spent, noise {rate:g}"
+            path = out / f"{metric}_vs_labels_{tag}.png"
+            title = f"{ylabel} vs labels spent, noise {name}"
             written.append(_save(figure, axis, path, "labels spent", ylabel, title))
     return written

@@ -35,6 +35,8 @@ def phase1_summary(run_dir: str | Path) -> dict:
         "kept_fraction": train.get("kept_fraction"),
         "selection_precision": train.get("selection_precision"),
         "min_clean_recall": train.get("min_clean_recall"),
+        "label_error_auroc": train.get("label_error_auroc"),
+        "label_error_ap": train.get("label_error_ap"),
         "per_class_kept_fraction": [train.get(f"kept_fraction/{c}") for c in class_names],
         "per_class_clean_recall": [train.get(f"clean_recall/{c}") for c in class_names],
     }

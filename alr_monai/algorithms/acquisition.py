@@ -3,7 +3,8 @@
 Every score is "higher = more worth an expert's look". Uncertainty scores take softmax probabilities of shape
 (N, C) computed with the model in eval mode on un-augmented images. BALD takes (T, N, C) probabilities from T
 stochastic passes with MC dropout on (:func:`enable_mc_dropout`); a network without dropout gets one from
-:func:`add_dropout_before_last_linear`. Coreset (k-center greedy) works on embeddings, not scores.
+:func:`add_dropout_before_last_linear`. Coreset (k-center greedy) works on embeddings, not scores. Label quality
+(cleanlab's self-confidence) also needs each sample's GIVEN label.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import Tensor, nn
 __all__ = [
     "ACQUISITION_NAMES",
     "EMBEDDING_ACQUISITIONS",
+    "LABEL_ACQUISITIONS",
     "MC_ACQUISITIONS",
     "SCORE_FUNCTIONS",
     "add_dropout_before_last_linear",
@@ -25,6 +27,7 @@ __all__ = [
     "entropy",
     "find_last_linear",
     "kcenter_greedy",
+    "label_quality",
     "least_confidence",
     "margin",
     "random_scores",
@@ -63,6 +66,22 @@ def margin(probs: Tensor) -> Tensor:
         raise ValueError("margin needs at least two classes")
     top2 = probs.topk(2, dim=1).values
     return 1.0 - (top2[:, 0] - top2[:, 1])
+
+
+def label_quality(probs: Tensor, labels: Tensor) -> Tensor:
+    """``1 - p_given`` for each row of ``probs`` (N, C) and its GIVEN label in ``labels`` (N,) -> (N,).
+
+    cleanlab's self-confidence label-quality score (``cleanlab.rank.get_label_quality_scores`` with
+    ``method="self_confidence"`` returns ``p_given``) turned into "higher = more likely mislabelled": the samples
+    whose given label the model believes least come first.
+    """
+    _check_probs(probs)
+    labels = torch.as_tensor(labels, device=probs.device).long().reshape(-1)
+    if labels.shape[0] != probs.shape[0]:
+        raise ValueError(f"got {labels.shape[0]} labels for {probs.shape[0]} rows of probabilities")
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= probs.shape[1]):
+        raise ValueError(f"labels must be class indices in [0, {probs.shape[1]})")
+    return 1.0 - probs.gather(1, labels[:, None]).squeeze(1)
 
 
 def bald(mc_probs: Tensor) -> Tensor:
@@ -114,12 +133,19 @@ SCORE_FUNCTIONS: dict[str, Callable[..., Tensor]] = {
 """Acquisitions computed from probabilities: ``SCORE_FUNCTIONS[name](probs, generator=None) -> (N,)``.
 
 Only "random" uses the generator. "bald" is not here because it needs (T, N, C) MC-dropout probabilities
-(:func:`bald`), and "coreset" because it needs embeddings and returns picks, not scores (:func:`kcenter_greedy`).
+(:func:`bald`), "coreset" because it needs embeddings and returns picks, not scores (:func:`kcenter_greedy`), and
+"label_quality" because it needs the given labels (:func:`label_quality`).
 """
 
 MC_ACQUISITIONS: tuple[str, ...] = ("bald",)
 EMBEDDING_ACQUISITIONS: tuple[str, ...] = ("coreset",)
-ACQUISITION_NAMES: tuple[str, ...] = (*SCORE_FUNCTIONS, *MC_ACQUISITIONS, *EMBEDDING_ACQUISITIONS)
+LABEL_ACQUISITIONS: tuple[str, ...] = ("label_quality",)
+ACQUISITION_NAMES: tuple[str, ...] = (
+    *SCORE_FUNCTIONS,
+    *MC_ACQUISITIONS,
+    *EMBEDDING_ACQUISITIONS,
+    *LABEL_ACQUISITIONS,
+)
 
 
 def select_top(scores: Tensor, budget: int) -> Tensor:

@@ -166,3 +166,55 @@ def selection_metrics(
         "num_kept": num_kept,
         "kept_fraction": _safe_fraction(num_kept, given.size),
     }
+
+
+def label_error_ranking(
+    scores: ArrayLike, given_labels: ArrayLike, true_labels: ArrayLike, class_names: int | list[str] | tuple[str, ...]
+) -> dict[str, float]:
+    """How well a per-sample score ranks the label errors first (simulation only: it needs the truth).
+
+    Any method's score works as long as higher means "more likely wrongly labelled" (``1 - label quality`` for
+    cleanlab, the loss for small-loss selection, ...). The positives are the samples whose GIVEN label differs
+    from the true one.
+
+    Args:
+        scores: shape (N,), finite; higher = more likely wrong.
+        given_labels: the noisy training labels, shape (N,).
+        true_labels: the true labels, shape (N,).
+        class_names: names by class index (for the per-class keys), or the number of classes C (names "0".."C-1").
+
+    Returns:
+        ``label_error_auroc`` (ROC AUC of the score for "given label is wrong"), ``label_error_ap`` (average
+        precision, whose chance level is the noise rate) and, for each GIVEN class c, ``label_error_auroc/<name>``
+        over the samples labelled c. A value is NaN where the samples hold only one kind (all wrong or all right).
+    """
+    from sklearn.metrics import average_precision_score
+
+    names = [str(c) for c in range(class_names)] if isinstance(class_names, int) else [str(n) for n in class_names]
+    values = _to_numpy(scores).astype(np.float64)
+    given = _labels_1d(given_labels, "given_labels")
+    true = _labels_1d(true_labels, "true_labels")
+    if values.ndim != 1 or values.shape != given.shape or given.shape != true.shape:
+        raise ValueError(
+            f"scores, given_labels and true_labels must be 1-D of one length, got {values.shape}, {given.shape}, "
+            f"{true.shape}"
+        )
+    if not np.isfinite(values).all():
+        raise ValueError(f"scores must be finite; {int((~np.isfinite(values)).sum())} are not")
+    wrong = given != true
+
+    def auroc(mask: np.ndarray) -> float:
+        kinds = wrong[mask]
+        return float(roc_auc_score(kinds, values[mask])) if 0 < kinds.sum() < kinds.size else math.nan
+
+    everyone = np.ones_like(wrong)
+    result = {
+        "label_error_auroc": auroc(everyone),
+        "label_error_ap": float(average_precision_score(wrong, values)) if wrong.any() else math.nan,
+    }
+    for c, name in enumerate(names):
+        result[f"label_error_auroc/{name}"] = auroc(given == c)
+    return result
+
+
+__all__ += ["label_error_ranking"]  # appended here so the list above stays as it was

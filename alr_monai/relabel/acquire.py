@@ -2,6 +2,8 @@
 
 Scores always come from eval-mode inference on un-augmented images (the reference code scored augmented
 images in train mode). BALD switches on only the dropout layers, for ``mc_samples`` stochastic passes.
+``label_quality`` ranks by ``1 - p(given label)`` with the labels the pool loader carries (the pool's samples are
+unanswered, so those are their given labels).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from alr_monai.algorithms.acquisition import (
     bald,
     enable_mc_dropout,
     kcenter_greedy,
+    label_quality,
     select_top,
 )
 from alr_monai.evaluation import predict
@@ -78,7 +81,8 @@ def acquire(
     """Pick up to ``budget`` pool samples for the expert.
 
     Args:
-        method: one of ``ACQUISITION_NAMES`` (random, entropy, least_confidence, margin, bald, coreset).
+        method: one of ``ACQUISITION_NAMES`` (random, entropy, least_confidence, margin, bald, coreset,
+            label_quality).
         network: the current model (a ``PeerEnsemble``; its summed logits give the probabilities).
         pool_loader: deterministic loader (no shuffling, no augmentation) over the pool; batches carry
             ``image``, ``label`` and ``index``.
@@ -111,6 +115,8 @@ def _acquire(method, network, pool_loader, budget, device, labelled_loader, mc_s
     else:
         if method == "bald":
             scores = bald(_mc_probabilities(network, pool_loader, device, mc_samples, generator))
+        elif method == "label_quality":
+            scores = label_quality(probs, outputs["labels"])
         else:
             scores = SCORE_FUNCTIONS[method](probs, generator=generator)
         positions = select_top(scores, budget)
