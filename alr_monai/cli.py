@@ -323,7 +323,7 @@ def demo(
         max_epochs: phase-1 epochs.
         rounds: relabel rounds.
         budget: samples queried per round.
-        acquisition: how the pool is ranked (random, entropy, least_confidence, margin, bald, coreset).
+        acquisition: how the pool is ranked (random, entropy, least_confidence, margin, bald, coreset, label_quality).
         seed: seed of everything (noise, training, oracle).
     """
     settings = {
@@ -367,7 +367,7 @@ def benchmark(
     """Run or resume a benchmark matrix (finished cells are not rerun); writes results.csv, results.md, plots.
 
     Args:
-        preset: a matrix in configs/benchmarks (full, small, noise0.6, phase1_noise0.6) or any .json path.
+        preset: a matrix in configs/benchmarks (full, small, noise0.6, phase1_noise0.6, peers, cleanlab_small) or any .json path.
         out: output folder.
         data: any MedMNIST-layout .npz (default: the preset's, else the embedded subset).
         imbalance_ratio: long-tail the training split of data to this ratio, e.g. 20.

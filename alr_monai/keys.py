@@ -33,8 +33,9 @@ __all__ = [
 
 # Choices of enumerations, kept here so help needs no torch import; tests check them against the modules.
 NOISE_KINDS = ("symmetric", "pairflip")
-TRUSTED_RULES = ("any", "all")
-NOISE_ESTIMATION_METHODS = ("gmm",)
+TRUSTED_RULES = ("any", "all", "class_cut")
+NOISE_ESTIMATION_METHODS = ("gmm", "confident_joint_val", "confusion_inversion", "prototype_matching")
+RANK_BY = ("loss", "prototype", "loss+prototype")
 VOG_KEEP = ("low", "high")
 VOG_DTYPES = ("float32", "float16")
 ACQUISITIONS = ("random", "entropy", "least_confidence", "margin", "bald", "coreset", "label_quality")
@@ -282,7 +283,7 @@ KEYS: tuple[Key, ...] = (
         TRAIN,
         "train",
         "str",
-        "trusted set: samples kept by any peer or by all peers in the last epoch",
+        "trusted set after the last epoch: kept by any peer, by all peers, or each given class's lowest-loss share (class_cut)",
         choices=TRUSTED_RULES,
     ),
     Key(
@@ -295,6 +296,21 @@ KEYS: tuple[Key, ...] = (
     ),
     Key("noise_estimate#method", TRAIN, "train", "str", "noise-rate estimator", choices=NOISE_ESTIMATION_METHODS),
     Key("noise_estimate#per_class", TRAIN, "train", "bool", "estimate a noise rate per given class"),
+    Key(
+        "selection#per_class",
+        TRAIN,
+        "train",
+        "bool",
+        "cut each given class at its own estimated noise rate (false: one cut over the batch)",
+    ),
+    Key(
+        "selection#rank_by",
+        TRAIN,
+        "train",
+        "str",
+        "score(s) that rank the samples to keep ('+' combines ranks)",
+        choices=RANK_BY,
+    ),
     Key("vog#num_snapshots", TRAIN, "train", "int", "K: epochs whose last-layer gradients VoG compares", minimum=2),
     Key("vog#class_normalise", TRAIN, "train", "bool", "normalise VoG within each class"),
     Key("vog#keep", TRAIN, "train", "str", "which VoG end is kept as clean", choices=VOG_KEEP),

@@ -75,7 +75,15 @@ def test_random_scores_reproducible_and_registry_consistent():
     assert torch.equal(first, second) and first.shape == (6,)
     assert torch.equal(SCORE_FUNCTIONS["random"](PROBS, generator=torch.Generator().manual_seed(7)), first[:4])
     assert torch.equal(SCORE_FUNCTIONS["entropy"](PROBS), entropy(PROBS))
-    assert set(ACQUISITION_NAMES) == {"random", "entropy", "least_confidence", "margin", "bald", "coreset"}
+    assert set(ACQUISITION_NAMES) == {
+        "random",
+        "entropy",
+        "least_confidence",
+        "margin",
+        "bald",
+        "coreset",
+        "label_quality",
+    }
 
 
 def test_select_top_ties_nan_and_budget():

@@ -234,7 +234,10 @@ def test_help_lists_every_key_a_command_accepts_with_default_and_meaning(capsys)
             assert key.meaning in out
     out = run_cli(["train", "--help"], capsys)[1]
     assert "--max_epochs (default 30)" in out and "phase-1 training epochs" in out
-    assert "{random, entropy, least_confidence, margin, bald, coreset}" in run_cli(["query", "-h"], capsys)[1]
+    assert (
+        "{random, entropy, least_confidence, margin, bald, coreset, label_quality}"
+        in run_cli(["query", "-h"], capsys)[1]
+    )
     out = run_cli(["answer", "--help"], capsys)[1]
     assert "--dry_run" in out and "--allow_empty" in out and "FILE" in out
     # The working form of the old CLI, `alr train -- --help`, is help too.

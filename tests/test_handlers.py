@@ -175,11 +175,10 @@ def _vog_activity(num_snapshots: int, num_gradual: int, max_epochs: int) -> tupl
 
         def __call__(self, engine: Engine) -> None:
             output = engine.state.output
-            has_vog = "vog" in output
+            has_vog = "vog" in output["scores"]
             active.setdefault(engine.state.epoch, []).append(has_vog)
             if has_vog:
-                assert output["mix_ratio"] == 0.5
-                for k, scores in enumerate(output["vog"]):
+                for k, scores in enumerate(output["scores"]["vog"]):
                     # The scores are the previous epoch's cached VoG of exactly this batch's samples.
                     assert torch.equal(scores, vog._oriented[k][output["index"]])
                     assert torch.isfinite(scores).all()
@@ -205,7 +204,9 @@ def test_vog_with_zero_mix_ratio_is_never_offered():
     seen: list[bool] = []
     trainer_handlers = [vog]
     trainer = _run(trainer_handlers, max_epochs=1, num_gradual=0)
-    trainer.add_event_handler(CoTeachingEvents.SELECTION_COMPLETED, lambda e: seen.append("vog" in e.state.output))
+    trainer.add_event_handler(
+        CoTeachingEvents.SELECTION_COMPLETED, lambda e: seen.append("vog" in e.state.output["scores"])
+    )
     _continue(trainer, 4)
     assert seen and not any(seen)
     assert vog.buffers[0].ready

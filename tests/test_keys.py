@@ -44,7 +44,7 @@ def test_bundle_docs_hold_the_generated_key_tables():
 
 def test_choices_match_the_modules_that_enforce_them():
     from alr_monai.algorithms.acquisition import ACQUISITION_NAMES
-    from alr_monai.algorithms.noise_estimate import NOISE_ESTIMATION_METHODS
+    from alr_monai.algorithms.noise_estimate import NOISE_ESTIMATION_METHODS, VALIDATION_METHODS
     from alr_monai.data.noise import NOISE_KINDS
 
     try:  # the round logic may live in relabel/driver.py
@@ -55,7 +55,7 @@ def test_choices_match_the_modules_that_enforce_them():
     from alr_monai.handlers.vog import VOG_KEEP
 
     assert set(keys.ACQUISITIONS) == set(ACQUISITION_NAMES)
-    assert keys.NOISE_ESTIMATION_METHODS == NOISE_ESTIMATION_METHODS
+    assert keys.NOISE_ESTIMATION_METHODS == NOISE_ESTIMATION_METHODS + VALIDATION_METHODS
     assert keys.NOISE_KINDS == NOISE_KINDS
     assert keys.MODES == MODES and keys.RECIPES == RECIPES
     assert keys.TRUSTED_RULES == TRUSTED_RULES and keys.VOG_KEEP == VOG_KEEP

@@ -21,13 +21,22 @@ from .acquisition import (
     random_scores,
     select_top,
 )
-from .metrics import classification_metrics, per_class_kept_fraction, selection_metrics
+from .metrics import classification_metrics, label_error_ranking, per_class_kept_fraction, selection_metrics
 from .noise_estimate import NOISE_ESTIMATION_METHODS, estimate_noise_rate, gmm_clean_probability
-from .selection import forget_rate_schedule, num_to_keep, select_small_loss, select_with_vog
+from .policy import SelectionPolicy, class_keep_counts, rank_fractions
+from .prototype import PrototypeAccumulator, cosine_distance_to_prototypes
+from .selection import forget_rate_schedule, num_to_keep, select_small_loss, select_with_fills, select_with_vog
 from .vog import VoGBuffer, last_layer_gradient, normalise_per_class
 
 __all__ = [
     "ACQUISITION_NAMES",
+    "PrototypeAccumulator",
+    "SelectionPolicy",
+    "class_keep_counts",
+    "cosine_distance_to_prototypes",
+    "label_error_ranking",
+    "rank_fractions",
+    "select_with_fills",
     "EMBEDDING_ACQUISITIONS",
     "MC_ACQUISITIONS",
     "NOISE_ESTIMATION_METHODS",

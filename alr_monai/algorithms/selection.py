@@ -7,11 +7,13 @@ among the samples the loss did not pick, so clean minority-class samples with la
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["forget_rate_schedule", "num_to_keep", "select_small_loss", "select_with_vog"]
+__all__ = ["forget_rate_schedule", "num_to_keep", "select_small_loss", "select_with_fills", "select_with_vog"]
 
 
 def forget_rate_schedule(epoch: int, final_rate: float, num_gradual: int, exponent: float = 1.0) -> float:
@@ -100,11 +102,8 @@ def select_with_vog(losses: Tensor, num_keep: int, vog_scores: Tensor | None, mi
 
     ``n_vog = round(mix_ratio * num_keep)``. The first ``num_keep - n_vog`` samples are the smallest losses;
     the remaining ``n_vog`` are the lowest ``vog_scores`` among the samples not already picked. The caller
-    orients the scores so that lower means "keep" (negate them to keep high VoG).
-
-    Samples with a NaN score (not enough gradient snapshots yet) rank after every finite score and, among
-    themselves, by ascending loss, so before VoG is available this reduces to small-loss selection. Finite
-    ties are broken by loss, then by position.
+    orients the scores so that lower means "keep" (negate them to keep high VoG). This is
+    :func:`select_with_fills` with one fill score.
 
     Args:
         losses: per-sample losses, shape (B,).
@@ -115,26 +114,49 @@ def select_with_vog(losses: Tensor, num_keep: int, vog_scores: Tensor | None, mi
     Returns:
         Bool tensor of shape (B,) on the device of ``losses`` with exactly ``num_keep`` True entries.
     """
-    _check_num_keep(losses, num_keep)
-    if not 0.0 <= mix_ratio <= 1.0:
-        raise ValueError(f"mix_ratio must be in [0, 1], got {mix_ratio}")
-    if vog_scores is None or mix_ratio == 0.0:
-        return select_small_loss(losses, num_keep)
-    if vog_scores.shape != losses.shape:
-        raise ValueError(f"vog_scores shape {tuple(vog_scores.shape)} must match losses {tuple(losses.shape)}")
+    return select_with_fills(losses, num_keep, [] if vog_scores is None else [(vog_scores, mix_ratio)])
 
-    losses = losses.detach()
-    # The VoG buffer usually lives on the CPU while the losses may be on a GPU.
-    vog_scores = vog_scores.detach().to(device=losses.device, dtype=torch.float32)
-    n_vog = round(mix_ratio * num_keep)
-    keep = select_small_loss(losses, num_keep - n_vog)
-    if n_vog == 0:
-        return keep
 
-    # Lexicographic order (is-NaN, score, loss, position) by successive stable sorts, least significant key first.
-    order = _stable_ascending_order(losses)
-    order = order[_stable_ascending_order(torch.nan_to_num(vog_scores[order], nan=torch.inf))]
-    order = order[_stable_ascending_order(torch.isnan(vog_scores[order]).to(torch.uint8))]
-    candidates = order[~keep[order]]
-    keep[candidates[:n_vog]] = True
+def select_with_fills(primary: Tensor, num_keep: int, fills: Sequence[tuple[Tensor, float]] = ()) -> Tensor:
+    """Keep ``num_keep`` samples: fixed shares by secondary scores, the rest by ascending ``primary``.
+
+    Each fill ``(scores, share)`` takes ``round(share * num_keep)`` samples. The primary score first takes the
+    ``num_keep`` minus all fill counts smallest values; then each fill in turn takes its count of lowest scores
+    among the samples not already picked.
+
+    Samples with a NaN fill score (e.g. not enough gradient snapshots yet) rank after every finite score and,
+    among themselves, by ascending primary score, so before a score is available this reduces to primary
+    selection. Finite ties are broken by the primary score, then by position.
+
+    Args:
+        primary: per-sample scores (e.g. losses), shape (B,); lower = keep.
+        num_keep: total number of samples to keep, in ``[0, B]``.
+        fills: ``(scores, share)`` pairs, scores of shape (B,) (lower = keep), shares in ``[0, 1]``.
+
+    Returns:
+        Bool tensor of shape (B,) on the device of ``primary`` with exactly ``num_keep`` True entries.
+    """
+    _check_num_keep(primary, num_keep)
+    counts = []
+    for scores, share in fills:
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"mix_ratio must be in [0, 1], got {share}")
+        if scores.shape != primary.shape:
+            raise ValueError(f"fill scores shape {tuple(scores.shape)} must match losses {tuple(primary.shape)}")
+        counts.append(round(share * num_keep))
+    if sum(counts) > num_keep:
+        raise ValueError(f"fill shares take {sum(counts)} of {num_keep} samples")
+    primary = primary.detach()
+    keep = select_small_loss(primary, num_keep - sum(counts))
+    for (scores, _share), count in zip(fills, counts, strict=True):
+        if count == 0:
+            continue
+        # The fill scores may live on the CPU while the losses are on a GPU.
+        scores = scores.detach().to(device=primary.device, dtype=torch.float32)
+        # Lexicographic order (is-NaN, score, primary, position) by successive stable sorts, least significant first.
+        order = _stable_ascending_order(primary)
+        order = order[_stable_ascending_order(torch.nan_to_num(scores[order], nan=torch.inf))]
+        order = order[_stable_ascending_order(torch.isnan(scores[order]).to(torch.uint8))]
+        candidates = order[~keep[order]]
+        keep[candidates[:count]] = True
     return keep

@@ -14,14 +14,15 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from ignite.engine import Engine, EventEnum
+from ignite.engine import Engine, EventEnum, Events
 from ignite.metrics import Metric
 from monai.engines import Trainer
 from monai.engines.utils import default_prepare_batch
 from monai.utils.enums import CommonKeys as Keys
 from torch.optim import Optimizer
 
-from alr_monai.algorithms.selection import forget_rate_schedule, num_to_keep, select_with_vog
+from alr_monai.algorithms.policy import SelectionPolicy
+from alr_monai.algorithms.selection import forget_rate_schedule
 from alr_monai.networks import FeatureTap, PeerEnsemble
 
 
@@ -29,9 +30,12 @@ class CoTeachingEvents(EventEnum):
     """Events fired inside a co-teaching iteration.
 
     ``LOSSES_COMPUTED``: ``engine.state.output`` holds ``index``, ``label``, and per peer ``logits``,
-    ``features`` and ``losses`` (lists, one entry per peer). A handler may set ``output["vog"]`` (a list of
-    per-peer scores for the batch, lower = keep) and ``output["mix_ratio"]``, and ``output["force_keep"]`` (a
-    boolean batch mask of samples every peer must keep, such as expert-verified labels).
+    ``features`` and ``losses`` (lists, one entry per peer), and ``scores``, a dict of named per-sample
+    criteria (``{"loss": losses}`` to start with). A scorer handler adds its own entry (a list of per-peer
+    scores for the batch, lower = keep), e.g. ``output["scores"]["vog"]``; the trainer's
+    :class:`~alr_monai.algorithms.policy.SelectionPolicy` decides which of them pick the samples. A handler may
+    also set ``output["force_keep"]`` (a boolean batch mask of samples every peer must keep, such as
+    expert-verified labels).
     ``SELECTION_COMPLETED``: ``output["keep"]`` holds each peer's boolean selection.
     """
 
@@ -51,7 +55,9 @@ class CoTeachingTrainer(Trainer):
         optimizer: one optimizer over all peers' parameters (each peer's loss touches only its own parameters,
             so this equals one optimizer per peer).
         forget_rate: final fraction of each batch to drop. None means "unknown": no sample is dropped until a
-            handler (for example ``NoiseRateEstimateHandler``) sets ``engine.forget_rate`` from the data.
+            handler (for example ``NoiseRateEstimateHandler``) sets ``engine.forget_rate`` from the data. Such a
+            handler may also set ``engine.class_forget_rates``, a (C,) tensor of final rates per GIVEN class,
+            which a per-class ``selection_policy`` cuts at (each ramped like the global rate).
         num_gradual: epochs over which the forget rate ramps up from 0.
         exponent: the ramp reaches ``forget_rate ** exponent`` at its end, as in the Co-teaching code.
         epoch_length: iterations per epoch, default ``len(train_data_loader)``.
@@ -62,6 +68,8 @@ class CoTeachingTrainer(Trainer):
         train_handlers: handlers to attach; None entries are skipped, so a bundle overlay can switch an optional
             handler off by setting its key to null.
         amp: automatic mixed precision on CUDA.
+        selection_policy: decides the kept samples from the batch's named scores; default: one small-loss cut
+            over the batch with no other criterion (plain Co-teaching).
     """
 
     def __init__(
@@ -81,6 +89,7 @@ class CoTeachingTrainer(Trainer):
         additional_metrics: dict[str, Metric] | None = None,
         train_handlers: Sequence | None = None,
         amp: bool = False,
+        selection_policy: SelectionPolicy | None = None,
     ) -> None:
         super().__init__(
             device=device,
@@ -105,6 +114,9 @@ class CoTeachingTrainer(Trainer):
         self.forget_rate = forget_rate
         self.num_gradual = num_gradual
         self.exponent = exponent
+        self.class_forget_rates: torch.Tensor | None = None
+        self.selection_policy = SelectionPolicy() if selection_policy is None else selection_policy
+        self.add_event_handler(Events.EPOCH_STARTED, lambda _engine: self.selection_policy.start_epoch())
         self._taps = [FeatureTap(peer) for peer in network.peers]
         # Handlers are attached after the taps and the events exist, so they can rely on both.
         if train_handlers:
@@ -119,6 +131,14 @@ class CoTeachingTrainer(Trainer):
             return 0.0
         epoch = self.state.epoch - 1 if epoch is None else epoch
         return forget_rate_schedule(epoch, self.forget_rate, self.num_gradual, self.exponent)
+
+    def current_class_forget_rates(self, epoch: int | None = None) -> torch.Tensor | None:
+        """Per-class forget rates for a 0-based ``epoch`` (default: now), or None when none were set."""
+        if self.class_forget_rates is None:
+            return None
+        epoch = self.state.epoch - 1 if epoch is None else epoch
+        rates = [float(r) for r in self.class_forget_rates]
+        return torch.tensor([forget_rate_schedule(epoch, r, self.num_gradual, self.exponent) for r in rates])
 
     def _iteration(self, engine: Engine, batchdata: dict[str, Any]) -> dict:
         if batchdata is None:
@@ -149,16 +169,14 @@ class CoTeachingTrainer(Trainer):
             "losses": [loss.detach() for loss in losses],
             "forget_rate": forget_rate,
         }
+        output["scores"] = {"loss": output["losses"]}
         engine.state.output = output
         engine.fire_event(CoTeachingEvents.LOSSES_COMPUTED)
 
-        keep_count = num_to_keep(len(targets), forget_rate)
-        vog_scores = output.get("vog")
-        mix_ratio = float(output.get("mix_ratio", 0.0))
-        keep = [
-            select_with_vog(output["losses"][k], keep_count, None if vog_scores is None else vog_scores[k], mix_ratio)
-            for k in range(len(peers))
-        ]
+        class_rates = self.current_class_forget_rates() if self.selection_policy.per_class else None
+        keep = self.selection_policy.select(
+            output["scores"], targets, forget_rate if class_rates is None else class_rates
+        )
         force_keep = output.get("force_keep")
         if force_keep is not None:
             # Expert-verified samples are never dropped by the small-loss rule.

@@ -6,6 +6,7 @@ from alr_monai.handlers.active_relabel import ActiveRelabelRoundHandler
 from alr_monai.handlers.metrics import ClassificationReport
 from alr_monai.handlers.noise_rate import NoiseRateEstimateHandler
 from alr_monai.handlers.outputs import MetricsJSONWriter, SelectionCSVWriter, TensorBoardImageHandler
+from alr_monai.handlers.prototype import PrototypeDistanceHandler
 from alr_monai.handlers.resume import (
     BestModelSaver,
     EngineBestMetric,
@@ -24,6 +25,7 @@ __all__ = [
     "EngineBestMetric",
     "MetricsJSONWriter",
     "NoiseRateEstimateHandler",
+    "PrototypeDistanceHandler",
     "ReseedTransformsHandler",
     "RunCheckpointer",
     "SelectionCSVWriter",

@@ -15,6 +15,7 @@ from alr_monai.algorithms.noise_estimate import (
     confident_joint_val_rates,
     confusion_inversion_rates,
     estimate_noise_rate,
+    gmm_clean_probability,
     prototype_matching_rates,
 )
 from alr_monai.handlers.selection import SmallLossSelectionHandler
@@ -67,7 +68,11 @@ class NoiseRateEstimateHandler:
         pass (no augmentation, no gradients) of every peer over ``train_loader`` and ``val_loader``: about a
         third of a training epoch's compute for the training set plus one validation pass, once per run.
         The global estimate is the class-size-weighted mean of the per-class rates; the per-class rates are
-        kept in ``class_estimates`` and logged as ``noise_rate_estimate/<class>``.
+        kept in ``class_estimates`` and logged as ``noise_rate_estimate/<class>``. When the model's validation
+        balanced accuracy at the estimate epoch is under twice chance (it does not yet tell the classes apart,
+        so every class looks alike), a warning says so and the per-class loss mixture estimates instead.
+        The per-class estimates (clipped to ``max_rate``) also become the trainer's ``class_forget_rates``,
+        which a per-class selection policy cuts at.
 
     Args:
         selection: the tracker holding the epoch's per-sample losses and labels.
@@ -143,9 +148,17 @@ class NoiseRateEstimateHandler:
     def _apply_estimate(self, engine: Engine) -> None:
         # A resumed run restores the estimate from the checkpoint, but not the trainer's forget rate.
         if self.estimate is not None and getattr(engine, "forget_rate", 0.0) is None:
-            engine.forget_rate = min(self.estimate, self.max_rate)
+            self._hand_over(engine)
 
-    def _estimate_from_validation(self) -> tuple[float, list[float]]:
+    def _hand_over(self, engine: Engine) -> None:
+        """The estimate becomes the trainer's forget rate, and the per-class estimates its per-class rates."""
+        engine.forget_rate = min(self.estimate, self.max_rate)
+        if self.class_estimates is not None and hasattr(engine, "class_forget_rates"):
+            rates = torch.tensor(self.class_estimates, dtype=torch.float64)
+            # a class absent from the training set has a NaN estimate: it has nothing to cut
+            engine.class_forget_rates = torch.nan_to_num(rates, nan=0.0).clamp(0.0, self.max_rate)
+
+    def _estimate_from_validation(self) -> tuple[float, list[float]] | None:
         with_features = self.method == "prototype_matching"
         train = _eval_pass(self.network, self.train_loader, with_features)
         val = _eval_pass(self.network, self.val_loader, with_features)
@@ -165,7 +178,8 @@ class NoiseRateEstimateHandler:
             rates = confident_joint_val_rates(
                 train["probs"][order], given, val["probs"], val["labels"], self.num_classes
             )
-        self._warn_if_classes_inseparable(val["probs"], val["labels"])
+        if not self._classes_separable(val["probs"], val["labels"]):
+            return None
         counts = torch.bincount(given, minlength=self.num_classes).double()
         overall = float((rates * counts).sum() / counts.sum().clamp_min(1.0))
         if self.true_labels is not None:
@@ -178,9 +192,10 @@ class NoiseRateEstimateHandler:
             ]
         return overall, [float(r) for r in rates]
 
-    def _warn_if_classes_inseparable(self, probs: torch.Tensor, labels: torch.Tensor) -> None:
+    def _classes_separable(self, probs: torch.Tensor, labels: torch.Tensor) -> bool:
         # The validation-calibrated estimates assume the model tells the classes apart; a model that has learnt
-        # nothing yet makes every class look alike and the estimate arbitrary.
+        # nothing yet makes every class look alike and the estimate arbitrary (it read 0 everywhere on a tiny
+        # 1-epoch run), so the handler falls back to the loss mixture then.
         present = [c for c in range(self.num_classes) if (labels == c).any()]
         predicted = probs.argmax(1)
         recalls = [float((predicted[labels == c] == c).double().mean()) for c in present]
@@ -188,26 +203,38 @@ class NoiseRateEstimateHandler:
         if balanced < 2.0 / self.num_classes:
             self.logger.warning(
                 f"noise rate estimate ({self.method}): validation balanced accuracy at epoch {self.estimate_epoch} is "
-                f"{balanced:.2f}, under twice chance; the model does not yet separate the classes and the estimate "
-                "is unreliable (estimate later: noise_estimate#estimate_epoch)"
+                f"{balanced:.2f}, under twice chance; the model does not yet separate the classes, so the per-class "
+                "loss mixture (gmm) estimates instead (estimate later: noise_estimate#estimate_epoch)"
             )
+            return False
+        return True
+
+    def _estimate_from_losses(self) -> tuple[float, list[float] | None]:
+        seen = self.selection.seen
+        losses, labels = self.selection.mean_loss()[seen], self.selection.labels[seen]
+        if self.true_labels is not None and len(self.true_labels) == len(seen):
+            wrong = self.true_labels[seen] != labels
+            self._class_truth = [
+                float(wrong[labels == c].double().mean()) if (labels == c).any() else math.nan
+                for c in range(self.num_classes)
+            ]
+        estimate = estimate_noise_rate(
+            losses, labels, num_classes=self.num_classes, method="gmm", per_class=self.per_class
+        )
+        if not self.per_class:
+            return estimate, None
+        noisy = 1.0 - gmm_clean_probability(losses, labels, self.num_classes, per_class=True).double()
+        return estimate, [
+            float(noisy[labels == c].mean()) if (labels == c).any() else math.nan for c in range(self.num_classes)
+        ]
 
     def __call__(self, engine: Engine) -> None:
         if self.estimate is None and engine.state.epoch >= self.estimate_epoch:
-            if self.method in VALIDATION_METHODS:
-                self.estimate, self.class_estimates = self._estimate_from_validation()
-            else:
-                seen = self.selection.seen
-                self.estimate = estimate_noise_rate(
-                    self.selection.mean_loss()[seen],
-                    self.selection.labels[seen],
-                    num_classes=self.num_classes,
-                    method=self.method,
-                    per_class=self.per_class,
-                )
+            found = self._estimate_from_validation() if self.method in VALIDATION_METHODS else None
+            self.estimate, self.class_estimates = found if found is not None else self._estimate_from_losses()
             message = f"noise rate estimate after epoch {engine.state.epoch}: {self.estimate:.3f}"
             if getattr(engine, "forget_rate", 0.0) is None:
-                engine.forget_rate = min(self.estimate, self.max_rate)
+                self._hand_over(engine)
                 message += f" -> forget rate {engine.forget_rate:.3f}"
             if self.true_rate is not None:
                 message += f" (simulation truth {self.true_rate:.3f})"

@@ -8,21 +8,29 @@ from ignite.engine import Engine, Events
 from alr_monai.algorithms.metrics import per_class_kept_fraction
 from alr_monai.engines.coteaching import CoTeachingEvents
 
-TRUSTED_RULES = ("any", "all")
+TRUSTED_RULES = ("any", "all", "class_cut")
 
 
 class SmallLossSelectionHandler:
     """Records every sample's per-peer loss and selection in each epoch, keyed on the batch ``index``.
 
     At the end of an epoch the epoch's record becomes the "last completed" record, from which the trusted
-    set is read: samples kept by ``trusted_rule`` of the peers ("any" or "all"). Per-class kept fractions
-    (by GIVEN label, no truth needed) go to ``engine.state.metrics`` as ``kept_fraction/<class>``.
+    set is read by ``trusted_rule``:
+
+    - ``"any"`` / ``"all"``: samples kept in their batch by any peer / by every peer;
+    - ``"class_cut"``: within each GIVEN class, the ``1 - rate`` share with the smallest epoch loss (mean over
+      peers), at the class's forget rate in force that epoch (the trainer's per-class rates, else its one
+      rate). One cut over the whole epoch ranks each sample against its whole class instead of a handful of
+      batch mates, and it keeps each class's estimated clean count instead of the union of two peers' picks.
+
+    Per-class kept fractions (by GIVEN label, no truth needed) go to ``engine.state.metrics`` as
+    ``kept_fraction/<class>``.
 
     Args:
         num_samples: size of the training set (indices run 0..num_samples-1).
         num_peers: number of peers trained.
         class_names: class names by index, used for metric names.
-        trusted_rule: "any" peer kept it, or "all" peers kept it.
+        trusted_rule: one of :data:`TRUSTED_RULES`.
     """
 
     def __init__(self, num_samples: int, num_peers: int, class_names: list[str], trusted_rule: str = "any") -> None:
@@ -38,6 +46,8 @@ class SmallLossSelectionHandler:
         self.seen = torch.zeros(num_samples, dtype=torch.bool)
         self.ids: list[str] = [""] * num_samples
         self.completed_epoch = 0
+        # the forget rate of each class in the last completed epoch ("class_cut")
+        self.cut_rates = torch.zeros(len(self.class_names), dtype=torch.float64)
         self._epoch_losses = self.losses.clone()
         self._epoch_kept = self.kept.clone()
         self._epoch_seen = self.seen.clone()
@@ -72,6 +82,7 @@ class SmallLossSelectionHandler:
         self.kept.copy_(self._epoch_kept)
         self.seen.copy_(self._epoch_seen)
         self.completed_epoch = engine.state.epoch
+        self.cut_rates = self._rates_in_force(engine)
         fractions = per_class_kept_fraction(self.trusted(), self.labels, len(self.class_names))
         for name, fraction in zip(self.class_names, fractions, strict=True):
             engine.state.metrics[f"kept_fraction/{name}"] = fraction
@@ -79,10 +90,30 @@ class SmallLossSelectionHandler:
             float(self.trusted()[self.seen].float().mean()) if self.seen.any() else 0.0
         )
 
+    def _rates_in_force(self, engine: Engine) -> torch.Tensor:
+        epoch = engine.state.epoch - 1
+        per_class = getattr(engine, "current_class_forget_rates", lambda _epoch: None)(epoch)
+        if per_class is not None:
+            return torch.as_tensor(per_class, dtype=torch.float64).reshape(-1)
+        rate = float(getattr(engine, "current_forget_rate", lambda _epoch: 0.0)(epoch))
+        return torch.full((len(self.class_names),), rate, dtype=torch.float64)
+
     def trusted(self) -> torch.Tensor:
         """Boolean (N,) mask of samples selected in the last completed epoch under ``trusted_rule``."""
+        if self.trusted_rule == "class_cut":
+            return self._class_cut()
         trusted = self.kept.any(0) if self.trusted_rule == "any" else self.kept.all(0)
         return trusted & self.seen
+
+    def _class_cut(self) -> torch.Tensor:
+        trusted = torch.zeros(self.num_samples, dtype=torch.bool)
+        loss = self.mean_loss()
+        for cls in range(len(self.class_names)):
+            members = torch.nonzero(self.seen & (self.labels == cls)).reshape(-1)
+            count = round(members.numel() * (1.0 - float(self.cut_rates[cls])))
+            order = torch.argsort(loss[members], stable=True)
+            trusted[members[order[:count]]] = True
+        return trusted
 
     def mean_loss(self) -> torch.Tensor:
         """(N,) loss averaged over peers in the last completed epoch (NaN for unseen samples)."""
@@ -96,6 +127,7 @@ class SmallLossSelectionHandler:
             "seen": self.seen,
             "ids": list(self.ids),
             "completed_epoch": self.completed_epoch,
+            "cut_rates": self.cut_rates,
         }
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -110,3 +142,5 @@ class SmallLossSelectionHandler:
         self.seen.copy_(state_dict["seen"])
         self.ids = [str(i) for i in state_dict["ids"]]
         self.completed_epoch = int(state_dict["completed_epoch"])
+        if "cut_rates" in state_dict:  # checkpoints from before the class cut lack it
+            self.cut_rates = state_dict["cut_rates"].to(torch.float64).clone()

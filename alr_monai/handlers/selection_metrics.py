@@ -7,12 +7,16 @@ from collections.abc import Sequence
 import torch
 from ignite.engine import Engine, Events
 
-from alr_monai.algorithms.metrics import selection_metrics
+from alr_monai.algorithms.metrics import label_error_ranking, selection_metrics
 from alr_monai.handlers.selection import SmallLossSelectionHandler
 
 
 class SelectionMetricsHandler:
-    """Puts selection precision and per-class clean recall into ``engine.state.metrics`` each epoch.
+    """Puts selection precision, per-class clean recall and the label-error ranking into the epoch's metrics.
+
+    The ranking (``label_error_auroc``, ``label_error_ap``, ``label_error_auroc/<class>`` per GIVEN class)
+    scores the epoch's per-sample training loss, averaged over the peers: the criterion every co-teaching
+    variant ranks by (within each given class under a per-class policy, which the per-class AUROC measures).
 
     Simulation only: ``true_labels`` come from the noise injection, and this handler (a metric) is one of the
     few readers of truth. Nothing it computes feeds back into training.
@@ -48,3 +52,13 @@ class SelectionMetricsHandler:
         engine.state.metrics["min_clean_recall"] = self.last["min_clean_recall"]
         for name, recall in zip(self.class_names, self.last["per_class_clean_recall"], strict=True):
             engine.state.metrics[f"clean_recall/{name}"] = recall
+        losses = self.selection.mean_loss()[seen]
+        finite = torch.isfinite(losses)
+        if finite.any():
+            ranking = label_error_ranking(
+                losses[finite],
+                self.selection.labels[seen][finite],
+                self.true_labels[seen][finite],
+                self.class_names,
+            )
+            engine.state.metrics.update(ranking)

@@ -17,8 +17,9 @@ class VoGHandler:
     At every ``LOSSES_COMPUTED`` it writes each peer's per-sample gradient (weight row of the labelled class
     plus its bias, in closed form from the logits and features already computed: no extra pass) into that
     peer's ring buffer of ``num_snapshots`` epochs. Once the buffer is full and the forget-rate ramp is over,
-    it sets ``output["vog"]`` and ``output["mix_ratio"]`` so the trainer takes ``mix_ratio`` of each kept
-    set by VoG order among the samples the loss did not pick.
+    it registers the batch's scores as ``output["scores"]["vog"]`` (oriented so lower = keep); the trainer's
+    selection policy takes its ``fill`` share of each kept set by that order among the samples the loss did not
+    pick.
 
     Args:
         num_samples: training-set size.
@@ -27,7 +28,8 @@ class VoGHandler:
         class_normalise: z-score VoG within each labelled class (Agarwal et al.), so a rare class is not
             judged against the gradients of a frequent one.
         keep: "low" keeps the lowest VoG (stable samples), "high" the highest.
-        mix_ratio: fraction of each batch's kept samples chosen by VoG.
+        mix_ratio: 0 switches the scores off (nothing is offered); the share itself is the selection policy's
+            ``fill["vog"]`` (the bundle wires both to ``vog#mix_ratio``).
         dtype: "float32" or "float16" storage for the N x D x K buffer.
         start_epoch: first epoch (1-based) whose selection may use VoG; default: the epoch after the trainer's
             ``num_gradual`` ramp.
@@ -86,8 +88,7 @@ class VoGHandler:
             buffer.record(buffer_index, grads)
         self.labels[index.cpu()] = labels.cpu()
         if self.active(engine):
-            output["vog"] = [scores[buffer_index].to(labels.device) for scores in self._oriented]
-            output["mix_ratio"] = self.mix_ratio
+            output["scores"]["vog"] = [scores[buffer_index].to(labels.device) for scores in self._oriented]
 
     def active(self, engine: Engine) -> bool:
         """Whether this epoch's selection uses VoG: a full buffer, past the ramp, and a non-zero mix."""
@@ -102,7 +103,12 @@ class VoGHandler:
     def _orient(self, scores: torch.Tensor) -> torch.Tensor:
         # The trainer keeps the lowest scores; flip the sign when high VoG is to be kept.
         if self.class_normalise:
-            scores = normalise_per_class(scores, self.labels.to(scores.device), self.num_classes)
+            # samples never seen in training (label -1, e.g. outside a training subset) have no class to compare
+            labels = self.labels.to(scores.device)
+            seen = labels >= 0
+            normalised = torch.full_like(scores, float("nan"), dtype=torch.float32)
+            normalised[seen] = normalise_per_class(scores[seen], labels[seen], self.num_classes)
+            scores = normalised
         return scores if self.keep == "low" else -scores
 
     def scores(self) -> torch.Tensor:
