@@ -55,6 +55,7 @@ RESULT_COLUMNS = [
     "noise_rate_true",
     "label_error_auroc",
     "label_error_ap",
+    "noise_rate_class_mae",
     "per_class_clean_recall",
 ]
 
@@ -280,12 +281,15 @@ def collect_results(
             "noise_rate_true": phase1["noise_rate_true"],
             "label_error_auroc": phase1["label_error_auroc"],
             "label_error_ap": phase1["label_error_ap"],
+            "noise_rate_class_mae": phase1["noise_rate_class_mae"],
             "per_class_clean_recall": json.dumps(phase1["per_class_clean_recall"]),
         }
+        found = False
         for acquisition in acquisitions:
             path = run_dir / f"relabel_{acquisition}" / "rounds.csv"
             if not path.is_file():
                 continue
+            found = True
             with open(path, newline="") as handle:
                 for round_row in csv.DictReader(handle):
                     rows.append(
@@ -295,7 +299,16 @@ def collect_results(
                             **{k: round_row.get(k, "") for k in RESULT_COLUMNS if k in round_row},
                         }
                     )
+        if not found:
+            # a phase-1-only matrix (no acquisitions, or none finished yet): one row with acquisition ""
+            test = phase1["test_balanced_accuracy"]
+            rows.append({**base, "acquisition": "", "round": 0, "labels_spent": 0, "test_balanced_accuracy": test})
     return rows
+
+
+def _relabel_acquisitions(rows: Sequence[dict]) -> list[str]:
+    """The acquisitions whose rounds the rows hold ("" marks a phase-1-only row)."""
+    return sorted({r["acquisition"] for r in rows} - {""})
 
 
 def _num(value: Any) -> float:
@@ -331,7 +344,7 @@ def _setting_label(kind: str, rate: float) -> str:
 def summary_markdown(rows: Sequence[dict], rounds: int, budget: int) -> str:
     """Mean ± std over seeds per method and noise setting (kind and rate): phase-1 numbers, then each
     acquisition's final numbers."""
-    acquisitions = sorted({r["acquisition"] for r in rows})
+    acquisitions = _relabel_acquisitions(rows)
     groups: dict[tuple[str, str, float], list[dict]] = {}
     for row in rows:
         groups.setdefault((row["method"], *_setting(row)), []).append(row)
@@ -344,6 +357,7 @@ def summary_markdown(rows: Sequence[dict], rounds: int, budget: int) -> str:
         "selection precision",
         "min clean recall",
         "noise estimate (truth)",
+        "per-class noise MAE",
         "label-error AUROC (AP)",
     ]
     for acquisition in acquisitions:
@@ -362,6 +376,7 @@ def summary_markdown(rows: Sequence[dict], rounds: int, budget: int) -> str:
             _mean_std([_num(r["selection_precision"]) for r in first]),
             _mean_std([_num(r["min_clean_recall"]) for r in first]),
             f"{_mean_std([_num(r['noise_rate_estimate']) for r in first])} ({_mean_std([_num(r['noise_rate_true']) for r in first])})",
+            _mean_std([_num(r.get("noise_rate_class_mae")) for r in first]),
             f"{_mean_std([_num(r.get('label_error_auroc')) for r in first])} "
             f"({_mean_std([_num(r.get('label_error_ap')) for r in first])})",
         ]
@@ -397,17 +412,26 @@ def _comparison_markdown(rows: Sequence[dict], rounds: int) -> str:
     # a gain ratio needs random relabeling as its reference
     measured = {key[3] for key in final}
     acquisitions = sorted(measured - {"random"}) if "random" in measured else []
-    header = ["method", "noise", "phase-1 bal. acc. minus co-teaching's (same seeds)"]
+    auroc = {(r["method"], _setting(r), r["seed"]): _num(r.get("label_error_auroc")) for r in rows}
+    header = ["method", "noise", "phase-1 bal. acc. minus co-teaching's (same seeds)", "minus cleanlab's"]
+    header += ["label-error AUROC minus cleanlab's"]
     header += [f"{a} gain / random gain" for a in acquisitions]
     table = []
+
+    def paired(values: dict, method: str, setting: tuple, seeds: list, reference: str) -> str:
+        if not seeds or any((reference, setting, s) not in values for s in seeds):
+            return "n/a"
+        return _mean_std([values[(method, setting, s)] - values[(reference, setting, s)] for s in seeds])
+
     for method, setting in sorted({(key[0], key[1]) for key in phase1}, key=lambda item: (item[1], item[0])):
         seeds = sorted(seed for m, r, seed in phase1 if (m, r) == (method, setting))
-        deltas = [
-            phase1[(method, setting, s)] - phase1[("coteaching", setting, s)]
-            for s in seeds
-            if ("coteaching", setting, s) in phase1
+        cells = [
+            method,
+            _setting_label(*setting),
+            paired(phase1, method, setting, seeds, "coteaching"),
+            paired(phase1, method, setting, seeds, "cleanlab"),
+            paired(auroc, method, setting, seeds, "cleanlab"),
         ]
-        cells = [method, _setting_label(*setting), _mean_std(deltas)]
         for acquisition in acquisitions:
             pairs = [
                 (final[(method, setting, s, acquisition)], final[(method, setting, s, "random")])
@@ -476,7 +500,7 @@ def plot_results(rows: Sequence[dict], out: Path) -> list[Path]:
         for metric, ylabel in (("test_balanced_accuracy", "test balanced accuracy"), ("yield", "yield")):
             figure, axis = plt.subplots(figsize=(6, 3.5), dpi=90)
             for colour, method in enumerate(methods):
-                for style, acquisition in enumerate(sorted({r["acquisition"] for r in rows})):
+                for style, acquisition in enumerate(_relabel_acquisitions(rows)):
                     series: dict[int, list[float]] = {}
                     for r in in_setting:
                         if r["method"] == method and r["acquisition"] == acquisition:

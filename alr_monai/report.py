@@ -13,6 +13,16 @@ def _fmt(value) -> str:
     return format_cell(value, missing="n/a")
 
 
+def _class_mae(train: dict, class_names: list) -> float | None:
+    """Mean absolute error of the per-class noise estimates against the simulation's truth (None without both)."""
+    errors = []
+    for name in class_names:
+        estimate, truth = train.get(f"noise_rate_estimate/{name}"), train.get(f"noise_rate_true/{name}")
+        if estimate is not None and truth is not None and estimate == estimate and truth == truth:
+            errors.append(abs(estimate - truth))
+    return sum(errors) / len(errors) if errors else None
+
+
 def phase1_summary(run_dir: str | Path) -> dict:
     """The headline numbers of phase 1 from ``metrics.json`` (test metrics of the validation-chosen model)."""
     metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
@@ -37,6 +47,7 @@ def phase1_summary(run_dir: str | Path) -> dict:
         "min_clean_recall": train.get("min_clean_recall"),
         "label_error_auroc": train.get("label_error_auroc"),
         "label_error_ap": train.get("label_error_ap"),
+        "noise_rate_class_mae": _class_mae(train, class_names),
         "per_class_kept_fraction": [train.get(f"kept_fraction/{c}") for c in class_names],
         "per_class_clean_recall": [train.get(f"clean_recall/{c}") for c in class_names],
     }
