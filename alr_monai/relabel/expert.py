@@ -386,8 +386,8 @@ def read_answers(
     if not problems and not allow_empty and all(answer.skipped for answer in answers):
         problems.append(
             f"{path}: no answer at all (every expert_label is blank; was the query file saved back unfilled?): "
-            "fill expert_label with a class name or 'exclude', or, to close the round with no answers, run "
-            f"`alr answer {path} --allow_empty`"
+            "fill expert_label with a class name or 'exclude', or, to close the round with no answers, rerun the "
+            "same `alr answer` command (with its --run_dir) adding --allow_empty"
         )
     if problems:
         raise AnswerError(problems)
