@@ -9,6 +9,7 @@
     alr status --run_dir runs/x               round, labels spent, what is waiting
     alr recover --run_dir runs/x              rebuild a lost relabel/state.json from the rounds' files
     alr report --run_dir runs/x               write and print report.md
+    alr issues --run_dir runs/x               label_issues.csv: every sample ranked by how suspect its label is
     alr benchmark --preset small              a benchmark matrix (configs/benchmarks), resumable
     alr manifest build ROOT --out m.csv       folder tree ROOT/<class>/<files> -> manifest
     alr manifest check m.csv                  validate a manifest, report every bad row
@@ -289,6 +290,31 @@ def recover(run_dir: str = "runs/alr"):
     print(f"rebuilt {Path(run_dir) / 'relabel' / 'state.json'}; continue with the command you were running")
 
 
+def issues(run_dir: str = "runs/alr", top: int = 20):
+    """Write label_issues.csv: every training sample ranked by how likely its given label is wrong.
+
+    Needs only phase 1. A sample is suspect when its loss lies in the top share of its given class that the
+    class's estimated noise rate predicts wrong; the suspicion score (how far past that cut) ranks all classes
+    on one scale. Relabel the top rows first, or feed them to your own review.
+
+    Args:
+        run_dir: the run folder (phase 1 done).
+        top: how many of the most suspect samples to print.
+    """
+    from alr_monai.label_issues import write_label_issues
+
+    if top < 0:
+        raise UsageError(f"--top must be >= 0, got {top}")
+    path, rows = write_label_issues(run_dir)
+    suspects = sum(row["suspect"] for row in rows)
+    print(f"{path}: {len(rows)} samples ranked, {suspects} suspect (past their class's estimated noise cut)")
+    for row in rows[:top]:
+        print(
+            f"{row['rank']:>5}  {row['id']:<24} given {row['given_label']:<24} suspicion {row['suspicion']:+.3f}  "
+            f"(class noise estimate {row['class_noise_estimate']:.2f})"
+        )
+
+
 def report(run_dir: str = "runs/alr"):
     """Write report.md for a run and print it.
 
@@ -424,6 +450,7 @@ COMMANDS = {
     "status": status,
     "recover": recover,
     "report": report,
+    "issues": issues,
     "benchmark": benchmark,
     "manifest": Manifest,
 }
