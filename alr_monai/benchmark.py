@@ -222,7 +222,7 @@ def run_benchmark(
     rows = collect_results(out, cells, acquisitions)
     atomic_write_csv(out / "results.csv", rows, RESULT_COLUMNS)
     atomic_write_text(out / "results.md", summary_markdown(rows, rounds, config.get("budget", 100)))
-    plot_results(rows, out)
+    plot_results(rows, out, _class_names(out, cells))
     print(f"benchmark finished in {time.time() - started:.0f} s: {out / 'results.md'}", flush=True)
     return out
 
@@ -452,24 +452,47 @@ def _comparison_markdown(rows: Sequence[dict], rounds: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _class_names(out: Path, cells: Sequence[tuple[str, str, float, int]]) -> list[str] | None:
+    """Class names from the first finished cell's classes.json (None when no cell has one)."""
+    for method, kind, rate, seed in cells:
+        path = _cell_dir(out, method, kind, rate, seed) / "classes.json"
+        if path.is_file():
+            return list(json.loads(path.read_text())["class_names"])
+    return None
+
+
 def _save(figure, axis, path: Path, xlabel: str, ylabel: str, title: str) -> Path:
     from alr_monai.plots import plt
 
     axis.set_xlabel(xlabel)
     axis.set_ylabel(ylabel)
     axis.set_title(title, fontsize=9)
-    axis.legend(fontsize=6)
+    # outside the axes, so the legend never covers bars or lines
+    axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     figure.tight_layout()
-    figure.savefig(path)
+    figure.savefig(path, bbox_inches="tight")
     plt.close(figure)
     return path
 
 
-def plot_results(rows: Sequence[dict], out: Path) -> list[Path]:
+def _finite_std(values: Sequence[float]) -> float:
+    """Sample standard deviation of the finite values (0 with fewer than two)."""
+    finite = [v for v in values if not math.isnan(v)]
+    return float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0
+
+
+def _per_seed(rows: Sequence[dict]) -> list[dict]:
+    """One row per seed (the phase-1 numbers repeat on every acquisition's and round's row)."""
+    return list({r["seed"]: r for r in rows}.values())
+
+
+def plot_results(rows: Sequence[dict], out: Path, class_names: Sequence[str] | None = None) -> list[Path]:
     """PNG plots per noise setting: per-class clean recall per method, balanced accuracy and yield vs labels spent.
 
-    Files are tagged by setting (:func:`_setting_tag`): ``clean_recall_noise0.6.png`` for symmetric noise 0.6,
-    ``clean_recall_pairflip0.3.png`` for pair-flip noise 0.3.
+    Bars and lines are means over seeds with the sample standard deviation as error bars (bands for lines);
+    the curves against labels spent exist only where relabel rounds ran. Files are tagged by setting
+    (:func:`_setting_tag`): ``clean_recall_noise0.6.png`` for symmetric noise 0.6, ``clean_recall_pairflip0.3.png``
+    for pair-flip noise 0.3.
     """
     from alr_monai.plots import plt
 
@@ -477,37 +500,45 @@ def plot_results(rows: Sequence[dict], out: Path) -> list[Path]:
         return []
     written = []
     methods = sorted({r["method"] for r in rows})
+    acquisitions = _relabel_acquisitions(rows)
     for kind, rate in sorted({_setting(r) for r in rows}):
         tag, name = _setting_tag(kind, rate), _setting_label(kind, rate)
         in_setting = [r for r in rows if _setting(r) == (kind, rate)]
-        figure, axis = plt.subplots(figsize=(7, 3.5), dpi=90)
+        figure, axis = plt.subplots(figsize=(8, 3.8), dpi=90)
         width = 0.8 / max(len(methods), 1)
         for m, method in enumerate(methods):
             recalls = [
                 json.loads(r["per_class_clean_recall"])
-                for r in in_setting
-                if r["method"] == method and int(_num(r["round"])) == 0
+                for r in _per_seed([r for r in in_setting if r["method"] == method])
             ]
             recalls = [[_num(v) for v in rec] for rec in recalls if rec]
             if not recalls:
                 continue
-            mean = np.nanmean(np.array(recalls, dtype=float), axis=0)
-            axis.bar(np.arange(len(mean)) + (m - (len(methods) - 1) / 2) * width, mean, width, label=method)
-            axis.set_xticks(np.arange(len(mean)))
-        axis.set_ylim(0, 1)
-        title = f"Phase-1 per-class clean recall, noise {name}"
-        written.append(_save(figure, axis, out / f"clean_recall_{tag}.png", "class index", "clean recall", title))
+            values = np.array(recalls, dtype=float)
+            mean = np.nanmean(values, axis=0)
+            spread = np.array([_finite_std(values[:, c]) for c in range(values.shape[1])])
+            positions = np.arange(len(mean)) + (m - (len(methods) - 1) / 2) * width
+            axis.bar(positions, mean, width, yerr=spread, capsize=2, label=f"{method} (n={len(values)})")
+            labels = list(class_names) if class_names and len(class_names) == len(mean) else range(len(mean))
+            axis.set_xticks(np.arange(len(mean)), labels, rotation=30, ha="right", fontsize=7)
+        axis.set_ylim(0, 1.05)
+        title = f"Phase-1 per-class clean recall (mean ± std over seeds), noise {name}"
+        xlabel = "true class" if class_names else "class index"
+        written.append(_save(figure, axis, out / f"clean_recall_{tag}.png", xlabel, "clean recall", title))
+        if not acquisitions:
+            continue
         for metric, ylabel in (("test_balanced_accuracy", "test balanced accuracy"), ("yield", "yield")):
-            figure, axis = plt.subplots(figsize=(6, 3.5), dpi=90)
+            figure, axis = plt.subplots(figsize=(7, 3.8), dpi=90)
             for colour, method in enumerate(methods):
-                for style, acquisition in enumerate(_relabel_acquisitions(rows)):
+                for style, acquisition in enumerate(acquisitions):
                     series: dict[int, list[float]] = {}
                     for r in in_setting:
                         if r["method"] == method and r["acquisition"] == acquisition:
                             series.setdefault(int(_num(r["labels_spent"])), []).append(_num(r[metric]))
                     if series:
                         xs = sorted(series)
-                        means = [_finite_mean(series[x]) for x in xs]
+                        means = np.array([_finite_mean(series[x]) for x in xs])
+                        spreads = np.array([_finite_std(series[x]) for x in xs])
                         # one colour per method, one line style per acquisition
                         axis.plot(
                             xs,
@@ -517,7 +548,8 @@ def plot_results(rows: Sequence[dict], out: Path) -> list[Path]:
                             linestyle=("-", "--", ":", "-.")[style % 4],
                             label=f"{method}/{acquisition}",
                         )
+                        axis.fill_between(xs, means - spreads, means + spreads, color=f"C{colour}", alpha=0.12)
             path = out / f"{metric}_vs_labels_{tag}.png"
-            title = f"{ylabel} vs labels spent, noise {name}"
+            title = f"{ylabel} vs labels spent (mean ± std over seeds), noise {name}"
             written.append(_save(figure, axis, path, "labels spent", ylabel, title))
     return written
