@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import os
 import re
 import shlex
@@ -747,11 +748,22 @@ def error_message(error: BaseException) -> str:
     return text
 
 
+class _QuietUserErrors(logging.Filter):
+    """Drops MONAI's traceback log of an error the CLI reports itself in one line (a user's error)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return error is None or not isinstance(unwrap(error), _user_errors())
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``alr`` console script: check the arguments, run the command through fire."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = DEBUG_FLAG in args
     args = [a for a in args if a != DEBUG_FLAG]
+    if not debug:
+        # StatsHandler logs every exception with its traceback before it reaches us
+        logging.getLogger("monai.handlers.StatsHandler").addFilter(_QuietUserErrors())
     try:
         if check_argv(args) is None:
             return
