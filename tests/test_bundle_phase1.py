@@ -661,3 +661,22 @@ def test_resume_keeps_the_estimated_forget_rate(default_resume_run):
     assert history[1]["train"]["forget_rate"] == pytest.approx(estimate)  # before the interruption
     assert history[2]["train"]["forget_rate"] == pytest.approx(estimate)  # after it
     assert history[2]["train"]["kept_fraction"] < 1.0
+
+
+def test_default_cuts_each_given_class_at_its_own_rate_and_keeps_it_over_a_resume(default_resume_run):
+    output_dir, workflow = default_resume_run
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    estimator = workflow.parser.get_parsed_content("noise_rate_estimator")
+    assert trainer.selection_policy.per_class
+    # restored from the checkpoint in the resumed process: the per-class estimates are the per-class rates
+    assert trainer.class_forget_rates is not None
+    assert trainer.class_forget_rates.tolist() == pytest.approx([min(r, 0.9) for r in estimator.class_estimates])
+    last = json.loads((output_dir / "metrics.json").read_text())["last"]["train"]
+    names = workflow.parser.get_parsed_content("class_names")
+    assert [last[f"forget_rate/{name}"] for name in names] == pytest.approx(trainer.class_forget_rates.tolist())
+    # the trusted set is each class's lowest-loss share at its rate (class_cut), from the whole epoch
+    _, rows = _read_csv(output_dir / "selection.csv")
+    for cls, name in enumerate(names):
+        members = [r for r in rows if int(r["given_label"]) == cls]
+        kept = sum(int(r["trusted"]) for r in members)
+        assert kept == round(len(members) * (1 - last[f"forget_rate/{name}"])), name

@@ -254,6 +254,10 @@ class NoiseRateEstimateHandler:
         if self.true_rate is not None:
             engine.state.metrics["noise_rate_true"] = self.true_rate
         engine.state.metrics["forget_rate"] = engine.current_forget_rate(engine.state.epoch - 1)
+        class_rates = getattr(engine, "current_class_forget_rates", lambda _epoch: None)(engine.state.epoch - 1)
+        if class_rates is not None:
+            for name, rate in zip(self.class_names, class_rates.tolist(), strict=True):
+                engine.state.metrics[f"forget_rate/{name}"] = rate
 
     def state_dict(self) -> dict:
         state = {"estimate": -1.0 if self.estimate is None else float(self.estimate)}
