@@ -24,6 +24,7 @@ __all__ = [
     "confusion_inversion_rates",
     "estimate_noise_rate",
     "gmm_clean_probability",
+    "noise_rate_from_clean_probability",
     "prototype_matching_rates",
     "simplex_mixture_weights",
 ]
@@ -116,7 +117,14 @@ def estimate_noise_rate(
     if method not in NOISE_ESTIMATION_METHODS:
         raise ValueError(f"unknown noise estimation method {method!r}; choose from {NOISE_ESTIMATION_METHODS}")
     clean = gmm_clean_probability(losses, labels=labels, num_classes=num_classes, per_class=per_class, seed=seed)
-    # The mean over samples of the noisy posterior is the class-size-weighted average of per-class rates.
+    return noise_rate_from_clean_probability(clean)
+
+
+def noise_rate_from_clean_probability(clean: Tensor) -> float:
+    """The noise rate from per-sample clean posteriors (:func:`gmm_clean_probability`), clipped to [0, 0.95].
+
+    The mean over samples of the noisy posterior is the class-size-weighted average of per-class rates.
+    """
     rate = float(1.0 - clean.double().mean())
     return float(min(max(rate, 0.0), MAX_NOISE_RATE))
 

@@ -14,8 +14,8 @@ from alr_monai.algorithms.noise_estimate import (
     VALIDATION_METHODS,
     confident_joint_val_rates,
     confusion_inversion_rates,
-    estimate_noise_rate,
     gmm_clean_probability,
+    noise_rate_from_clean_probability,
     prototype_matching_rates,
 )
 from alr_monai.handlers.selection import SmallLossSelectionHandler
@@ -49,6 +49,11 @@ def _eval_pass(network: torch.nn.Module, loader: Iterable, with_features: bool) 
     if taps:
         out["features"] = torch.cat(features, 1)
     return out
+
+
+def _class_means(values: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float]:
+    """Mean of ``values`` over the samples of each label (NaN for a label no sample has)."""
+    return [float(values[labels == c].mean()) if (labels == c).any() else math.nan for c in range(num_classes)]
 
 
 class NoiseRateEstimateHandler:
@@ -166,6 +171,8 @@ class NoiseRateEstimateHandler:
             raise KeyError("train_loader batches need an 'index' entry (each sample's position in the training set)")
         order = torch.argsort(train["index"])
         given = train["labels"][order]
+        if not self._classes_separable(val["probs"], val["labels"]):
+            return None
         if self.method == "prototype_matching":
             rates = prototype_matching_rates(
                 train["features"][:, order], given, val["features"], val["labels"], self.num_classes
@@ -178,19 +185,19 @@ class NoiseRateEstimateHandler:
             rates = confident_joint_val_rates(
                 train["probs"][order], given, val["probs"], val["labels"], self.num_classes
             )
-        if not self._classes_separable(val["probs"], val["labels"]):
-            return None
         counts = torch.bincount(given, minlength=self.num_classes).double()
         overall = float((rates * counts).sum() / counts.sum().clamp_min(1.0))
-        if self.true_labels is not None:
-            if len(self.true_labels) != len(given):
-                raise ValueError(f"{len(self.true_labels)} true labels for {len(given)} training samples")
-            wrong = self.true_labels[train["index"][order]] != given
-            self._class_truth = [
-                float(wrong[given == c].double().mean()) if (given == c).any() else math.nan
-                for c in range(self.num_classes)
-            ]
+        if self.true_labels is not None and len(self.true_labels) != len(given):
+            raise ValueError(f"{len(self.true_labels)} true labels for {len(given)} training samples")
+        self._record_class_truth(train["index"][order], given)
         return overall, [float(r) for r in rates]
+
+    def _record_class_truth(self, index: torch.Tensor, given: torch.Tensor) -> None:
+        """Simulation only: each given class's true noise rate, logged next to its estimate (never estimates)."""
+        if self.true_labels is None:
+            return
+        wrong = self.true_labels[index] != given
+        self._class_truth = _class_means(wrong.double(), given, self.num_classes)
 
     def _classes_separable(self, probs: torch.Tensor, labels: torch.Tensor) -> bool:
         # The validation-calibrated estimates assume the model tells the classes apart; a model that has learnt
@@ -213,20 +220,13 @@ class NoiseRateEstimateHandler:
         seen = self.selection.seen
         losses, labels = self.selection.mean_loss()[seen], self.selection.labels[seen]
         if self.true_labels is not None and len(self.true_labels) == len(seen):
-            wrong = self.true_labels[seen] != labels
-            self._class_truth = [
-                float(wrong[labels == c].double().mean()) if (labels == c).any() else math.nan
-                for c in range(self.num_classes)
-            ]
-        estimate = estimate_noise_rate(
-            losses, labels, num_classes=self.num_classes, method="gmm", per_class=self.per_class
-        )
+            self._record_class_truth(torch.nonzero(seen).reshape(-1), labels)
+        # one mixture fit gives both the global rate and, per class, the mean noisy posterior
+        clean = gmm_clean_probability(losses, labels, self.num_classes, per_class=self.per_class)
+        estimate = noise_rate_from_clean_probability(clean)
         if not self.per_class:
             return estimate, None
-        noisy = 1.0 - gmm_clean_probability(losses, labels, self.num_classes, per_class=True).double()
-        return estimate, [
-            float(noisy[labels == c].mean()) if (labels == c).any() else math.nan for c in range(self.num_classes)
-        ]
+        return estimate, _class_means(1.0 - clean.double(), labels, self.num_classes)
 
     def __call__(self, engine: Engine) -> None:
         if self.estimate is None and engine.state.epoch >= self.estimate_epoch:
