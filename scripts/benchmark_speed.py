@@ -21,6 +21,7 @@ from monai.data import CacheDataset, DataLoader
 from monai.engines import SupervisedTrainer
 from monai.networks.nets import ResNet
 
+from alr_monai.algorithms.policy import SelectionPolicy
 from alr_monai.data.medmnist import load_medmnist
 from alr_monai.data.transforms import build_array_transforms
 from alr_monai.engines import CoTeachingTrainer
@@ -84,6 +85,8 @@ def main() -> None:
             forget_rate=0.5,
             num_gradual=0,
             train_handlers=handlers,
+            # VoG takes its share of each kept set only through the policy's fill
+            selection_policy=SelectionPolicy(fill={"vog": 0.2} if with_vog else None),
         )
 
     variants = {

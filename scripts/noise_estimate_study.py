@@ -92,7 +92,11 @@ def run_one(kind: str, rate: float, seed: int, out: Path, epochs: int) -> None:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*resolved to an importable callable.*")
         workflow = ConfigWorkflow(
-            config_file=str(REPO / "bundles" / "alr_bloodmnist" / "configs" / "train.json"),
+            # the phase 1 the study measured: the default of its time, now the vog_global preset
+            config_file=[
+                str(REPO / "bundles" / "alr_bloodmnist" / "configs" / "train.json"),
+                str(REPO / "configs" / "presets" / "vog_global.json"),
+            ],
             workflow_type="train",
             logging_file=False,
             output_dir=str(run_dir),
