@@ -47,10 +47,12 @@ from alr_monai.workflow import (
     relabel_files,
     run_workflow,
     save_run_config,
+    set_verbose,
 )
 
 HELP_FLAGS = ("-h", "--help")
 DEBUG_FLAG = "--debug"
+VERBOSE_FLAG = "--verbose"
 
 
 class UsageError(ValueError):
@@ -672,7 +674,12 @@ def command_help(name: str, function: Callable) -> str:
         if name == "train":
             lines += ["", "bundle keys with --manifest only:"]
             lines += _key_lines(("manifest",))
-    lines += ["", "  --debug  show the full traceback of an error", "  -h, --help  show this help and exit"]
+    lines += [
+        "",
+        "  --debug  show the full traceback of an error",
+        "  --verbose  show Ignite's and MONAI's per-event log lines (the console shows one line per epoch)",
+        "  -h, --help  show this help and exit",
+    ]
     return "\n".join(lines).replace("\n\n\n", "\n\n")
 
 
@@ -692,7 +699,7 @@ def main_help() -> str:
     commands = doc[1] if len(doc) > 1 else ""
     return "\n".join(
         [
-            "usage: alr COMMAND [ARGS] [--KEY VALUE ...] [--debug]",
+            "usage: alr COMMAND [ARGS] [--KEY VALUE ...] [--debug] [--verbose]",
             "",
             "Active Label Refinement: noise-robust training, then expert relabel rounds.",
             "",
@@ -701,6 +708,7 @@ def main_help() -> str:
             "",
             "alr COMMAND --help lists a command's arguments and every bundle key it accepts.",
             "Errors print one or two lines and exit 2; --debug shows the full traceback.",
+            "Training prints one line per epoch (and a progress bar on a terminal); --verbose adds Ignite's log.",
         ]
     )
 
@@ -760,7 +768,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``alr`` console script: check the arguments, run the command through fire."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = DEBUG_FLAG in args
-    args = [a for a in args if a != DEBUG_FLAG]
+    verbose = VERBOSE_FLAG in args
+    args = [a for a in args if a not in (DEBUG_FLAG, VERBOSE_FLAG)]
+    set_verbose(verbose)
     if not debug:
         # StatsHandler logs every exception with its traceback before it reaches us
         logging.getLogger("monai.handlers.StatsHandler").addFilter(_QuietUserErrors())

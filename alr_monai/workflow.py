@@ -13,6 +13,7 @@ installed ``alr`` finds them from any folder.
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from collections.abc import Mapping, Sequence
 from importlib import resources
@@ -135,6 +136,37 @@ def coerce_literal(value: Any) -> Any:
     return _LITERALS.get(value.strip().lower(), value) if isinstance(value, str) else value
 
 
+_verbose = False
+
+
+class RepeatedWarningFilter(logging.Filter):
+    """Lets a warning through once: a library that warns per file or per reader (nvImageCodec missing,
+    ImageOrientationPatient, pixel padding) would otherwise repeat the same line for every image."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: set[tuple[str, str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.WARNING:
+            return True
+        key = (record.name, record.getMessage())
+        if key in self._seen:
+            return False
+        self._seen.add(key)
+        return True
+
+
+def set_verbose(verbose: bool) -> None:
+    """Show (True) or hide (False, the default) Ignite's and MONAI's per-event console lines in later workflows.
+
+    The bundle's logging.conf keeps the ``ignite`` loggers at WARNING, so a run prints one line per epoch (see
+    :class:`alr_monai.handlers.EpochSummaryPrinter`); ``alr --verbose`` calls this to bring the chatter back.
+    """
+    global _verbose
+    _verbose = bool(verbose)
+
+
 def run_workflow(config_files: Sequence[str], overrides: Mapping[str, Any]) -> Any:
     """Initialise, run and finalise a MONAI bundle workflow built from ``config_files`` plus ``overrides``.
 
@@ -147,16 +179,30 @@ def run_workflow(config_files: Sequence[str], overrides: Mapping[str, Any]) -> A
     """
     from monai.bundle import ConfigWorkflow
 
+    bundle_logger = logging.getLogger("monai.bundle.workflows")
+    bundle_level = bundle_logger.level
     with warnings.catch_warnings():
         # MONAI warns on every config parse that configs run code; these are the project's own configs.
         warnings.filterwarnings("ignore", message=".*resolved to an importable callable.*")
-        workflow = ConfigWorkflow(
-            config_file=list(config_files),
-            meta_file=bundle_file("metadata.json"),
-            logging_file=bundle_file("logging.conf"),
-            workflow_type="train",
-            **{key: coerce_literal(value) for key, value in overrides.items()},
-        )
+        if not _verbose:
+            # "Not all config files are in ...": presets live beside the bundle by design, and logging_file and
+            # meta_file are always given, so the warning (and the logging.conf notice) says nothing to a user
+            bundle_logger.setLevel(logging.ERROR)
+        try:
+            workflow = ConfigWorkflow(
+                config_file=list(config_files),
+                meta_file=bundle_file("metadata.json"),
+                logging_file=bundle_file("logging.conf"),
+                workflow_type="train",
+                **{key: coerce_literal(value) for key, value in overrides.items()},
+            )
+        finally:
+            bundle_logger.setLevel(bundle_level)
+        if _verbose:
+            logging.getLogger("ignite").setLevel(logging.INFO)
+        once = RepeatedWarningFilter()
+        for handler in logging.getLogger().handlers:  # logging.conf's console handler, made anew per workflow
+            handler.addFilter(once)
         workflow.initialize()
         workflow.run()
         workflow.finalize()

@@ -160,14 +160,27 @@ def test_two_epoch_run_writes_tensorboard_scalars_and_images(phase1_run: Path):
     events.Reload()
     tags = events.Tags()
     scalars = set(tags["scalars"])
-    expected = {"train_loss", "val_balanced_accuracy", "val_balanced_accuracy_macro_f1", "kept_fraction"}
-    expected |= {f"kept_fraction/{c}" for c in BLOODMNIST_CLASSES}
-    expected |= {"forget_rate", "noise_rate_estimate", "selection_precision", "min_clean_recall"}
+    expected = {"train/loss", "train/loss_peer0", "train/loss_peer1", "train/learning_rate"}
+    expected |= {"val/balanced_accuracy", "val/macro_f1", "val/auroc", "val/loss"}
+    expected |= {f"val/recall/{c}" for c in BLOODMNIST_CLASSES}
+    expected |= {"selection/kept_fraction", "selection/selection_precision", "selection/min_clean_recall"}
+    expected |= {f"selection/kept_fraction/{c}" for c in BLOODMNIST_CLASSES}
+    expected |= {"selection/vog_mean", "selection/vog_std", "selection/label_error_auroc"}
+    expected |= {"noise/forget_rate", "noise/noise_rate_estimate"}
+    expected |= {f"noise/noise_rate_estimate/{c}" for c in BLOODMNIST_CLASSES}
     assert expected <= scalars, expected - scalars
-    assert [e.step for e in events.Scalars("val_balanced_accuracy")] == [1, 2]
-    assert len(events.Scalars("train_loss")) == 2 * math.ceil(PER_CLASS["train"] * 8 / 32)
-    assert {"confusion_matrix/val", "per_class/kept_fraction"} <= set(tags["images"])
-    image = events.Images("confusion_matrix/val")[-1]
+    # one scheme: every tag sits in a section, none keeps the old flat names
+    assert {tag.split("/")[0] for tag in scalars} <= {"train", "val", "selection", "noise"}, scalars
+    for tag in ("train/loss", "val/balanced_accuracy", "val/loss"):
+        assert [e.step for e in events.Scalars(tag)] == [1, 2]  # one point per epoch
+    assert events.Scalars("train/learning_rate")[-1].value == pytest.approx(1e-3)
+    metrics = json.loads((phase1_run / "metrics.json").read_text())
+    assert events.Scalars("val/balanced_accuracy")[-1].value == pytest.approx(
+        metrics["history"][-1]["val"]["val_balanced_accuracy"], abs=1e-6
+    )
+    images = set(tags["images"])
+    assert {"val/confusion_matrix", "val/per_class_recall", "selection/per_class_kept_fraction"} <= images
+    image = events.Images("val/confusion_matrix")[-1]
     assert image.width > 0 and image.height > 0
 
 

@@ -464,3 +464,18 @@ def test_phase2_with_phase1_settings_runs_and_other_class_names_are_refused(phas
 
     _bundle_relabel(run_dir, **{"relabel#num_rounds": 1})  # the same settings as phase 1: the round runs
     assert load_state(run_dir).round == 1
+
+
+def test_rounds_write_tensorboard_with_labels_spent_as_the_step(simulated_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    # phase 2 writes its own event file beside phase 1's in the run's tensorboard/ folder
+    files = sorted((simulated_run / "tensorboard").glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime)
+    events = EventAccumulator(str(files[-1]), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert [e.step for e in events.Scalars("relabel/test_balanced_accuracy")] == [0, BUDGET, 2 * BUDGET]
+    assert [e.step for e in events.Images("relabel/confusion_matrix_val")] == [0, BUDGET, 2 * BUDGET]
+    assert {"recalibration/loss", "recalibration/loss_peer0", "recalibration/learning_rate"} <= set(tags["scalars"])
+    assert [e.step for e in events.Scalars("recalibration/loss")] == [1, 2]  # one per recalibration epoch
+    assert {tag.split("/")[0] for tag in tags["scalars"]} <= {"relabel", "recalibration"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from alr_monai.handlers.active_relabel import ActiveRelabelRoundHandler
+from alr_monai.handlers.console import EpochLossMeter, EpochSummaryPrinter
 from alr_monai.handlers.metrics import ClassificationReport
 from alr_monai.handlers.noise_rate import NoiseRateEstimateHandler
 from alr_monai.handlers.outputs import MetricsJSONWriter, SelectionCSVWriter, TensorBoardImageHandler
@@ -16,6 +17,7 @@ from alr_monai.handlers.resume import (
 )
 from alr_monai.handlers.selection import SmallLossSelectionHandler
 from alr_monai.handlers.selection_metrics import SelectionMetricsHandler
+from alr_monai.handlers.tensorboard import TensorBoardScalars, tensorboard_tag
 from alr_monai.handlers.vog import VoGHandler
 
 __all__ = [
@@ -23,6 +25,8 @@ __all__ = [
     "BestModelSaver",
     "ClassificationReport",
     "EngineBestMetric",
+    "EpochLossMeter",
+    "EpochSummaryPrinter",
     "MetricsJSONWriter",
     "NoiseRateEstimateHandler",
     "PrototypeDistanceHandler",
@@ -32,6 +36,8 @@ __all__ = [
     "SelectionMetricsHandler",
     "SmallLossSelectionHandler",
     "TensorBoardImageHandler",
+    "TensorBoardScalars",
     "VoGHandler",
     "latest_checkpoint",
+    "tensorboard_tag",
 ]

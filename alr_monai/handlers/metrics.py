@@ -22,7 +22,7 @@ class ClassificationReport(Metric):
     """Balanced accuracy as the value, plus macro-F1, AUROC, MCC and per-class recall as extra scalars.
 
     The value under the attached name is balanced accuracy (the key metric for checkpoint choice under class
-    imbalance); ``<name>_macro_f1``, ``<name>_auroc``, ``<name>_mcc``, ``<name>_accuracy`` and
+    imbalance); ``<name>_macro_f1``, ``<name>_auroc``, ``<name>_mcc``, ``<name>_accuracy``, ``<name>_loss`` (cross-entropy) and
     ``<name>_recall/<class>`` are added beside it, and the full report (with the confusion matrix) is kept in
     ``self.report`` for image logging.
 
@@ -52,11 +52,13 @@ class ClassificationReport(Metric):
         labels = torch.cat(self._labels)
         probs = torch.softmax(logits, dim=1)
         self.report = classification_metrics(labels, probs.argmax(1), probs, num_classes=len(self.class_names))
+        # the model's prediction as deployed (the peers' summed logits), so val/loss tracks what is shipped
+        self.report["loss"] = float(torch.nn.functional.cross_entropy(logits, labels))
         return float(self.report["balanced_accuracy"])
 
     def completed(self, engine: Engine, name: str) -> None:
         super().completed(engine, name)
-        for key in ("macro_f1", "auroc", "mcc", "accuracy"):
+        for key in ("macro_f1", "auroc", "mcc", "accuracy", "loss"):
             engine.state.metrics[f"{name}_{key}"] = float(self.report[key])
         for class_name, recall in zip(self.class_names, self.report["per_class_recall"], strict=True):
             engine.state.metrics[f"{name}_recall/{class_name}"] = float(recall)

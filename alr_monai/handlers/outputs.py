@@ -133,12 +133,14 @@ class TensorBoardImageHandler:
             values = [metrics.get(f"{prefix}/{name}", float("nan")) for name in self.class_names]
             if not all(math.isnan(v) for v in values):
                 figure = per_class_bars(values, self.class_names, f"{label}, epoch {epoch}", label)
-                self.writer.add_image(f"per_class/{prefix}", figure_to_array(figure), epoch, dataformats="HWC")
+                self.writer.add_image(
+                    f"selection/per_class_{prefix}", figure_to_array(figure), epoch, dataformats="HWC"
+                )
         if self.report is not None and self.report.report:
             recall = self.report.report["per_class_recall"]
             figure = per_class_bars(recall, self.class_names, f"validation recall, epoch {epoch}", "recall")
-            self.writer.add_image("per_class/val_recall", figure_to_array(figure), epoch, dataformats="HWC")
+            self.writer.add_image("val/per_class_recall", figure_to_array(figure), epoch, dataformats="HWC")
             matrix = self.report.report["confusion_matrix"]
             figure = confusion_matrix_figure(matrix, self.class_names, f"validation, epoch {epoch}")
-            self.writer.add_image("confusion_matrix/val", figure_to_array(figure), epoch, dataformats="HWC")
+            self.writer.add_image("val/confusion_matrix", figure_to_array(figure), epoch, dataformats="HWC")
         self.writer.flush()

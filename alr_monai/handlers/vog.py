@@ -19,7 +19,8 @@ class VoGHandler:
     peer's ring buffer of ``num_snapshots`` epochs. Once the buffer is full and the forget-rate ramp is over,
     it registers the batch's scores as ``output["scores"]["vog"]`` (oriented so lower = keep); the trainer's
     selection policy takes its ``fill`` share of each kept set by that order among the samples the loss did not
-    pick.
+    pick. Once two epochs are recorded, the mean and standard deviation of the raw VoG over the training set
+    are metrics (``vog_mean``, ``vog_std``).
 
     Args:
         num_samples: training-set size.
@@ -95,10 +96,15 @@ class VoGHandler:
         ready = bool(self.buffers) and all(b.ready for b in self.buffers) and len(self._oriented) == len(self.buffers)
         return ready and self.mix_ratio > 0 and engine.state.epoch >= (self.start_epoch or 1)
 
-    def _commit(self, _engine: Engine) -> None:
+    def _commit(self, engine: Engine) -> None:
         for buffer in self.buffers:
             buffer.commit()
         self._oriented = [self._orient(buffer.scores()) for buffer in self.buffers]
+        raw = self.scores()
+        raw = raw[torch.isfinite(raw)]
+        if raw.numel() > 1:  # how spread the training set's gradients still are (TensorBoard selection/vog_*)
+            engine.state.metrics["vog_mean"] = float(raw.mean())
+            engine.state.metrics["vog_std"] = float(raw.std())
 
     def _orient(self, scores: torch.Tensor) -> torch.Tensor:
         # The trainer keeps the lowest scores; flip the sign when high VoG is to be kept.

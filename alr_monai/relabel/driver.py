@@ -409,6 +409,9 @@ class RelabelDriver:
             for key in ("balanced_accuracy", "macro_f1", "mcc", "auroc"):
                 metrics[f"{split}_{key}"] = float(report[key])
             metrics[f"{split}_per_class_recall"] = [float(r) for r in report["per_class_recall"]]
+            metrics[f"{split}_confusion_matrix"] = [[int(n) for n in row] for row in report["confusion_matrix"]]
+            if self.writer is not None and split == "val":
+                self._log_confusion_matrix(report["confusion_matrix"], state)
         if self.true_labels is not None:
             metrics.update(self.simulation_metrics(state))
         if self.writer is not None:
@@ -418,6 +421,14 @@ class RelabelDriver:
                     self.writer.add_scalar(f"relabel/{key}", value, step)
             self.writer.flush()
         return metrics
+
+    def _log_confusion_matrix(self, matrix: list, state: RoundState) -> None:
+        """The validation confusion matrix of this round's model, as ``relabel/confusion_matrix_val``."""
+        from alr_monai.plots import confusion_matrix_figure, figure_to_array
+
+        title = f"validation after round {state.round} ({state.budget_spent} labels spent)"
+        image = figure_to_array(confusion_matrix_figure(matrix, self.class_names, title))
+        self.writer.add_image("relabel/confusion_matrix_val", image, state.budget_spent, dataformats="HWC")
 
     def simulation_metrics(self, state: RoundState) -> dict:
         """Errors found and the pool's noise rate, from the simulation's truth (reported, never trained on)."""

@@ -1,0 +1,115 @@
+"""TensorBoard scalars under one tag scheme: train/, val/, selection/, noise/, recalibration/ (and relabel/).
+
+``engine.state.metrics`` and metrics.json keep the names the handlers give (``kept_fraction/<class>``,
+``val_balanced_accuracy_macro_f1``); only the TensorBoard tags are grouped, so TensorBoard shows one section per
+question: is it learning (train/), does it generalise (val/), what does it keep (selection/), how noisy does it
+think the labels are (noise/). Relabel rounds are logged by the driver as ``relabel/<metric>`` with the labels
+spent as the step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ignite.distributed as idist
+from ignite.engine import Engine, Events
+
+from alr_monai.handlers.console import EpochLossMeter
+
+_PREFIX_GROUPS = (
+    ("noise_rate", "noise"),
+    ("forget_rate", "noise"),
+    ("kept_fraction", "selection"),
+    ("clean_recall", "selection"),
+    ("min_clean_recall", "selection"),
+    ("selection_precision", "selection"),
+    ("label_error", "selection"),
+    ("vog", "selection"),
+    ("relabel_", "recalibration"),
+)
+
+
+def tensorboard_tag(name: str, key_metric: str | None = None) -> str:
+    """The TensorBoard tag of a metric name.
+
+    Args:
+        name: a trainer metric (``kept_fraction/basophil``, ``noise_rate_estimate``, ``relabel_forget_rate``) or,
+            with ``key_metric``, an evaluator metric (``val_balanced_accuracy``, ``val_balanced_accuracy_auroc``).
+        key_metric: the evaluator's key metric name; None for trainer metrics.
+
+    Returns:
+        e.g. ``selection/kept_fraction/basophil``, ``noise/noise_rate_estimate``, ``recalibration/forget_rate``,
+        ``val/balanced_accuracy``, ``val/auroc``, ``val/recall/basophil``.
+    """
+    if key_metric is not None:
+        bare_key = key_metric.removeprefix("val_")
+        if name == key_metric:
+            return f"val/{bare_key}"
+        if name.startswith(key_metric + "_"):  # ClassificationReport's extras: <key>_auroc, <key>_recall/<class>
+            return f"val/{name[len(key_metric) + 1 :]}"
+        return f"val/{name.removeprefix('val_')}"
+    for prefix, group in _PREFIX_GROUPS:
+        if name.startswith(prefix):
+            return f"{group}/{name.removeprefix('relabel_')}"
+    return f"train/{name}"
+
+
+class TensorBoardScalars:
+    """Writes a trainer's epoch scalars, and its evaluator's, under :func:`tensorboard_tag`'s scheme.
+
+    At each trainer ``EPOCH_COMPLETED`` (attach it after the ``ValidationHandler`` and the handlers that set
+    metrics): every numeric ``engine.state.metrics`` entry; ``<loss_group>/loss`` (epoch mean of the batch loss)
+    and ``<loss_group>/loss_peer<k>`` (mean loss each peer learned from); ``<loss_group>/learning_rate``; and,
+    when the evaluator ran this epoch, its metrics (``val/balanced_accuracy``, ``val/loss``, ``val/recall/<c>``).
+
+    Args:
+        summary_writer: a ``torch.utils.tensorboard.SummaryWriter``.
+        evaluator: the validation evaluator (optional).
+        optimizer: the trainer's optimizer, for the learning rate (optional).
+        loss_group: tag group of the loss and learning-rate curves ("train", or "recalibration" in phase 2).
+    """
+
+    def __init__(
+        self, summary_writer: Any, evaluator: Engine | None = None, optimizer: Any = None, loss_group: str = "train"
+    ) -> None:
+        self.writer = summary_writer
+        self.evaluator = evaluator
+        self.optimizer = optimizer
+        self.loss_group = loss_group
+        self.losses = EpochLossMeter()
+
+    def attach(self, engine: Engine) -> None:
+        self.losses.attach(engine)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if idist.get_rank() != 0:
+            return
+        epoch = engine.state.epoch
+        for tag, value in self.scalars(engine).items():
+            self.writer.add_scalar(tag, value, epoch)
+        self.writer.flush()
+
+    def scalars(self, engine: Engine) -> dict[str, float]:
+        """The tags and values written for the epoch ``engine`` just finished."""
+        group = self.loss_group
+        values: dict[str, float] = {}
+        if self.losses.mean_loss is not None:
+            values[f"{group}/loss"] = self.losses.mean_loss
+        for k, loss in enumerate(self.losses.peer_means()):
+            values[f"{group}/loss_peer{k}"] = loss
+        if self.optimizer is not None:
+            values[f"{group}/learning_rate"] = float(self.optimizer.param_groups[0]["lr"])
+        values.update(_numeric(engine.state.metrics, None))
+        evaluator = self.evaluator
+        if evaluator is not None and evaluator.state.epoch == engine.state.epoch:  # it ran this epoch
+            values.update(_numeric(evaluator.state.metrics, getattr(evaluator.state, "key_metric_name", None) or ""))
+        return values
+
+
+def _numeric(metrics: dict, key_metric: str | None) -> dict[str, float]:
+    return {
+        tensorboard_tag(name, key_metric): float(value)
+        for name, value in metrics.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
