@@ -319,7 +319,7 @@ def issues(run_dir: str = "runs/alr", top: int = 20):
 
 
 def report(run_dir: str = "runs/alr"):
-    """Write report.md for a run and print it.
+    """Write report.md (PNG plots in report/) and report.html (self-contained) for a run; print report.md.
 
     Args:
         run_dir: the run folder.
@@ -410,21 +410,55 @@ def benchmark(
 
 
 class Manifest:
-    """Manifest tools: build a manifest from a folder per class, or check one."""
+    """Manifest tools: build a manifest from a folder per class, split it, or check one."""
 
     @staticmethod
-    def build(root: str, out: str = "manifest.csv"):
+    def build(
+        root: str, out: str = "manifest.csv", split: bool = False, val: float = 0.15, test: float = 0.15, seed: int = 0
+    ):
         """Turn ROOT/<class>/<files> (.dcm .nii .nii.gz .png .jpg) into a manifest CSV.
 
         Args:
             root: a folder with one subfolder per class.
             out: the manifest CSV to write.
+            split: also assign train/val/test (as `alr manifest split` does).
+            val: validation share with --split.
+            test: test share with --split.
+            seed: seed of the split with --split.
         """
         from alr_monai.data.manifest import build_manifest_from_folder, load_manifest
 
         path = build_manifest_from_folder(root, out)
         manifest = load_manifest(path, check_images=False)
         print(f"wrote {path}: {len(manifest.records)} images, classes {manifest.class_names}")
+        if split:
+            Manifest.split(str(path), val=val, test=test, seed=seed)
+
+    @staticmethod
+    def split(
+        path: str, out: str | None = None, val: float = 0.15, test: float = 0.15, seed: int = 0, overwrite: bool = False
+    ):
+        """Add a train/val/test split column: stratified by label, no patient in two splits, seeded.
+
+        Args:
+            path: the manifest CSV.
+            out: where to write the split manifest (default: PATH itself, rewritten atomically).
+            val: validation share.
+            test: test share.
+            seed: seed of the assignment.
+            overwrite: replace split values the manifest already has.
+        """
+        from alr_monai.data.splits import SPLIT_NAMES, split_manifest
+        from alr_monai.tables import markdown_table
+
+        for name, share in (("val", val), ("test", test)):
+            if not 0.0 <= float(share) < 1.0:
+                raise UsageError(f"--{name} {share!r} is not accepted; give a share between 0 and 1, e.g. 0.15")
+        if float(val) + float(test) >= 1.0:
+            raise UsageError(f"--val {val} and --test {test} leave nothing to train on; their sum must be below 1")
+        target, table = split_manifest(path, out, float(val), float(test), int(seed), bool(overwrite))
+        print(f"wrote {target} (seed {seed}); images per split and class:")
+        print(markdown_table(["class", *SPLIT_NAMES], table, str))
 
     @staticmethod
     def check(path: str, classes: Sequence[str] | None = None, root: str | None = None):

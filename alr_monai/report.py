@@ -325,7 +325,7 @@ _STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em au
 table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:3px 8px}
 td{text-align:right}td:first-child{text-align:left}th{background:#f2f2f2}
 .banner{background:#fff3cd;border:1px solid #e0b000;padding:.8em 1em;margin:1em 0;font-weight:600}
-figure{margin:1em 0}img{max-width:100%}figcaption{color:#555;font-size:13px}"""
+figure{margin:1em 0}img{max-width:100%}figcaption{color:#555;font-size:13px}.wide{overflow-x:auto}"""
 
 
 def render_html(blocks: list[tuple], run_dir: Path) -> str:
@@ -349,7 +349,8 @@ def render_html(blocks: list[tuple], run_dir: Path) -> str:
             body = "".join(
                 "<tr>" + "".join(f"<td>{escape(_fmt(cell))}</td>" for cell in row) + "</tr>" for row in block[2]
             )
-            parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+            # a wide round table scrolls inside its box instead of pushing the page sideways
+            parts.append(f"<div class='wide'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
         elif kind == "image":
             data = base64.b64encode((run_dir / PLOT_DIR / block[2]).read_bytes()).decode("ascii")
             parts.append(

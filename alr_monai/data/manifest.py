@@ -114,7 +114,10 @@ class Manifest:
         if split is None:
             return list(self.records)
         if not any(r["split"] is not None for r in self.records):
-            raise ValueError(f"{self.path}: split {split!r} requested but the manifest has no 'split' values")
+            raise ValueError(
+                f"{self.path}: split {split!r} requested but the manifest has no 'split' values; "
+                f"`alr manifest split {self.path}` adds a stratified, patient-grouped train/val/test split"
+            )
         wanted = split.strip().casefold()
         return [r for r in self.records if r["split"] is not None and r["split"].casefold() == wanted]
 
