@@ -196,7 +196,8 @@ def test_answer_with_a_bad_file_lists_every_problem_and_changes_nothing(pending_
 
 # ------------------------------------------------------------------------------------- help and refusals
 COMMAND_LINES = [["demo"], ["train"], ["relabel"], ["query"], ["answer"], ["status"], ["report"], ["benchmark"]]
-COMMAND_LINES += [["manifest"], ["manifest", "build"], ["manifest", "check"]]
+COMMAND_LINES += [["manifest"], ["manifest", "build"], ["manifest", "split"], ["manifest", "check"]]
+COMMAND_LINES += [["recover"], ["issues"]]
 
 
 @pytest.fixture
