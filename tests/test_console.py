@@ -159,3 +159,12 @@ def test_verbose_brings_back_ignite_log(tmp_path, tiny_npz, capsys):
 )
 def test_tensorboard_tag_scheme(name, key_metric, tag):
     assert tensorboard_tag(name, key_metric) == tag
+
+
+def test_progress_bar_goes_to_stderr_and_is_cleared_before_the_epoch_line(capsys):
+    engine = Engine(lambda e, b: {"loss": torch.tensor(0.25)})
+    EpochSummaryPrinter(progress_bar=True).attach(engine)
+    engine.run(list(range(4)), max_epochs=1)
+    captured = capsys.readouterr()
+    assert "[4/4]" in captured.err and "loss=0.25" in captured.err  # tqdm's bar with the batch loss
+    assert re.match(r"^epoch 1/1 \| loss 0\.250 \| [\d.]+ s$", captured.out.strip())

@@ -123,14 +123,14 @@ class EpochSummaryPrinter:
     def attach(self, engine: Engine) -> None:
         self.losses.attach(engine)
         engine.add_event_handler(Events.EPOCH_STARTED, self._start_epoch)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self._print_epoch)
         show_bar = self.progress_bar if self.progress_bar is not None else _stderr_is_terminal()
         if show_bar:
             from ignite.handlers import ProgressBar
 
-            ProgressBar(persist=False, desc=self.prefix or None).attach(
-                engine, output_transform=lambda output: {"loss": _scalar_loss(output)}
-            )
+            # attached before the epoch line, so the bar is cleared (at EPOCH_COMPLETED) before the line prints
+            bar = ProgressBar(persist=False, desc=self.prefix) if self.prefix else ProgressBar(persist=False)
+            bar.attach(engine, output_transform=lambda output: {"loss": _scalar_loss(output)})
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._print_epoch)
 
     def _start_epoch(self, engine: Engine) -> None:
         self._epoch_started = time.perf_counter()
