@@ -164,3 +164,24 @@ def manifest_mixed_dataset(tmp_path: Path, imagefile_dicom, imagefile_nifti, ima
         for i, f in enumerate(files)
     ]
     return manifest_write_csv(data / "manifest.csv", rows)
+
+
+@pytest.fixture(scope="session")
+def write_tiny_bloodmnist() -> Callable[[Path, Mapping[str, int]], Path]:
+    """Returns ``write(folder, per_class)``: writes ``folder/bloodmnist.npz``, a class-balanced slice of the
+    embedded set in the MedMNIST layout with ``per_class[split]`` images of each class per split; returns folder."""
+
+    def write(folder: Path, per_class: Mapping[str, int]) -> Path:
+        from alr_monai.data.medmnist import load_medmnist
+
+        data = load_medmnist()
+        arrays = {}
+        for split, count in per_class.items():
+            part = data[split]
+            keep = np.concatenate([np.flatnonzero(part.labels == c)[:count] for c in range(data.num_classes)])
+            arrays[f"{split}_images"] = part.images[keep]
+            arrays[f"{split}_labels"] = part.labels[keep].reshape(-1, 1)
+        np.savez(folder / "bloodmnist.npz", **arrays)
+        return folder
+
+    return write

@@ -45,18 +45,10 @@ PER_CLASS = {"train": 12, "val": 4, "test": 4}
 
 
 @pytest.fixture(scope="module")
-def tiny_dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_dataset_dir(tmp_path_factory: pytest.TempPathFactory, write_tiny_bloodmnist) -> Path:
     """A class-balanced slice of the embedded set in the official MedMNIST layout (96 / 32 / 32 images)."""
     folder = tmp_path_factory.mktemp("tiny_bloodmnist")
-    data = load_medmnist()
-    arrays = {}
-    for split, per_class in PER_CLASS.items():
-        part = data[split]
-        keep = np.concatenate([np.flatnonzero(part.labels == c)[:per_class] for c in range(data.num_classes)])
-        arrays[f"{split}_images"] = part.images[keep]
-        arrays[f"{split}_labels"] = part.labels[keep].reshape(-1, 1)
-    np.savez(folder / "bloodmnist.npz", **arrays)
-    return folder
+    return write_tiny_bloodmnist(folder, PER_CLASS)
 
 
 def _workflow(config_files: list[Path], output_dir: Path, **overrides) -> ConfigWorkflow:

@@ -8,13 +8,11 @@ import logging
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from ignite.engine import Engine
 
 from alr_monai import cli
-from alr_monai.data.medmnist import load_medmnist
 from alr_monai.handlers import EpochSummaryPrinter, tensorboard_tag
 from alr_monai.handlers.console import format_duration
 from alr_monai.workflow import RepeatedWarningFilter, preset_files, set_verbose
@@ -101,17 +99,9 @@ def test_repeated_warning_is_shown_once_and_other_records_always():
 
 
 @pytest.fixture(scope="module")
-def tiny_npz(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_npz(tmp_path_factory: pytest.TempPathFactory, write_tiny_bloodmnist) -> Path:
     folder = tmp_path_factory.mktemp("tiny_console")
-    data = load_medmnist()
-    arrays = {}
-    for split, per_class in {"train": 8, "val": 3, "test": 3}.items():
-        part = data[split]
-        keep = np.concatenate([np.flatnonzero(part.labels == c)[:per_class] for c in range(data.num_classes)])
-        arrays[f"{split}_images"] = part.images[keep]
-        arrays[f"{split}_labels"] = part.labels[keep].reshape(-1, 1)
-    np.savez(folder / "bloodmnist.npz", **arrays)
-    return folder
+    return write_tiny_bloodmnist(folder, {"train": 8, "val": 3, "test": 3})
 
 
 def _train(tmp_path: Path, tiny_npz: Path, capsys, *extra: str) -> str:

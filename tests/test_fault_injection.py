@@ -33,14 +33,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigWorkflow
 
 import alr_monai.utils
 from alr_monai import runlock
-from alr_monai.data.medmnist import load_medmnist
 from alr_monai.handlers import RunCheckpointer, TensorBoardImageHandler
 from alr_monai.relabel import RoundError, RoundState, StateMissingError
 from alr_monai.relabel.recover import recover_run
@@ -84,18 +82,10 @@ def no_tensorboard_images():
 
 
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
+def tiny_data(tmp_path_factory, write_tiny_bloodmnist) -> Path:
     """A class-balanced slice of the embedded BloodMNIST set in the MedMNIST layout."""
     folder = tmp_path_factory.mktemp("tiny_blood")
-    data = load_medmnist()
-    arrays = {}
-    for split, per_class in PER_CLASS.items():
-        part = data[split]
-        keep = np.concatenate([np.flatnonzero(part.labels == c)[:per_class] for c in range(data.num_classes)])
-        arrays[f"{split}_images"] = part.images[keep]
-        arrays[f"{split}_labels"] = part.labels[keep].reshape(-1, 1)
-    np.savez(folder / "bloodmnist.npz", **arrays)
-    return folder
+    return write_tiny_bloodmnist(folder, PER_CLASS)
 
 
 def workflow(files: list[Path], output_dir: Path, data_dir: Path, **overrides) -> ConfigWorkflow:

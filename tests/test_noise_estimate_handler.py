@@ -6,13 +6,12 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigWorkflow
 from torch import nn
 
-from alr_monai.data.medmnist import BLOODMNIST_CLASSES, load_medmnist
+from alr_monai.data.medmnist import BLOODMNIST_CLASSES
 from alr_monai.engines import CoTeachingTrainer
 from alr_monai.handlers import NoiseRateEstimateHandler, SmallLossSelectionHandler
 from alr_monai.networks import PeerEnsemble
@@ -130,18 +129,10 @@ def test_default_method_logs_no_per_class_keys():
 
 
 @pytest.fixture(scope="module")
-def tiny_dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_dataset_dir(tmp_path_factory: pytest.TempPathFactory, write_tiny_bloodmnist) -> Path:
     """A class-balanced slice of the embedded set in the MedMNIST layout (96 / 32 / 32 images)."""
     folder = tmp_path_factory.mktemp("tiny_bloodmnist_noise")
-    data = load_medmnist()
-    arrays = {}
-    for split, per_class in {"train": 12, "val": 4, "test": 4}.items():
-        part = data[split]
-        keep = np.concatenate([np.flatnonzero(part.labels == c)[:per_class] for c in range(data.num_classes)])
-        arrays[f"{split}_images"] = part.images[keep]
-        arrays[f"{split}_labels"] = part.labels[keep].reshape(-1, 1)
-    np.savez(folder / "bloodmnist.npz", **arrays)
-    return folder
+    return write_tiny_bloodmnist(folder, {"train": 12, "val": 4, "test": 4})
 
 
 def test_bundle_preset_runs_end_to_end_and_logs_estimate_next_to_truth(tiny_dataset_dir, tmp_path):
