@@ -34,9 +34,13 @@ def _class_mae(train: dict, class_names: list) -> float | None:
     return sum(errors) / len(errors) if errors else None
 
 
-def phase1_summary(run_dir: str | Path) -> dict:
-    """The headline numbers of phase 1 from ``metrics.json`` (test metrics of the validation-chosen model)."""
-    metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
+def phase1_summary(run_dir: str | Path, metrics: dict | None = None) -> dict:
+    """The headline numbers of phase 1 from ``metrics.json`` (test metrics of the validation-chosen model).
+
+    ``metrics``: the file's content when the caller has read it already.
+    """
+    if metrics is None:
+        metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
     train = metrics["last"]["train"]
     class_names = metrics.get("class_names") or metrics.get("test", {}).get("class_names", [])
     test = metrics.get("test", {})
@@ -210,7 +214,7 @@ def _sections(run_dir: Path) -> list[tuple]:
     """The report as a list of blocks: ("h1"|"h2"|"p"|"banner", text), ("list", [text]), ("table", header,
     rows), ("image", caption, file name), ("links", [(label, path)]); rendered to markdown and to HTML."""
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    summary = phase1_summary(run_dir)
+    summary = phase1_summary(run_dir, metrics)
     state = _load_json(run_dir / "relabel" / "state.json")
     plots = _plots(run_dir, summary, metrics, state)
     blocks: list[tuple] = [("h1", f"alr_monai report: {run_dir}")]

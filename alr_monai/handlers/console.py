@@ -48,11 +48,12 @@ class EpochLossMeter:
         output = engine.state.output
         if not isinstance(output, dict):
             return
-        self._batch_loss_sum += _scalar_loss(output)
+        batch_loss = _scalar_loss(output)
+        self._batch_loss_sum += batch_loss
         self._batches += 1
         losses, keep = output.get("losses"), output.get("keep")
         if losses is None or keep is None:
-            self._add(0, _scalar_loss(output), 1)
+            self._add(0, batch_loss, 1)
             return
         for k, loss in enumerate(losses):
             chosen = keep[(k + 1) % len(losses)]

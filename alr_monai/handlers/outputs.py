@@ -18,7 +18,8 @@ from alr_monai.utils import atomic_write_csv, atomic_write_json
 SELECTION_COLUMNS = ["id", "index", "given_label", "loss", "vog", "kept_by_net1", "kept_by_net2", "trusted"]
 
 
-def _scalar_metrics(metrics: dict) -> dict:
+def scalar_metrics(metrics: dict) -> dict:
+    """The numeric entries of an engine's ``state.metrics`` as floats (booleans, lists and tensors left out)."""
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
@@ -84,9 +85,9 @@ class MetricsJSONWriter:
     def __call__(self, engine: Engine) -> None:
         if idist.get_rank() != 0:
             return
-        entry = {"epoch": engine.state.epoch, "train": _scalar_metrics(engine.state.metrics)}
+        entry = {"epoch": engine.state.epoch, "train": scalar_metrics(engine.state.metrics)}
         if self.evaluator is not None and self.evaluator.state.metrics:
-            entry["val"] = _scalar_metrics(self.evaluator.state.metrics)
+            entry["val"] = scalar_metrics(self.evaluator.state.metrics)
         self.history = [h for h in self.history if h["epoch"] < engine.state.epoch] + [entry]
         summary = {"epoch": engine.state.epoch, **self.extra, "last": entry, "history": self.history}
         if self.evaluator is not None:

@@ -15,6 +15,7 @@ import ignite.distributed as idist
 from ignite.engine import Engine, Events
 
 from alr_monai.handlers.console import EpochLossMeter
+from alr_monai.handlers.outputs import scalar_metrics
 
 _PREFIX_GROUPS = (
     ("noise_rate", "noise"),
@@ -108,8 +109,4 @@ class TensorBoardScalars:
 
 
 def _numeric(metrics: dict, key_metric: str | None) -> dict[str, float]:
-    return {
-        tensorboard_tag(name, key_metric): float(value)
-        for name, value in metrics.items()
-        if isinstance(value, (int, float)) and not isinstance(value, bool)
-    }
+    return {tensorboard_tag(name, key_metric): value for name, value in scalar_metrics(metrics).items()}
