@@ -2,6 +2,9 @@
 
 Every cell is an ordinary run folder written by the same bundle configs a user runs; a finished cell (or
 relabel arm) is detected from its outputs and not rerun, so an interrupted matrix resumes where it stopped.
+``results.csv`` is the matrix's durable record: a cell whose run folder was deleted (to free disk, or because only
+the committed docs/ copy of a matrix survives) keeps its rows from the existing ``results.csv`` in ``out`` and is
+not rerun, so a method or seed can be added to a finished matrix by running only the new cells.
 
 A noise setting is a (kind, rate) pair: a preset lists them as ``noise_settings`` (``[["symmetric", 0.6],
 ["pairflip", 0.3]]``) or as one ``noise_kind`` with several ``noise_rates``. Method ``cleanlab`` is cleanlab's
@@ -174,9 +177,12 @@ def run_benchmark(
         common["dataset_path"] = str(Path(data).resolve())
     if imbalance_ratio is not None:
         common["imbalance_ratio"] = imbalance_ratio
+    recorded = _recorded_rows(out / "results.csv")
     started = time.time()
     for number, (method, kind, rate, seed) in _shard_cells(cells, shard, len(config["methods"])):
         run_dir = _cell_dir(out, method, kind, rate, seed)
+        if not run_dir.exists() and _recorded_complete(recorded, (method, kind, rate, seed), acquisitions, rounds):
+            continue
         files = [bundle_file("train.json"), *preset_files(METHOD_PRESETS[method])]
         overrides = {
             **common,
@@ -219,7 +225,7 @@ def run_benchmark(
             step_started = time.time()
             run_workflow(relabel_files(files), relabel_overrides)
             _log_time(out, method, kind, rate, seed, f"relabel_{acquisition}", time.time() - step_started)
-    rows = collect_results(out, cells, acquisitions)
+    rows = collect_results(out, cells, acquisitions, recorded)
     atomic_write_csv(out / "results.csv", rows, RESULT_COLUMNS)
     atomic_write_text(out / "results.md", summary_markdown(rows, rounds, config.get("budget", 100)))
     plot_results(rows, out, _class_names(out, cells))
@@ -242,7 +248,11 @@ def _shard_cells(cells: list, shard: str | None, group_size: int) -> list[tuple[
         raise ValueError(f"shard must look like K/N (e.g. 1/2), got {shard!r}") from None
     if not 1 <= k <= n:
         raise ValueError(f"shard {shard!r}: K must be between 1 and N")
-    return [(number, cell) for number, cell in numbered if (number - 1 + (number - 1) // group_size) % n == k - 1]
+    # with one method per group there is nothing to mix, and the shift would send every cell to one shard
+    shift = 1 if group_size > 1 else 0
+    return [
+        (number, cell) for number, cell in numbered if (number - 1 + shift * ((number - 1) // group_size)) % n == k - 1
+    ]
 
 
 def _log_time(out: Path, method: str, kind: str, rate: float, seed: int, step: str, seconds: float) -> None:
@@ -256,15 +266,53 @@ def _log_time(out: Path, method: str, kind: str, rate: float, seed: int, step: s
         writer.writerow([method, kind, rate, seed, step, f"{seconds:.1f}"])
 
 
+def _cell_key(row: Mapping[str, Any]) -> tuple[str, str, float, int]:
+    kind, rate = _setting(row)
+    return str(row["method"]), kind, round(rate, 6), int(row["seed"])
+
+
+def _recorded_rows(path: Path) -> dict[tuple[str, str, float, int], list[dict]]:
+    """Rows of an existing results.csv grouped by cell (method, kind, rate, seed); empty when there is none."""
+    if not path.is_file():
+        return {}
+    grouped: dict[tuple[str, str, float, int], list[dict]] = {}
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            grouped.setdefault(_cell_key(row), []).append(row)
+    return grouped
+
+
+def _recorded_complete(
+    recorded: Mapping[tuple, list[dict]], cell: tuple[str, str, float, int], acquisitions: Sequence[str], rounds: int
+) -> bool:
+    """Whether results.csv already holds a cell's phase 1 and all ``rounds`` rounds of every acquisition."""
+    method, kind, rate, seed = cell
+    rows = recorded.get((method, kind, round(rate, 6), seed), [])
+    if not rows:
+        return False
+    if not acquisitions:
+        return True
+    return all(sum(r["acquisition"] == a for r in rows) >= rounds + 1 for a in acquisitions)
+
+
 def collect_results(
-    out: Path, cells: Sequence[tuple[str, str, float, int]], acquisitions: Sequence[str]
+    out: Path,
+    cells: Sequence[tuple[str, str, float, int]],
+    acquisitions: Sequence[str],
+    recorded: Mapping[tuple, list[dict]] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per cell (method, noise kind, rate, seed), acquisition and round, phase-1 numbers on each row."""
+    """One row per cell (method, noise kind, rate, seed), acquisition and round, phase-1 numbers on each row.
+
+    A cell without a run folder takes its rows from ``recorded`` (an earlier results.csv), when it has them.
+    """
     from alr_monai.report import phase1_summary
 
     rows = []
     for method, kind, rate, seed in cells:
         run_dir = _cell_dir(out, method, kind, rate, seed)
+        if not run_dir.exists() and recorded:
+            rows.extend(recorded.get((method, kind, round(rate, 6), seed), []))
+            continue
         if not _phase1_done(run_dir, method):
             continue
         phase1 = phase1_summary(run_dir)

@@ -40,6 +40,8 @@ VOG_KEEP = ("low", "high")
 VOG_DTYPES = ("float32", "float16")
 ACQUISITIONS = ("random", "entropy", "least_confidence", "margin", "bald", "coreset", "label_quality")
 RECIPES = ("coteaching", "trusted")
+MODEL_CHOICES = ("best", "tolerant")
+LR_SCHEDULES = ("constant", "cosine")
 MODES = ("simulation", "interactive")
 INTENSITIES = ("minmax", "none")
 
@@ -388,6 +390,48 @@ KEYS: tuple[Key, ...] = (
     ),
     Key("relabel#class_balanced", RELABEL, "relabel", "bool", "class-balanced sampling during recalibration"),
     Key("relabel#learning_rate", RELABEL, "relabel", "float", "Adam learning rate of recalibration", minimum=0),
+    Key(
+        "relabel#lr_schedule",
+        RELABEL,
+        "relabel",
+        "str",
+        "recalibration learning rate: constant, or cosine-annealed within each round",
+        choices=LR_SCHEDULES,
+    ),
+    Key(
+        "relabel#min_lr_fraction",
+        RELABEL,
+        "relabel",
+        "float",
+        "cosine schedule: the rate a round ends at, as a fraction of learning_rate",
+        minimum=0,
+        maximum=1,
+    ),
+    Key(
+        "relabel#ema_decay",
+        RELABEL,
+        "relabel",
+        "float",
+        "average the weights over each round's steps with this decay (0 = off)",
+        minimum=0,
+        maximum=0.9999,
+    ),
+    Key(
+        "relabel#model_choice",
+        RELABEL,
+        "relabel",
+        "str",
+        "which model closes a round: tolerant (the round's, unless clearly worse) or best (best epoch so far)",
+        choices=MODEL_CHOICES,
+    ),
+    Key(
+        "relabel#choice_tolerance",
+        RELABEL,
+        "relabel",
+        "float",
+        "tolerant choice: standard errors of validation a round's model may trail the incumbent",
+        minimum=0,
+    ),
     Key(
         "relabel#expert_error_rate",
         RELABEL,

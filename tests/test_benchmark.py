@@ -156,3 +156,23 @@ def test_shards_split_the_matrix_and_mix_methods():
     for bad in ("3/2", "0/2", "half"):
         with pytest.raises(ValueError, match="shard"):
             _shard_cells(cells, bad, 4)
+
+
+def test_shards_of_a_one_method_matrix_share_the_cells():
+    cells = [("ours", rate, seed) for rate in (0.4, 0.6) for seed in (0, 1, 2)]
+    shards = [[number for number, _ in _shard_cells(cells, f"{k}/2", 1)] for k in (1, 2)]
+    assert shards == [[1, 3, 5], [2, 4, 6]]
+
+
+def test_cells_whose_folders_are_gone_keep_their_results_rows_and_are_not_rerun(benchmark_run, tmp_path, capsys):
+    out, preset = benchmark_run
+    copy = tmp_path / "out"
+    copy.mkdir()
+    # only the matrix's record survives (as when a finished matrix is kept in docs/ without its run folders)
+    (copy / "results.csv").write_bytes((out / "results.csv").read_bytes())
+    capsys.readouterr()
+    run_benchmark(preset, copy, data="unused: every cell is recorded")
+    assert "phase 1 (" not in capsys.readouterr().out
+    with open(out / "results.csv", newline="") as a, open(copy / "results.csv", newline="") as b:
+        assert list(csv.DictReader(a)) == list(csv.DictReader(b))
+    assert (copy / "results.md").read_text() == (out / "results.md").read_text()

@@ -45,6 +45,7 @@ def test_bundle_docs_hold_the_generated_key_tables():
 def test_choices_match_the_modules_that_enforce_them():
     from alr_monai.algorithms.acquisition import ACQUISITION_NAMES
     from alr_monai.algorithms.noise_estimate import NOISE_ESTIMATION_METHODS, VALIDATION_METHODS
+    from alr_monai.algorithms.stability import LR_SCHEDULES, MODEL_CHOICES
     from alr_monai.data.noise import NOISE_KINDS
 
     try:  # the round logic may live in relabel/driver.py
@@ -58,6 +59,7 @@ def test_choices_match_the_modules_that_enforce_them():
     assert keys.NOISE_ESTIMATION_METHODS == NOISE_ESTIMATION_METHODS + VALIDATION_METHODS
     assert keys.NOISE_KINDS == NOISE_KINDS
     assert keys.MODES == MODES and keys.RECIPES == RECIPES
+    assert keys.MODEL_CHOICES == MODEL_CHOICES and keys.LR_SCHEDULES == LR_SCHEDULES
     assert keys.TRUSTED_RULES == TRUSTED_RULES and keys.VOG_KEEP == VOG_KEEP
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from ignite.engine import Engine, Events
 
 from alr_monai.engines.coteaching import CoTeachingEvents
@@ -20,21 +21,31 @@ class ActiveRelabelRoundHandler:
         EPOCH_STARTED: the sampler's epoch; on a round's first epoch :meth:`RelabelDriver.advance_to` queries
             and applies the round, then the trainer follows the new labels. An empty pool ends the run; a round
             waiting for a person prints what to do and ends the run (rerunning the same command resumes).
+        ITERATION_STARTED: the learning rate of the driver's schedule (when it has one and ``optimizer`` is given).
         LOSSES_COMPUTED: expert-verified samples are always kept by co-teaching.
+        ITERATION_COMPLETED: :meth:`RelabelDriver.after_step` (weight averaging).
         EPOCH_COMPLETED: validation score (``relabel_val_balanced_accuracy``, ``relabel_forget_rate`` metrics)
-            and best-weights choice; on a round's last epoch :meth:`RelabelDriver.end_round`.
+            and the driver's per-epoch choice; on a round's last epoch :meth:`RelabelDriver.end_round`.
         COMPLETED: :meth:`RelabelDriver.finish` and the round table printed, unless waiting for a person.
 
     Args:
         driver: the round logic; its network must be the trainer's network.
         label_store: the labels the trainer reads (``LabelLookup`` as the trainer's ``prepare_batch``).
         sampler: the trainer's sampler.
+        optimizer: the trainer's optimizer, whose learning rate follows the driver's schedule (None = untouched).
     """
 
-    def __init__(self, driver: RelabelDriver, label_store: LabelStore, sampler: SubsetShuffleSampler) -> None:
+    def __init__(
+        self,
+        driver: RelabelDriver,
+        label_store: LabelStore,
+        sampler: SubsetShuffleSampler,
+        optimizer: torch.optim.Optimizer | None = None,
+    ) -> None:
         self.driver = driver
         self.label_store = label_store
         self.sampler = sampler
+        self.optimizer = optimizer
         self.waiting_for = None
 
     def attach(self, engine: Engine) -> None:
@@ -42,7 +53,9 @@ class ActiveRelabelRoundHandler:
             raise ValueError("the relabel driver's network must be the trainer's network (the one it recalibrates)")
         engine.add_event_handler(Events.STARTED, self._started)
         engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
+        engine.add_event_handler(Events.ITERATION_STARTED, self._set_learning_rate)
         engine.add_event_handler(CoTeachingEvents.LOSSES_COMPUTED, self._force_keep_verified)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._after_step)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
         engine.add_event_handler(Events.COMPLETED, self._completed)
 
@@ -70,6 +83,22 @@ class ActiveRelabelRoundHandler:
             engine.terminate()
             return
         self._follow(engine, self.driver.load_state())
+        self.driver.begin_round(round_index)
+
+    def _set_learning_rate(self, engine: Engine) -> None:
+        if self.optimizer is None:
+            return
+        epoch_length = engine.state.epoch_length
+        if not epoch_length:
+            return
+        iteration_in_epoch = (engine.state.iteration - 1) % epoch_length
+        rate = self.driver.learning_rate_at(engine.state.epoch, iteration_in_epoch, epoch_length)
+        if rate is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = rate
+
+    def _after_step(self, engine: Engine) -> None:
+        self.driver.after_step()
 
     def _force_keep_verified(self, engine: Engine) -> None:
         output = engine.state.output
@@ -79,7 +108,7 @@ class ActiveRelabelRoundHandler:
         engine.state.metrics["relabel_forget_rate"] = float(engine.forget_rate or 0.0)
         val_score = self.driver.validation_score()
         engine.state.metrics["relabel_val_balanced_accuracy"] = val_score
-        self.driver.consider(val_score)
+        self.driver.consider(val_score, self.driver.round_of(engine.state.epoch))
         round_index = self.driver.round_ending(engine.state.epoch)
         if round_index is not None:
             self.driver.end_round(round_index)

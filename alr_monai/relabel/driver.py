@@ -17,6 +17,14 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from alr_monai.algorithms.stability import (
+    LR_SCHEDULES,
+    MODEL_CHOICES,
+    WeightAverage,
+    balanced_accuracy_standard_error,
+    choose_round_model,
+    cosine_learning_rate,
+)
 from alr_monai.evaluation import evaluate_loader
 from alr_monai.relabel.acquire import acquire
 from alr_monai.relabel.expert import OracleExpert
@@ -39,6 +47,7 @@ ROUND_COLUMNS = [
     "val_balanced_accuracy",
     "test_balanced_accuracy",
     "test_macro_f1",
+    "model",
 ]
 
 
@@ -77,10 +86,20 @@ class RelabelDriver:
     :meth:`finish`. Every round is applied through the crash-safe :func:`apply_answers_file` (audit trail,
     labels_cleaned.csv, state last), so a run killed anywhere resumes from state.json.
 
-    Model choice: after every recalibration epoch the model is scored on the validation set; at the end of a
-    round the weights with the best validation balanced accuracy seen so far (the phase-1 model counts) are
-    restored, so a round whose training did not help on validation does not make the model worse. The test set
-    is only reported.
+    Model choice (``model_choice``; the test set is only ever reported):
+        "tolerant" (default): a round's model is its last recalibration epoch's weights (the weight average when
+            ``ema_decay`` > 0); it replaces the incumbent (phase 1's model, then the last adopted round's) unless its
+            validation balanced accuracy is lower by more than ``choice_tolerance`` standard errors of the
+            incumbent's validation estimate (:func:`alr_monai.algorithms.stability.choose_round_model`). The
+            incumbent's score is the maximum of many noisy epochs, so "beat it outright" would discard rounds that
+            fixed labels; a round whose model is clearly worse is still rolled back. The reason is recorded per
+            round (state.json history ``model_choice_reason``, the ``model`` column of rounds.csv).
+        "best": the weights with the best validation balanced accuracy of any epoch so far (phase 1's model
+            counts) are restored at the end of every round (the behaviour before issue 11).
+
+    Learning rate (``lr_schedule``): "cosine" anneals from ``learning_rate`` to ``learning_rate *
+    min_lr_fraction`` over each round's recalibration and restarts with the next round's labels; "constant"
+    keeps ``learning_rate``. The rate is a function of the iteration, so a resumed run sets the same rates.
 
     Recalibration recipes:
         "trusted" (default): plain training on the trusted set (phase-1 selection with its given labels, plus
@@ -116,6 +135,12 @@ class RelabelDriver:
         resume_command: the command a person runs after filling the answers file.
         summary_writer: TensorBoard writer for round scalars (optional).
         device: inference device (default: the device of the network's parameters).
+        model_choice: "tolerant" or "best" (see above).
+        choice_tolerance: standard errors a round's model may trail the incumbent and still be adopted.
+        ema_decay: > 0 averages the weights over each round's steps with this decay (0 = no averaging).
+        lr_schedule: "constant" or "cosine" (per round).
+        learning_rate: the base learning rate of recalibration (needed by "cosine").
+        min_lr_fraction: the cosine schedule's final rate as a fraction of ``learning_rate``.
     """
 
     def __init__(
@@ -146,6 +171,12 @@ class RelabelDriver:
         resume_command: str = "alr relabel",
         summary_writer=None,
         device: str | torch.device | None = None,
+        model_choice: str = "best",
+        choice_tolerance: float = 1.0,
+        ema_decay: float = 0.0,
+        lr_schedule: str = "constant",
+        learning_rate: float | None = None,
+        min_lr_fraction: float = 0.0,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -153,6 +184,14 @@ class RelabelDriver:
             raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
         if mode == "simulation" and oracle is None:
             raise ValueError("simulation mode needs an oracle (relabel#oracle); use mode 'interactive' for a person")
+        if model_choice not in MODEL_CHOICES:
+            raise ValueError(f"model_choice must be one of {MODEL_CHOICES}, got {model_choice!r}")
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
+        if lr_schedule != "constant" and (learning_rate is None or learning_rate <= 0):
+            raise ValueError(f"lr_schedule {lr_schedule!r} needs the base learning_rate (> 0), got {learning_rate}")
+        if choice_tolerance < 0:
+            raise ValueError(f"choice_tolerance must be >= 0, got {choice_tolerance}")
         if round_budget < 1 or num_rounds < 1 or recalibration_epochs < 1:
             raise ValueError("round_budget, num_rounds and recalibration_epochs must all be >= 1")
         self.network = network
@@ -191,8 +230,20 @@ class RelabelDriver:
         self.resume_command = resume_command
         self.writer = summary_writer
         self._device = device
+        self.model_choice = model_choice
+        self.choice_tolerance = float(choice_tolerance)
+        self.lr_schedule = lr_schedule
+        self.learning_rate = learning_rate
+        self.min_lr_fraction = float(min_lr_fraction)
+        self.weight_average = WeightAverage(network, ema_decay) if ema_decay > 0 else None
+        # the incumbent: the weights a round must match (best so far for "best"), their score, its standard error
+        # and the round they come from (0 = phase 1)
         self.best_val = float("-inf")
         self.best_weights: dict[str, torch.Tensor] = {}
+        self.best_standard_error = float("nan")
+        self.best_round = 0
+        self.last_val = float("nan")
+        self._candidate_standard_error = float("nan")
         self.logger = logging.getLogger(__name__)
 
     # ------------------------------------------------------------------------------------------ paths
@@ -222,6 +273,10 @@ class RelabelDriver:
             return None
         return (epoch - 1) // self.recalibration_epochs + 1
 
+    def round_of(self, epoch: int) -> int:
+        """The round whose recalibration (1-based) ``epoch`` belongs to."""
+        return (epoch - 1) // self.recalibration_epochs + 1
+
     def round_ending(self, epoch: int) -> int | None:
         """The round whose recalibration ends with (1-based) ``epoch``, or None mid-round."""
         if epoch % self.recalibration_epochs:
@@ -241,8 +296,28 @@ class RelabelDriver:
             state.save(self.state_path)
             self.write_round_table(state)
         if not self.best_weights:
-            self.remember(state.baseline_metrics["val_balanced_accuracy"])
+            matrix = state.baseline_metrics.get("val_confusion_matrix")
+            standard_error = balanced_accuracy_standard_error(matrix) if matrix else float("nan")
+            self.remember(state.baseline_metrics["val_balanced_accuracy"], standard_error, 0)
         return state
+
+    def begin_round(self, round_index: int) -> None:
+        """A round's recalibration starts from the current weights: the weight average restarts there."""
+        if self.weight_average is not None:
+            self.weight_average.reset()
+
+    def after_step(self) -> None:
+        """After each optimiser step: fold the weights into the average (when averaging)."""
+        if self.weight_average is not None:
+            self.weight_average.update()
+
+    def learning_rate_at(self, epoch: int, iteration_in_epoch: int, epoch_length: int) -> float | None:
+        """The learning rate of (1-based) ``epoch``'s (0-based) ``iteration_in_epoch``; None = leave it as is."""
+        if self.lr_schedule == "constant":
+            return None
+        step = ((epoch - 1) % self.recalibration_epochs) * epoch_length + iteration_in_epoch
+        total = self.recalibration_epochs * epoch_length
+        return cosine_learning_rate(float(self.learning_rate), step, total, self.min_lr_fraction)
 
     def advance_to(self, round_index: int) -> str:
         """Make sure round ``round_index``'s answers are applied: query it if not yet queried, let the oracle answer
@@ -356,9 +431,9 @@ class RelabelDriver:
         state = self.load_state()
         if state.round < round_index:
             return None
-        # The round ends with the best model on validation so far; the test set only reports on it.
-        self.network.load_state_dict(self.best_weights)
+        choice = self._choose(round_index)
         state.record_metrics(round_index, self.evaluate(state))
+        state.record_metrics(round_index, choice)
         state.save(self.state_path)
         self.write_round_table(state)
         return state
@@ -372,31 +447,98 @@ class RelabelDriver:
         return state
 
     # ------------------------------------------------------------------------------------------ model choice
+    def _candidate_weights(self) -> dict[str, torch.Tensor]:
+        """The round's model as it stands: the weight average when averaging, else the live weights."""
+        source = self.weight_average.average if self.weight_average is not None else self.network.state_dict()
+        return {k: v.detach().clone() for k, v in source.items()}
+
     def validation_score(self) -> float:
-        """Balanced accuracy of the current model on the validation set."""
-        report = evaluate_loader(self.network, self.val_loader, len(self.class_names), self.device)
-        return float(report["balanced_accuracy"])
+        """Balanced accuracy on the validation set of the round's model as it stands (the weight average when
+        averaging; the live weights stay as they are for training)."""
+        self._candidate_standard_error = float("nan")
+        if self.weight_average is None:
+            report = evaluate_loader(self.network, self.val_loader, len(self.class_names), self.device)
+        else:
+            live = {k: v.detach().clone() for k, v in self.network.state_dict().items()}
+            self.weight_average.copy_to()
+            try:
+                report = evaluate_loader(self.network, self.val_loader, len(self.class_names), self.device)
+            finally:
+                self.network.load_state_dict(live)
+        self._candidate_standard_error = balanced_accuracy_standard_error(report["confusion_matrix"])
+        self.last_val = float(report["balanced_accuracy"])
+        return self.last_val
 
-    def remember(self, val_score: float) -> None:
-        """Keep a copy of the current weights as the best, with their validation score."""
+    def remember(self, val_score: float, standard_error: float = float("nan"), round_index: int | None = None) -> None:
+        """Make the round's model as it stands the incumbent, with its validation score."""
         self.best_val = float(val_score)
-        self.best_weights = {k: v.detach().clone() for k, v in self.network.state_dict().items()}
+        self.best_weights = self._candidate_weights()
+        self.best_standard_error = float(standard_error)
+        if round_index is not None:
+            self.best_round = int(round_index)
 
-    def consider(self, val_score: float) -> bool:
-        """Remember the current weights if ``val_score`` beats the best so far; True if it did."""
+    def consider(self, val_score: float, round_index: int | None = None) -> bool:
+        """Model choice "best": remember the current weights if ``val_score`` beats the best so far (True if it
+        did). Model choice "tolerant" judges whole rounds in :meth:`end_round` instead, so this does nothing."""
+        if self.model_choice != "best":
+            return False
         if val_score > self.best_val:
-            self.remember(val_score)
+            self.remember(val_score, self._candidate_standard_error, round_index)
             return True
         return False
 
+    def _incumbent_name(self) -> str:
+        return "phase 1's model" if self.best_round == 0 else f"round {self.best_round}'s model"
+
+    def _choose(self, round_index: int) -> dict:
+        """Load the model that closes round ``round_index`` into the network; the choice and its reason."""
+        if self.model_choice == "best":
+            adopted = self.best_round == round_index
+            reason = (
+                f"adopted: best validation so far ({self.best_val:.3f})"
+                if adopted
+                else f"kept {self._incumbent_name()}: no epoch of this round beat its val {self.best_val:.3f}"
+            )
+        else:
+            if math.isnan(self.last_val):
+                self.validation_score()
+            choice = choose_round_model(
+                self.last_val, self.best_val, self.best_standard_error, self.choice_tolerance, self._incumbent_name()
+            )
+            adopted, reason = choice.adopt, choice.reason
+            if adopted:
+                self.remember(self.last_val, self._candidate_standard_error, round_index)
+        self.network.load_state_dict(self.best_weights)
+        self.logger.info(f"round {round_index}: {reason}")
+        return {"model_choice": "adopted" if adopted else "kept", "model_choice_reason": reason}
+
     def state_dict(self) -> dict:
-        """The best validation score and weights so far, so a resumed run chooses as an uninterrupted one."""
-        return {"best_val": self.best_val, **{f"best_weights.{k}": v for k, v in self.best_weights.items()}}
+        """The incumbent (score, standard error, round, weights) and the weight average, so a resumed run
+        chooses as an uninterrupted one."""
+        state = {
+            "best_val": self.best_val,
+            "best_standard_error": self.best_standard_error,
+            "best_round": float(self.best_round),
+            "last_val": self.last_val,
+            **{f"best_weights.{k}": v for k, v in self.best_weights.items()},
+        }
+        if self.weight_average is not None:
+            state.update({f"weight_average.{k}": v for k, v in self.weight_average.state_dict().items()})
+        return state
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.best_val = float(state_dict["best_val"])
+        # checkpoints written before issue 11 hold only the best score and weights
+        self.best_standard_error = float(state_dict.get("best_standard_error", float("nan")))
+        self.best_round = int(state_dict.get("best_round", 0))
+        self.last_val = float(state_dict.get("last_val", float("nan")))
         prefix = "best_weights."
         self.best_weights = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        if self.weight_average is not None:
+            prefix = "weight_average."
+            average = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+            if average:
+                self.weight_average.load_state_dict(average)
 
     # ------------------------------------------------------------------------------------------ metrics
     def evaluate(self, state: RoundState) -> dict:
@@ -481,6 +623,7 @@ class RelabelDriver:
                     "val_balanced_accuracy": metrics.get("val_balanced_accuracy", ""),
                     "test_balanced_accuracy": metrics.get("test_balanced_accuracy", ""),
                     "test_macro_f1": metrics.get("test_macro_f1", ""),
+                    "model": _model_cell(entry["round"], metrics),
                     "test_per_class_recall": metrics.get("test_per_class_recall", []),
                 }
             )
@@ -502,3 +645,10 @@ class RelabelDriver:
         rows = self.round_rows(state)
         atomic_write_csv(self.dir / "rounds.csv", rows, ROUND_COLUMNS)
         atomic_write_text(self.dir / "rounds.md", self.round_table_markdown(state))
+
+
+def _model_cell(round_index: int, metrics: dict) -> str:
+    """The round table's ``model`` column: phase 1, adopted, or kept (the reason is in state.json's history)."""
+    if round_index == 0:
+        return "phase 1"
+    return str(metrics.get("model_choice", ""))
