@@ -41,6 +41,7 @@ VOG_DTYPES = ("float32", "float16")
 ACQUISITIONS = ("random", "entropy", "least_confidence", "margin", "bald", "coreset", "label_quality")
 RECIPES = ("coteaching", "trusted")
 MODEL_CHOICES = ("best", "tolerant")
+UNQUERIED_RULES = ("drop", "pseudo_label")
 LR_SCHEDULES = ("constant", "cosine")
 MODES = ("simulation", "interactive")
 INTENSITIES = ("minmax", "none")
@@ -358,6 +359,21 @@ KEYS: tuple[Key, ...] = (
         "'minmax', 'none' or {'window': [center, width]} (DICOM after rescale)",
     ),
     Key("spatial_dims", MANIFEST, "manifest", "int", "2 for images, 3 for volumes", choices=(2, 3)),
+    Key(
+        "channel_axis",
+        MANIFEST,
+        "manifest",
+        "int?",
+        "NIfTI with a 4th axis (MR sequences, time points): read it as channels (3 or -1); null refuses such files",
+        choices=(3, -1),
+    ),
+    Key(
+        "drop_bad_images",
+        MANIFEST,
+        "manifest",
+        "bool",
+        "train without the rows whose image cannot be decoded (listed in dropped_images.csv); false refuses them",
+    ),
     # ---------------------------------------------------------------------------------------------- phase 2
     Key(
         "relabel#acquisition", RELABEL, "relabel", "str", "how the pool is ranked for the expert", choices=ACQUISITIONS
@@ -415,6 +431,23 @@ KEYS: tuple[Key, ...] = (
         "average the weights over each round's steps with this decay (0 = off)",
         minimum=0,
         maximum=0.9999,
+    ),
+    Key(
+        "relabel#unqueried",
+        RELABEL,
+        "relabel",
+        "str",
+        "suspected samples the expert was not asked about: drop them, or pseudo_label the confident ones",
+        choices=UNQUERIED_RULES,
+    ),
+    Key(
+        "relabel#pseudo_label_threshold",
+        RELABEL,
+        "relabel",
+        "float",
+        "pseudo_label: the predicted probability a pseudo-label needs",
+        minimum=0,
+        maximum=1,
     ),
     Key(
         "relabel#model_choice",

@@ -270,6 +270,13 @@ def _sections(run_dir: Path) -> list[tuple]:
                 ("p", "Per-class test recall by round:"),
                 ("table", ["round", *summary["class_names"]], per_class),
             ]
+            reasons = [
+                f"round {entry['round']}: {entry['metrics']['model_choice_reason']}"
+                for entry in state["history"]
+                if entry.get("metrics", {}).get("model_choice_reason")
+            ]
+            if reasons:
+                blocks += [("p", "Which model closed each round, and why (validation only):"), ("list", reasons)]
         blocks += [("image", caption, name) for section, caption, name in plots if section == "phase2"]
     links = [("selection.csv (every sample: loss, VoG, kept, trusted)", "selection.csv")]
     for label, relative in (

@@ -49,9 +49,9 @@ def test_choices_match_the_modules_that_enforce_them():
     from alr_monai.data.noise import NOISE_KINDS
 
     try:  # the round logic may live in relabel/driver.py
-        from alr_monai.relabel.driver import MODES, RECIPES
+        from alr_monai.relabel.driver import MODES, RECIPES, UNQUERIED_RULES
     except ImportError:
-        from alr_monai.handlers.active_relabel import MODES, RECIPES
+        from alr_monai.handlers.active_relabel import MODES, RECIPES, UNQUERIED_RULES
     from alr_monai.handlers.selection import TRUSTED_RULES
     from alr_monai.handlers.vog import VOG_KEEP
 
@@ -60,6 +60,7 @@ def test_choices_match_the_modules_that_enforce_them():
     assert keys.NOISE_KINDS == NOISE_KINDS
     assert keys.MODES == MODES and keys.RECIPES == RECIPES
     assert keys.MODEL_CHOICES == MODEL_CHOICES and keys.LR_SCHEDULES == LR_SCHEDULES
+    assert keys.UNQUERIED_RULES == UNQUERIED_RULES
     assert keys.TRUSTED_RULES == TRUSTED_RULES and keys.VOG_KEEP == VOG_KEEP
 
 

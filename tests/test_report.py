@@ -86,7 +86,14 @@ def _add_rounds(run: Path, applied: int, planned: int, pending: int | None) -> N
         "test_per_class_recall": [0.9, 0.8, 0.6],
         "test_confusion_matrix": [[9, 1, 0], [1, 8, 1], [0, 1, 1]],
     }
-    history = [{"round": r, "budget_spent": 10 * r, "metrics": round_metrics} for r in range(1, applied + 1)]
+    history = [
+        {
+            "round": r,
+            "budget_spent": 10 * r,
+            "metrics": {**round_metrics, "model_choice_reason": f"adopted: val 0.7{r} within 1 SE"},
+        }
+        for r in range(1, applied + 1)
+    ]
     state = {"round": applied, "pending_round": pending, "history": history, "baseline_metrics": round_metrics}
     (relabel / "state.json").write_text(json.dumps(state))
     with open(relabel / "rounds.csv", "w", newline="") as handle:
@@ -126,6 +133,7 @@ def test_finished_run_report_has_every_plot_embedded_and_the_files_linked(tmp_pa
         assert (run / link).is_file()
     assert page.banners == []
     assert "clean recall (simulation)" in page.headers
+    assert "round 2: adopted: val 0.72 within 1 SE" in markdown  # the model choice's reason, per round
 
 
 def test_real_data_report_has_no_simulation_columns(tmp_path):

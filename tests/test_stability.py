@@ -147,3 +147,25 @@ def test_driver_schedule_restarts_each_round_and_its_averages_survive_a_state_di
     assert all(torch.equal(other.weight_average.average[k], v) for k, v in driver.weight_average.average.items())
     with pytest.raises(ValueError, match="learning_rate"):
         _driver(tmp_path / "bad", lr_schedule="cosine")
+
+
+def test_pseudo_labels_add_the_confident_pool_with_the_predicted_label_and_survive_a_state_dict(tmp_path):
+    driver = _driver(tmp_path, unqueried="pseudo_label", pseudo_label_threshold=0.0)
+    state = driver.open()
+    pool = state.pool_indices()
+    assert pool and driver.training_target(state).indices == [i for i in range(len(state.ids)) if state.trusted[i]]
+    driver.begin_round(1)
+    target = driver.training_target(state)
+    assert set(target.indices) == {i for i in range(len(state.ids)) if state.trusted[i]} | set(pool)
+    with torch.no_grad():
+        inputs = torch.stack([driver.scoring_dataset[i]["image"] for i in pool])
+        predicted = driver.network.eval()(inputs).argmax(1).tolist()
+    assert [target.labels[i] for i in pool] == predicted
+    assert not any(target.verified[i] for i in pool)  # a pseudo-label is not an expert's answer
+    other = _driver(tmp_path / "other", unqueried="pseudo_label")
+    other.load_state_dict(driver.state_dict())
+    assert other.training_target(state).indices == target.indices
+    strict = _driver(tmp_path / "strict", unqueried="pseudo_label", pseudo_label_threshold=1.0)
+    strict.open()
+    strict.begin_round(1)
+    assert strict.training_target(state).indices == [i for i in range(len(state.ids)) if state.trusted[i]]

@@ -19,7 +19,8 @@ class ActiveRelabelRoundHandler:
     Events:
         STARTED: :meth:`RelabelDriver.open` (state, round 0), then the trainer follows the state.
         EPOCH_STARTED: the sampler's epoch; on a round's first epoch :meth:`RelabelDriver.advance_to` queries
-            and applies the round, then the trainer follows the new labels. An empty pool ends the run; a round
+            and applies the round and :meth:`RelabelDriver.begin_round` starts it; then the trainer follows the
+            labels. An empty pool ends the run; a round
             waiting for a person prints what to do and ends the run (rerunning the same command resumes).
         ITERATION_STARTED: the learning rate of the driver's schedule (when it has one and ``optimizer`` is given).
         LOSSES_COMPUTED: expert-verified samples are always kept by co-teaching.
@@ -73,17 +74,18 @@ class ActiveRelabelRoundHandler:
     def _epoch_started(self, engine: Engine) -> None:
         self.sampler.set_epoch(engine.state.epoch)
         round_index = self.driver.round_starting(engine.state.epoch)
-        if round_index is None:
-            return
-        outcome = self.driver.advance_to(round_index)
-        if outcome == RoundOutcome.WAITING:
-            self.waiting_for = self.driver.answers_path(round_index)
-            print(self.driver.waiting_message(round_index), flush=True)
-        if outcome != RoundOutcome.APPLIED:
-            engine.terminate()
-            return
+        if round_index is not None:
+            outcome = self.driver.advance_to(round_index)
+            if outcome == RoundOutcome.WAITING:
+                self.waiting_for = self.driver.answers_path(round_index)
+                print(self.driver.waiting_message(round_index), flush=True)
+            if outcome != RoundOutcome.APPLIED:
+                engine.terminate()
+                return
+            self.driver.begin_round(round_index)
+        # every epoch, not only a round's first: a run resumed mid-round gets the driver's round state (pseudo-labels)
+        # from the checkpoint only after STARTED
         self._follow(engine, self.driver.load_state())
-        self.driver.begin_round(round_index)
 
     def _set_learning_rate(self, engine: Engine) -> None:
         if self.optimizer is None:

@@ -25,16 +25,17 @@ from alr_monai.algorithms.stability import (
     choose_round_model,
     cosine_learning_rate,
 )
-from alr_monai.evaluation import evaluate_loader
+from alr_monai.evaluation import evaluate_loader, predict
 from alr_monai.relabel.acquire import acquire
 from alr_monai.relabel.expert import OracleExpert
 from alr_monai.relabel.state import RoundState, apply_answers_file, open_state, start_round
 from alr_monai.tables import format_cell, markdown_table
 from alr_monai.utils import atomic_torch_save, atomic_write_csv, atomic_write_text
 
-__all__ = ["MODES", "RECIPES", "ROUND_COLUMNS", "RelabelDriver", "RoundOutcome", "TrainingTarget"]
+__all__ = ["MODES", "RECIPES", "ROUND_COLUMNS", "UNQUERIED_RULES", "RelabelDriver", "RoundOutcome", "TrainingTarget"]
 
 RECIPES = ("coteaching", "trusted")
+UNQUERIED_RULES = ("drop", "pseudo_label")
 MODES = ("simulation", "interactive")
 ROUND_COLUMNS = [
     "round",
@@ -97,6 +98,10 @@ class RelabelDriver:
         "best": the weights with the best validation balanced accuracy of any epoch so far (phase 1's model
             counts) are restored at the end of every round (the behaviour before issue 11).
 
+    Suspected but unqueried samples (recipe "trusted", ``unqueried``): "drop" trains without them; "pseudo_label"
+    adds those the round's starting model predicts with probability >= ``pseudo_label_threshold``, with the
+    predicted label (computed once per round, on the deterministic transforms, and kept over a resume).
+
     Learning rate (``lr_schedule``): "cosine" anneals from ``learning_rate`` to ``learning_rate *
     min_lr_fraction`` over each round's recalibration and restarts with the next round's labels; "constant"
     keeps ``learning_rate``. The rate is a function of the iteration, so a resumed run sets the same rates.
@@ -141,6 +146,8 @@ class RelabelDriver:
         lr_schedule: "constant" or "cosine" (per round).
         learning_rate: the base learning rate of recalibration (needed by "cosine").
         min_lr_fraction: the cosine schedule's final rate as a fraction of ``learning_rate``.
+        unqueried: "drop" or "pseudo_label" (see above).
+        pseudo_label_threshold: the predicted probability a pseudo-label needs.
     """
 
     def __init__(
@@ -177,6 +184,8 @@ class RelabelDriver:
         lr_schedule: str = "constant",
         learning_rate: float | None = None,
         min_lr_fraction: float = 0.0,
+        unqueried: str = "drop",
+        pseudo_label_threshold: float = 0.9,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -190,6 +199,8 @@ class RelabelDriver:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
         if lr_schedule != "constant" and (learning_rate is None or learning_rate <= 0):
             raise ValueError(f"lr_schedule {lr_schedule!r} needs the base learning_rate (> 0), got {learning_rate}")
+        if unqueried not in UNQUERIED_RULES:
+            raise ValueError(f"unqueried must be one of {UNQUERIED_RULES}, got {unqueried!r}")
         if choice_tolerance < 0:
             raise ValueError(f"choice_tolerance must be >= 0, got {choice_tolerance}")
         if round_budget < 1 or num_rounds < 1 or recalibration_epochs < 1:
@@ -236,6 +247,10 @@ class RelabelDriver:
         self.learning_rate = learning_rate
         self.min_lr_fraction = float(min_lr_fraction)
         self.weight_average = WeightAverage(network, ema_decay) if ema_decay > 0 else None
+        self.unqueried = unqueried
+        self.pseudo_label_threshold = float(pseudo_label_threshold)
+        # the label each suspected, unqueried sample trains with this round (-1 = not trained on)
+        self.pseudo_labels = torch.full((len(self.ids),), -1, dtype=torch.long)
         # the incumbent: the weights a round must match (best so far for "best"), their score, its standard error
         # and the round they come from (0 = phase 1)
         self.best_val = float("-inf")
@@ -302,9 +317,35 @@ class RelabelDriver:
         return state
 
     def begin_round(self, round_index: int) -> None:
-        """A round's recalibration starts from the current weights: the weight average restarts there."""
+        """A round's recalibration starts from the current weights: the weight average restarts there, and the
+        pseudo-labels of the unqueried pool are taken from the current model (rule "pseudo_label")."""
         if self.weight_average is not None:
             self.weight_average.reset()
+        if self.unqueried == "pseudo_label":
+            self.pseudo_labels = self._confident_predictions(self.load_state().pool_indices())
+
+    def _pseudo_label_metrics(self, state: RoundState) -> dict:
+        """How many unqueried samples this round trained with a pseudo-label (and, in simulation, how many of
+        those labels were right: a metric, never trained on)."""
+        if self.unqueried != "pseudo_label":
+            return {}
+        pool = [i for i in state.pool_indices() if int(self.pseudo_labels[i]) >= 0]
+        metrics: dict = {"pseudo_labelled": len(pool)}
+        if self.true_labels is not None and pool:
+            right = sum(int(self.pseudo_labels[i]) == self.true_labels[i] for i in pool)
+            metrics["pseudo_label_accuracy"] = right / len(pool)
+        return metrics
+
+    def _confident_predictions(self, pool: Sequence[int]) -> torch.Tensor:
+        """Predicted label of every pool sample the model is confident about (-1 elsewhere), by training index."""
+        labels = torch.full((len(self.ids),), -1, dtype=torch.long)
+        if not pool:
+            return labels
+        outputs = predict(self.network, self._loader(pool), self.device)
+        confidence, predicted = torch.softmax(outputs["logits"], 1).max(1)
+        confident = confidence >= self.pseudo_label_threshold
+        labels[outputs["index"][confident]] = predicted[confident]
+        return labels
 
     def after_step(self) -> None:
         """After each optimiser step: fold the weights into the average (when averaging)."""
@@ -415,15 +456,22 @@ class RelabelDriver:
         """Labels, verified mask, the subset trained on and the forget rate that follow ``state``."""
         verified = [source in ("expert", "oracle") for source in state.source]
         active = [i for i, label in enumerate(state.current_labels) if label >= 0]
+        labels = list(state.current_labels)
         if self.recipe == "trusted":
             indices = [i for i in active if state.trusted[i]]
             forget_rate = 0.0
+            if self.unqueried == "pseudo_label":
+                pool = state.pool_indices()
+                pseudo = [i for i in pool if int(self.pseudo_labels[i]) >= 0]
+                for i in pseudo:
+                    labels[i] = int(self.pseudo_labels[i])
+                indices = sorted(indices + pseudo)
         else:
             indices = active
             fixed = sum(entry["labels_changed"] for entry in state.history)
             remaining_noise = self.base_forget_rate * len(self.ids) - fixed
             forget_rate = min(max(remaining_noise / max(len(active), 1), 0.0), 0.95)
-        return TrainingTarget(list(state.current_labels), verified, indices, forget_rate)
+        return TrainingTarget(labels, verified, indices, forget_rate)
 
     def end_round(self, round_index: int) -> RoundState | None:
         """Close round ``round_index``: restore the best validation weights so far, evaluate and record the round,
@@ -433,7 +481,7 @@ class RelabelDriver:
             return None
         choice = self._choose(round_index)
         state.record_metrics(round_index, self.evaluate(state))
-        state.record_metrics(round_index, choice)
+        state.record_metrics(round_index, {**choice, **self._pseudo_label_metrics(state)})
         state.save(self.state_path)
         self.write_round_table(state)
         return state
@@ -524,6 +572,8 @@ class RelabelDriver:
         }
         if self.weight_average is not None:
             state.update({f"weight_average.{k}": v for k, v in self.weight_average.state_dict().items()})
+        if self.unqueried == "pseudo_label":
+            state["pseudo_labels"] = self.pseudo_labels.clone()
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -539,6 +589,8 @@ class RelabelDriver:
             average = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
             if average:
                 self.weight_average.load_state_dict(average)
+        if "pseudo_labels" in state_dict:
+            self.pseudo_labels = state_dict["pseudo_labels"].clone().long()
 
     # ------------------------------------------------------------------------------------------ metrics
     def evaluate(self, state: RoundState) -> dict:
