@@ -433,6 +433,13 @@ KEYS: tuple[Key, ...] = (
         maximum=0.9999,
     ),
     Key(
+        "relabel#class_quota",
+        RELABEL,
+        "relabel",
+        "bool",
+        "split each round's budget over the given classes in proportion to their share of the pool",
+    ),
+    Key(
         "relabel#unqueried",
         RELABEL,
         "relabel",

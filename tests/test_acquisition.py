@@ -11,6 +11,7 @@ from alr_monai.algorithms.acquisition import (
     SCORE_FUNCTIONS,
     add_dropout_before_last_linear,
     bald,
+    class_quotas,
     enable_mc_dropout,
     entropy,
     find_last_linear,
@@ -19,6 +20,7 @@ from alr_monai.algorithms.acquisition import (
     margin,
     random_scores,
     select_top,
+    select_top_per_class,
 )
 
 # Rows: confident, two-way tie, uniform, confident-ish with a runner-up.
@@ -170,3 +172,20 @@ def test_kcenter_greedy_matches_brute_force_reference():
         reference.append(pick)
         nearest = torch.minimum(nearest, (pool - pool[pick]).norm(dim=1))
     assert kcenter_greedy(pool, labelled, budget=25, chunk_size=64).tolist() == reference
+
+
+def test_class_quotas_follow_the_pool_shares_with_largest_remainders():
+    classes = torch.tensor([0] * 6 + [1] * 3 + [2] * 1)
+    assert class_quotas(classes, 5) == {0: 3, 1: 2, 2: 0}  # exact 3.0, 1.5, 0.5: the tied remainder goes to class 1
+    assert sum(class_quotas(classes, 7).values()) == 7
+    assert class_quotas(classes, 50) == {0: 6, 1: 3, 2: 1}  # never more than a class has
+
+
+def test_per_class_selection_looks_at_a_class_whose_scores_are_all_low():
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.1, 0.05])
+    classes = torch.tensor([0, 0, 0, 0, 1, 1])
+    assert select_top(scores, 3).tolist() == [0, 1, 2]
+    picked = select_top_per_class(scores, classes, 3)
+    assert picked.tolist() == [0, 1, 4]  # class 1 holds a third of the pool, so it gets one pick, best first
+    with pytest.raises(ValueError, match="must match"):
+        select_top_per_class(scores, classes[:3], 2)

@@ -148,6 +148,38 @@ ACQUISITION_NAMES: tuple[str, ...] = (
 )
 
 
+def class_quotas(classes: Tensor, budget: int) -> dict[int, int]:
+    """Split ``budget`` over the classes in proportion to their counts in ``classes`` (largest remainder, ties to
+    the smaller class index); no class gets more than it has."""
+    values, counts = torch.unique(classes, return_counts=True)
+    total = int(counts.sum())
+    budget = min(int(budget), total)
+    if total == 0:
+        return {}
+    exact = counts.double() * budget / total
+    quotas = exact.floor().long()
+    order = torch.argsort(-(exact - quotas), stable=True)
+    for position in order[: budget - int(quotas.sum())]:
+        quotas[position] += 1
+    return {int(v): int(q) for v, q in zip(values, quotas, strict=True)}
+
+
+def select_top_per_class(scores: Tensor, classes: Tensor, budget: int) -> Tensor:
+    """Like :func:`select_top`, but each class (e.g. the pool's given labels) gets a quota of the budget in
+    proportion to its share of the pool (:func:`class_quotas`) and fills it with its own highest scores, so a
+    class whose samples score low is still looked at. Picks are returned highest score first."""
+    if classes.shape != scores.shape:
+        raise ValueError(f"classes {tuple(classes.shape)} and scores {tuple(scores.shape)} must match")
+    picked = []
+    for value, quota in class_quotas(classes, budget).items():
+        members = torch.nonzero(classes == value).flatten()
+        picked.append(members[select_top(scores[members], quota)])
+    if not picked:
+        return torch.zeros(0, dtype=torch.long)
+    positions = torch.cat(picked)
+    return positions[select_top(scores[positions], positions.numel())]
+
+
 def select_top(scores: Tensor, budget: int) -> Tensor:
     """Positions of the ``budget`` highest scores, highest first; ties by position, NaN ranks last.
 

@@ -22,6 +22,7 @@ from alr_monai.algorithms.acquisition import (
     kcenter_greedy,
     label_quality,
     select_top,
+    select_top_per_class,
 )
 from alr_monai.evaluation import predict
 
@@ -77,6 +78,7 @@ def acquire(
     labelled_loader: Iterable | None = None,
     mc_samples: int = 10,
     generator: torch.Generator | None = None,
+    class_quota: bool = False,
 ) -> Acquisition:
     """Pick up to ``budget`` pool samples for the expert.
 
@@ -92,15 +94,22 @@ def acquire(
         mc_samples: stochastic passes for BALD.
         generator: RNG for "random" and for BALD's dropout masks (seeded by the caller per round, so a resumed
             run picks the same samples). The global RNG is left as it was.
+        class_quota: split the budget over the pool's labels (the given labels of unanswered samples) in
+            proportion to their counts, each filled by its own top scores (not for coreset, which spreads its
+            picks by embedding already).
     """
     if method not in ACQUISITION_NAMES:
         raise ValueError(f"unknown acquisition {method!r}; choose one of {list(ACQUISITION_NAMES)}")
     # Scoring leaves the global RNG (dropout during training, DataLoader seeds) exactly as it found it.
     with torch.random.fork_rng(devices=_cuda_devices(device)):
-        return _acquire(method, network, pool_loader, budget, device, labelled_loader, mc_samples, generator)
+        return _acquire(
+            method, network, pool_loader, budget, device, labelled_loader, mc_samples, generator, class_quota
+        )
 
 
-def _acquire(method, network, pool_loader, budget, device, labelled_loader, mc_samples, generator) -> Acquisition:
+def _acquire(
+    method, network, pool_loader, budget, device, labelled_loader, mc_samples, generator, class_quota
+) -> Acquisition:
     outputs = predict(network, pool_loader, device, with_features=method == "coreset")
     probs = torch.softmax(outputs["logits"], 1)
     confidence, predicted = probs.max(1)
@@ -119,7 +128,10 @@ def _acquire(method, network, pool_loader, budget, device, labelled_loader, mc_s
             scores = label_quality(probs, outputs["labels"])
         else:
             scores = SCORE_FUNCTIONS[method](probs, generator=generator)
-        positions = select_top(scores, budget)
+        if class_quota:
+            positions = select_top_per_class(scores, outputs["labels"], budget)
+        else:
+            positions = select_top(scores, budget)
     positions = positions.long()
     return Acquisition(
         indices=outputs["index"][positions].tolist(),

@@ -52,6 +52,26 @@ ROUND_COLUMNS = [
 ]
 
 
+def patient_grouped_order(patient_ids: Sequence[str]) -> list[int]:
+    """The order that keeps each patient's images together, for rows given best-ranked first.
+
+    Patients come in the order of their best-ranked image and a patient's images in rank order; an image
+    without a patient id ("") stays a group of its own at its rank. The order is stable, so rows without any
+    patient id keep their ranking.
+
+    Args:
+        patient_ids: the patient id of each row, rows in rank order.
+
+    Returns:
+        Row positions in the new order (a permutation of ``range(len(patient_ids))``).
+    """
+    groups: dict[str | tuple[str, int], list[int]] = {}
+    for position, patient in enumerate(patient_ids):
+        # A row without a patient gets a key no patient id can equal (ids are strings, this is a tuple).
+        groups.setdefault(patient if patient else ("", position), []).append(position)
+    return [position for members in groups.values() for position in members]
+
+
 class RoundOutcome:
     """What :meth:`RelabelDriver.advance_to` found: the round is applied, the pool is empty, or a person must answer."""
 
@@ -133,7 +153,9 @@ class RelabelDriver:
         recipe: "trusted" or "coteaching".
         base_forget_rate: the forget rate phase 1 ended with.
         image_paths: image path per index for the query file (optional).
-        patient_ids: patient id per index for the query file (optional).
+        patient_ids: patient id per index for the query file (optional; "" = unknown).
+        group_by_patient: order each round's query so a patient's images are together (one expert sitting per
+            patient); only the order changes, never which samples are asked. No effect without patient ids.
         seed: seed for random acquisition (per round, so a resume picks the same samples).
         mc_samples: MC-dropout passes for BALD.
         batch_size: inference batch size.
@@ -148,6 +170,9 @@ class RelabelDriver:
         min_lr_fraction: the cosine schedule's final rate as a fraction of ``learning_rate``.
         unqueried: "drop" or "pseudo_label" (see above).
         pseudo_label_threshold: the predicted probability a pseudo-label needs.
+        class_quota: each round's budget is split over the pool's given labels in proportion to their counts
+            (the pool is what phase 1 cut from each class at its estimated noise rate, so these are the estimated
+            noisy counts per class), each share filled by the acquisition's top scores within the class.
     """
 
     def __init__(
@@ -172,6 +197,7 @@ class RelabelDriver:
         base_forget_rate: float = 0.0,
         image_paths: Sequence[str] | None = None,
         patient_ids: Sequence[str] | None = None,
+        group_by_patient: bool = True,
         seed: int = 0,
         mc_samples: int = 10,
         batch_size: int = 256,
@@ -186,6 +212,7 @@ class RelabelDriver:
         min_lr_fraction: float = 0.0,
         unqueried: str = "drop",
         pseudo_label_threshold: float = 0.9,
+        class_quota: bool = False,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -235,6 +262,7 @@ class RelabelDriver:
         self.base_forget_rate = float(base_forget_rate)
         self.image_paths = None if image_paths is None else [str(p) for p in image_paths]
         self.patient_ids = None if patient_ids is None else [str(p) for p in patient_ids]
+        self.group_by_patient = bool(group_by_patient)
         self.seed = seed
         self.mc_samples = mc_samples
         self.batch_size = batch_size
@@ -248,6 +276,7 @@ class RelabelDriver:
         self.min_lr_fraction = float(min_lr_fraction)
         self.weight_average = WeightAverage(network, ema_decay) if ema_decay > 0 else None
         self.unqueried = unqueried
+        self.class_quota = bool(class_quota)
         self.pseudo_label_threshold = float(pseudo_label_threshold)
         # the label each suspected, unqueried sample trains with this round (-1 = not trained on)
         self.pseudo_labels = torch.full((len(self.ids),), -1, dtype=torch.long)
@@ -416,7 +445,12 @@ class RelabelDriver:
         return state
 
     def query_rows(self, state: RoundState, round_index: int) -> list[dict]:
-        """Rank the pool with the current model and return the round's query rows (best first); [] if no pool."""
+        """Rank the pool with the current model and return the round's query rows; [] if no pool.
+
+        Rows come best first; with ``group_by_patient`` and patient ids, a patient's images are kept together
+        (patients in the order of their best-ranked image, images within a patient by rank), so the expert
+        sees each patient once. The acquisition still decides which samples are asked.
+        """
         pool = state.pool_indices()
         if not pool:
             return []
@@ -433,6 +467,7 @@ class RelabelDriver:
             labelled_loader=labelled_loader,
             mc_samples=self.mc_samples,
             generator=generator,
+            class_quota=self.class_quota,
         )
         rows = []
         for rank, index in enumerate(picked.indices):
@@ -447,6 +482,8 @@ class RelabelDriver:
                     "patient_id": self.patient_ids[index] if self.patient_ids else "",
                 }
             )
+        if self.group_by_patient:
+            rows = [rows[k] for k in patient_grouped_order([row["patient_id"] for row in rows])]
         return rows
 
     def _loader(self, indices: Sequence[int]) -> DataLoader:
