@@ -15,6 +15,8 @@ $(BIN)/python:
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install $(TORCH_SPEC)
 	$(BIN)/pip install -e ".[test,benchmark]"
+# the query-sheet browser test uses Debian's Chromium, never one Playwright downloads (CI runs as root)
+	if [ ! -x /usr/bin/chromium ]; then apt-get update && apt-get install -y --no-install-recommends chromium; fi
 	touch $(STAMP)
 
 install: $(STAMP)

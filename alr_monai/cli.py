@@ -13,6 +13,7 @@
     alr benchmark --preset small              a benchmark matrix (configs/benchmarks), resumable
     alr manifest build ROOT --out m.csv       folder tree ROOT/<class>/<files> -> manifest
     alr manifest check m.csv                  validate a manifest, report every bad row
+    alr manifest check m.csv --decode         ... and decode every image as training will
 
 Bundle keys are set as flags, e.g. ``--max_epochs 5`` or ``--vog#mix_ratio 0.1``; ``alr CMD --help`` lists the
 keys a command accepts (from :mod:`alr_monai.keys`), with defaults and meanings. Every argument is checked before
@@ -129,7 +130,13 @@ def _relabel(run_dir: str, mode: str, overrides: dict[str, Any], command: str) -
     run_path = Path(run_dir)
     from alr_monai.runlock import run_lock
 
-    load_run_config(run_path)  # a clear error before anything is created if phase 1 never ran there
+    config = load_run_config(run_path)  # a clear error before anything is created if phase 1 never ran there
+    if mode == "simulation" and not _has_truth(config):
+        raise UsageError(
+            f"alr {command} --mode simulation needs injected noise: its oracle answers from the truth, and phase 1 "
+            f"in {run_dir} trained on given labels with no truth (a manifest run); "
+            f"ask an expert instead: alr query --run_dir {shlex.quote(str(run_dir))}"
+        )
     with run_lock(run_path, "relabel", create=False):
         _relabel_locked(run_path, run_dir, mode, overrides)
 
@@ -151,6 +158,18 @@ def _relabel_locked(run_path: Path, run_dir: str, mode: str, overrides: dict[str
     from alr_monai.report import write_report
 
     write_report(run_path)
+
+
+def _has_truth(config: dict[str, Any]) -> bool:
+    """True when phase 1 injected noise, so the true labels exist (``simulation`` not set to null)."""
+    if "simulation" in config["overrides"]:
+        return config["overrides"]["simulation"] is not None
+    value: Any = None
+    for path in config["config_files"]:
+        node = json.loads(Path(path).read_text())
+        if isinstance(node, dict) and "simulation" in node:
+            value = node["simulation"]
+    return value is not None
 
 
 def rounds_written(run_dir: Path) -> bool:
@@ -202,7 +221,7 @@ def _configured_value(config: dict[str, Any], name: str) -> Any:
     return value
 
 
-def answer(file: str, run_dir: str = "runs/alr", dry_run: bool = False, allow_empty: bool = False):
+def answer(file: str, run_dir: str = "runs/alr", dry_run: bool = False, allow_empty: bool = False, reader: str = ""):
     """Validate an expert's answers CSV for the pending round and apply it.
 
     Every bad row is reported at once, and nothing is applied when any row is bad.
@@ -212,9 +231,13 @@ def answer(file: str, run_dir: str = "runs/alr", dry_run: bool = False, allow_em
         run_dir: the run folder.
         dry_run: validate and print what would change; apply nothing.
         allow_empty: close the round even if the file answers nothing (every expert_label blank).
+        reader: who answered, recorded in audit.csv for rows without a ``reader`` cell of their own. Required
+            when the run has several readers per round (``relabel#readers``): each reader's file is kept, and the
+            round is applied when all are in and the consensus (or the adjudicator) has decided every sample.
     """
     from alr_monai.relabel import RoundError, RoundState, apply_answers_file, read_answers
-    from alr_monai.relabel.state import relabel_outputs
+    from alr_monai.relabel.readers import ADJUDICATOR, read_reader_settings, submit_reader_answers
+    from alr_monai.relabel.state import is_label_change, relabel_outputs
 
     relabel_dir = Path(run_dir) / "relabel"
     state_path = relabel_dir / "state.json"
@@ -222,12 +245,46 @@ def answer(file: str, run_dir: str = "runs/alr", dry_run: bool = False, allow_em
         raise FileNotFoundError(
             f"{state_path} not found: no relabel round was started in {run_dir}; run `alr query --run_dir {run_dir}`"
         )
+    settings = read_reader_settings(relabel_dir)
+    if settings.readers > 1 and not dry_run:
+        state = RoundState.load(state_path)
+        if state.pending_round is None:
+            raise RoundError(f"no query is pending in {state_path} ({state.round} rounds applied)")
+        if not reader:
+            raise UsageError(
+                f"this run has {settings.readers} readers per round: say whose answers these are with --reader NAME "
+                f"(the adjudicator answers the adjudication file with --reader {ADJUDICATOR})"
+            )
+        pending = state.pending_round
+        result = submit_reader_answers(
+            relabel_dir, pending, state.queried[str(pending)], state.ids, state.class_names, file, reader, settings,
+            allow_empty,
+        )  # fmt: skip
+        if result["status"] == "waiting":
+            print(
+                f"round {pending}: kept {reader}'s answers ({len(result['readers_in'])} of {settings.readers} readers "
+                f"in; waiting for {result['missing']} more)"
+            )
+            return
+        if "kappa" in result:
+            print(
+                f"round {pending}: readers agree on {result['percent_agreement']:.0%} of "
+                f"{result['agreement_samples']} samples (kappa {result['kappa']:.2f}, {result['kappa_kind']})"
+            )
+        if result["status"] == "adjudication":
+            print(
+                f"round {pending}: {result['disputed']} samples without {settings.rule} consensus; the adjudicator "
+                f"fills {result['adjudication_file']} and runs: alr answer <that file> --run_dir "
+                f"{shlex.quote(str(run_dir))} --reader {ADJUDICATOR}"
+            )
+            return
+        file = result["answers_file"]
     if dry_run:
         state = RoundState.load(state_path)
         if state.pending_round is None:
             raise RoundError(f"no query is pending in {state_path} ({state.round} rounds applied)")
         pending = state.pending_round
-        answers = read_answers(file, state.class_names, state.queried[str(pending)], state.ids, allow_empty)
+        answers = read_answers(file, state.class_names, state.queried[str(pending)], state.ids, allow_empty, reader)
         rows = state.apply_answers(pending, answers, "expert")  # in memory only: nothing is written
         entry = state.history[-1]
         print(
@@ -235,11 +292,17 @@ def answer(file: str, run_dir: str = "runs/alr", dry_run: bool = False, allow_em
             f"labels changed, {entry['excluded']} excluded, {entry['skipped']} skipped); nothing was written"
         )
         for row in rows:
-            print(f"  {row['id']}: {row['old_label']} -> {row['new_label']}")
+            if is_label_change(row):
+                print(f"  {row['id']}: {row['old_label']} -> {row['new_label']}")
         print(f"Apply with: alr answer {shlex.quote(str(file))} --run_dir {shlex.quote(str(run_dir))}")
         return
     state = apply_answers_file(
-        state_path, relabel_dir / "audit.csv", relabel_dir / "labels_cleaned.csv", file, allow_empty=allow_empty
+        state_path,
+        relabel_dir / "audit.csv",
+        relabel_dir / "labels_cleaned.csv",
+        file,
+        allow_empty=allow_empty,
+        reader=reader,
     )
     entry = state.history[-1]
     print(
@@ -256,6 +319,7 @@ def status(run_dir: str = "runs/alr"):
         run_dir: the run folder.
     """
     from alr_monai.relabel import RoundState
+    from alr_monai.relabel.readers import read_reader_settings
     from alr_monai.relabel.state import relabel_outputs
 
     state_path = Path(run_dir) / "relabel" / "state.json"
@@ -272,7 +336,17 @@ def status(run_dir: str = "runs/alr"):
         query_file = Path(run_dir) / "relabel" / "queries" / f"round_{pending}.csv"
         answers_file = Path(run_dir) / "relabel" / "answers" / f"round_{pending}.csv"
         print(f"waiting: round {pending} query {query_file} ({len(state.pending_ids())} samples)")
-        print(f"  fill expert_label and save as {answers_file}, or run: alr answer <file> --run_dir {run_dir}")
+        page = query_file.with_suffix(".html")
+        if page.is_file():
+            print(f"  open {page} in a web browser, answer, save, then: alr answer <saved file> --run_dir {run_dir}")
+        print(f"  or fill expert_label and save as {answers_file}, or run: alr answer <file> --run_dir {run_dir}")
+        settings = read_reader_settings(Path(run_dir) / "relabel")
+        if settings.readers > 1:
+            kept = sorted(path.stem for path in (answers_file.parent / f"round_{pending}").glob("*.csv"))
+            print(
+                f"  {settings.readers} readers per round ({settings.rule}); answers kept from: "
+                f"{', '.join(kept) or 'nobody yet'} (each runs alr answer ... --reader NAME)"
+            )
     else:
         print("nothing waiting for the expert")
 
@@ -461,21 +535,79 @@ class Manifest:
         print(markdown_table(["class", *SPLIT_NAMES], table, str))
 
     @staticmethod
-    def check(path: str, classes: Sequence[str] | None = None, root: str | None = None):
+    def check(
+        path: str,
+        classes: Sequence[str] | None = None,
+        root: str | None = None,
+        decode: bool = False,
+        workers: int | None = None,
+        **overrides,
+    ):
         """Validate a manifest; every bad row is reported at once.
 
         Args:
             path: the manifest CSV.
             classes: class names in index order (default: inferred from the labels).
-            root: folder that relative image paths start from (default: the CSV's folder).
+            root: folder that every image must lie inside (default: no restriction).
+            decode: also decode every image through the training chain (the --manifest keys below, as you will
+                train with them) and report each undecodable, truncated, multi-frame, wrong-shape or
+                wrong-channel-count file with the reason and the fix.
+            workers: with --decode, images decoded at once (default: min(2, CPU count)).
+            **overrides: the training keys that shape the chain (with --decode): spatial_dims, image_size,
+                in_channels, intensity, channel_axis; and sequences (the columns of a row's sequence files).
         """
         from alr_monai.data.manifest import load_manifest
 
-        manifest = load_manifest(path, class_names=classes, root=root)
+        check_overrides(overrides, ("manifest",), "manifest check", strict=False)
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+            raise UsageError(f"--workers {workers!r} is not accepted; expected an integer >= 1")
+        sequences = coerce_literal(overrides.get("sequences"))
+        manifest = load_manifest(path, class_names=classes, root=root, sequences=sequences)
         counts = {name: 0 for name in manifest.class_names}
         for record in manifest.records:
             counts[record["label_name"]] += 1
-        print(f"{path}: {len(manifest.records)} rows OK; per class {counts}")
+        if not decode:
+            print(f"{path}: {len(manifest.records)} rows OK; per class {counts}")
+            print("  (pixels were not decoded: add --decode to decode every image as training will)")
+            return
+        _decode_check(manifest, workers, overrides)
+        print(f"{path}: {len(manifest.records)} rows OK, every image decoded; per class {counts}")
+
+
+def _decode_check(manifest: Any, workers: int | None, overrides: dict[str, Any]) -> None:
+    """Decode every image of ``manifest`` with the chain ``alr train --manifest`` builds from the same keys."""
+    from alr_monai.data.decode_check import BadImagesError, check_images
+    from alr_monai.data.transforms import build_image_transforms
+
+    def setting(name: str) -> Any:
+        value = overrides.get(name, keys_.config_default("train_manifest.json", name))
+        return coerce_literal(value)
+
+    spatial_dims = int(setting("spatial_dims"))
+    size = setting("image_size")
+    if "image_size" not in overrides and len(size) != spatial_dims:
+        size = [int(size[0])] * spatial_dims  # only the shape checks matter here, not the size
+    transform = build_image_transforms(
+        size,
+        int(setting("in_channels")),
+        spatial_dims=spatial_dims,
+        intensity=setting("intensity"),
+        channel_axis=setting("channel_axis"),
+    )
+    bad = check_images(manifest, transform, workers=workers)
+    if bad:
+        kinds: dict[str, int] = {}
+        for b in bad:
+            kinds[b.kind] = kinds.get(b.kind, 0) + 1
+        summary = ", ".join(f"{n} {kind}" for kind, n in kinds.items())
+        raise BadImagesError(
+            bad,
+            manifest.path,
+            hint=(
+                f"{len(bad)} of {len(manifest.records)} images cannot be used ({summary}); training refuses them "
+                "unless --drop_bad_images true is given (then they are dropped and listed)"
+            ),
+        )
 
 
 COMMANDS = {
@@ -492,7 +624,12 @@ COMMANDS = {
     "manifest": Manifest,
 }
 # Bundle-key phases each command accepts as --KEY VALUE (train adds "manifest" when --manifest is given).
-COMMAND_PHASES: dict[str, tuple[str, ...]] = {"train": ("train",), "relabel": ("relabel",), "query": ("relabel",)}
+COMMAND_PHASES: dict[str, tuple[str, ...]] = {
+    "train": ("train",),
+    "relabel": ("relabel",),
+    "query": ("relabel",),
+    "manifest check": ("manifest",),
+}
 # Choices of plain command arguments (bundle keys carry their own).
 ARGUMENT_CHOICES: dict[tuple[str, str], tuple] = {
     ("relabel", "mode"): MODES,
@@ -766,7 +903,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     )
 
 
-_WRAPPER_MESSAGES = ("Failed to instantiate", "Failed to evaluate", "Failed to run", "failed to run")
+# MONAI's wrappers around the user's error; "applying transform" wraps a per-file read error, which names the file.
+_WRAPPER_MESSAGES = (
+    "Failed to instantiate",
+    "Failed to evaluate",
+    "Failed to run",
+    "failed to run",
+    "applying transform",
+)
 
 
 def unwrap(error: BaseException) -> BaseException:

@@ -42,6 +42,7 @@ ACQUISITIONS = ("random", "entropy", "least_confidence", "margin", "bald", "core
 RECIPES = ("coteaching", "trusted")
 MODEL_CHOICES = ("best", "tolerant")
 UNQUERIED_RULES = ("drop", "pseudo_label")
+CONSENSUS_RULES = ("majority", "unanimous")
 LR_SCHEDULES = ("constant", "cosine")
 MODES = ("simulation", "interactive")
 INTENSITIES = ("minmax", "none")
@@ -368,6 +369,13 @@ KEYS: tuple[Key, ...] = (
         choices=(3, -1),
     ),
     Key(
+        "sequences",
+        MANIFEST,
+        "manifest",
+        "strlist?",
+        "columns with one file per sequence (e.g. \"['image','t2','flair']\"), stacked as channels; null = image",
+    ),
+    Key(
         "drop_bad_images",
         MANIFEST,
         "manifest",
@@ -440,6 +448,22 @@ KEYS: tuple[Key, ...] = (
         "split each round's budget over the given classes in proportion to their share of the pool",
     ),
     Key(
+        "relabel#readers",
+        RELABEL,
+        "relabel",
+        "int",
+        "readers per round: each answers, the consensus decides, disagreements go to an adjudicator",
+        minimum=1,
+    ),
+    Key(
+        "relabel#consensus",
+        RELABEL,
+        "relabel",
+        "str",
+        "how several readers' answers are combined",
+        choices=CONSENSUS_RULES,
+    ),
+    Key(
         "relabel#unqueried",
         RELABEL,
         "relabel",
@@ -482,6 +506,15 @@ KEYS: tuple[Key, ...] = (
         maximum=1,
     ),
     Key("relabel#mc_samples", RELABEL, "relabel", "int", "BALD: MC-dropout passes per sample", minimum=1),
+    Key(
+        "relabel#group_by_patient",
+        RELABEL,
+        "relabel",
+        "bool",
+        "order each query so a patient's images are together (needs patient ids; the samples asked stay the same)",
+        # Only the order of the next query files changes, never what is asked, so a resume may change it.
+        fixed_in_rounds=False,
+    ),
 )
 _BY_NAME = {key.name: key for key in KEYS}
 # Phase-1 keys that phase 2 also reads (the relabel overlay uses them), so alr relabel / alr query accept them.

@@ -278,6 +278,7 @@ def _sections(run_dir: Path) -> list[tuple]:
             if reasons:
                 blocks += [("p", "Which model closed each round, and why (validation only):"), ("list", reasons)]
         blocks += [("image", caption, name) for section, caption, name in plots if section == "phase2"]
+        blocks += _reader_blocks(run_dir / "relabel")
     links = [("selection.csv (every sample: loss, VoG, kept, trusted)", "selection.csv")]
     for label, relative in (
         ("labels_cleaned.csv (the labels after the expert's answers)", "relabel/labels_cleaned.csv"),
@@ -381,3 +382,25 @@ def write_report(run_dir: str | Path) -> Path:
     blocks = _sections(run_dir)
     atomic_write_text(run_dir / "report.html", render_html(blocks, run_dir))
     return atomic_write_text(run_dir / "report.md", render_markdown(blocks, run_dir))
+
+
+def _reader_blocks(relabel_dir: Path) -> list[tuple]:
+    """Per round with several readers: how many answers each reader gave and how well they agreed."""
+    rows = []
+    for path in sorted(relabel_dir.glob("answers/round_*/agreement.json"), key=lambda p: int(p.parent.name[6:])):
+        agreement = json.loads(path.read_text())
+        counts = ", ".join(f"{name} {count}" for name, count in agreement.get("reader_counts", {}).items())
+        kappa = agreement.get("kappa")
+        rows.append(
+            [
+                int(path.parent.name[6:]),
+                counts,
+                agreement.get("agreement_samples"),
+                agreement.get("percent_agreement"),
+                "" if kappa is None else f"{kappa:.3f} ({agreement.get('kappa_kind')})",
+            ]
+        )
+    if not rows:
+        return []
+    header = ["round", "answers per reader", "answered by all", "agreement", "kappa"]
+    return [("p", "Readers: answers given and agreement between readers, per round:"), ("table", header, rows)]

@@ -14,6 +14,23 @@ import numpy as np
 import pytest
 
 
+def new_dicom_dataset(sop_class_uid: str):
+    """An empty DICOM dataset of ``sop_class_uid`` with its file meta (explicit VR little endian) and new UIDs."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class_uid
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = sop_class_uid
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    return ds
+
+
 def _write_dicom(
     path: Path,
     pixels: np.ndarray,
@@ -22,9 +39,7 @@ def _write_dicom(
     rescale_slope: float = 1.0,
     with_pixels: bool = True,
 ) -> Path:
-    import pydicom
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import CTImageStorage
 
     pixels = np.asarray(pixels)
     if pixels.ndim != 2:
@@ -32,16 +47,7 @@ def _write_dicom(
     signed = bool(np.issubdtype(pixels.dtype, np.signedinteger))
     stored = pixels.astype(np.int16 if signed else np.uint16)
 
-    sop_instance_uid = generate_uid()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = sop_instance_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = sop_instance_uid
+    ds = new_dicom_dataset(CTImageStorage)
     ds.Modality = "CT"
     if patient_id is not None:
         ds.PatientID = patient_id
@@ -185,3 +191,36 @@ def write_tiny_bloodmnist() -> Callable[[Path, Mapping[str, int]], Path]:
         return folder
 
     return write
+
+
+# the classes of the ``pending_run`` fixture (test_cli.py and test_readers.py answer its round)
+PENDING_RUN_CLASSES = ["normal", "abnormal", "unclear"]
+
+
+@pytest.fixture
+def pending_run(tmp_path) -> Path:
+    """A run folder after phase 1 with round 1 queried (ids s3, s4, s5, s6) and nothing answered."""
+    import json
+
+    from alr_monai.relabel import RoundState, start_round
+
+    run_dir = tmp_path / "run"
+    relabel_dir = run_dir / "relabel"
+    relabel_dir.mkdir(parents=True)
+    (run_dir / "metrics.json").write_text(json.dumps({"epoch": 2, "last": {"train": {}}}))
+    ids = [f"s{i}" for i in range(10)]
+    given = [0, 1, 2, 0, 1, 2, 0, 1, 2, 0]
+    trusted = [True, True, True, False, False, False, False, False, False, False]
+    RoundState.initial(ids, given, trusted, PENDING_RUN_CLASSES).save(relabel_dir / "state.json")
+    rows = [
+        {
+            "id": f"s{i}",
+            "given_label": given[i],
+            "predicted_label": 1,
+            "predicted_probability": 0.5,
+            "score": 1 - i / 10,
+        }
+        for i in (3, 4, 5, 6)
+    ]
+    start_round(relabel_dir / "state.json", relabel_dir / "queries" / "round_1.csv", 1, rows)
+    return run_dir

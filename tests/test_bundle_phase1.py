@@ -187,10 +187,12 @@ def test_inference_bundle_writes_predictions_of_the_trained_model(phase1_run: Pa
     )
     _run(workflow)
     with open(phase1_run / "predictions.csv", newline="") as handle:
-        rows = list(csv.reader(handle))
+        header, *rows = list(csv.reader(handle))
+    assert header == ["id", *(f"prob_{name}" for name in BLOODMNIST_CLASSES), "predicted_index", "predicted_label"]
     data = load_medmnist(tiny_dataset_dir / "bloodmnist.npz")
     assert [r[0] for r in rows] == data["test"].ids
-    probs = torch.tensor([[float(v) for v in r[1:]] for r in rows])
+    probs = torch.tensor([[float(v) for v in r[1:9]] for r in rows])
+    assert [r[10] for r in rows] == [BLOODMNIST_CLASSES[int(p.argmax())] for p in probs]
     assert probs.shape == (len(data["test"]), 8)
     torch.testing.assert_close(probs.sum(1), torch.ones(len(rows)), atol=1e-4, rtol=0)
 
@@ -433,7 +435,8 @@ def test_manifest_overlay_switches_off_the_simulation_parts_by_key():
     overlay = ConfigParser.load_config_file(str(TRAIN_MANIFEST))
     # The handler list and initialize come from train.json; the overlay only nulls the simulation-only parts.
     assert "train#handlers" not in overlay and "initialize" not in overlay
-    assert "@selection_metrics" in train["train"]["handlers"] and "@noise_record" in train["initialize"]
+    references = [h.get("handler") for h in train["train"]["handlers"] if isinstance(h, dict)]
+    assert "@selection_metrics" in references and "@noise_record" in train["initialize"]
     assert train["selection_metrics"]["_target_"].endswith("SelectionMetricsHandler")
     assert overlay["selection_metrics"] is None and overlay["noise_record"] is None
     assert "_comment" in overlay

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from alr_monai import cli
-from alr_monai.relabel import RoundState, start_round
+from alr_monai.relabel import RoundState
 
-CLASSES = ["normal", "abnormal", "unclear"]
+CLASSES = ["normal", "abnormal", "unclear"]  # as conftest.PENDING_RUN_CLASSES
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
@@ -102,31 +102,6 @@ def test_manifest_check_reports_every_bad_row_and_exits_2(tmp_path, capsys, imag
 
 
 # ------------------------------------------------------------------------------------ answers and status
-@pytest.fixture
-def pending_run(tmp_path) -> Path:
-    """A run folder after phase 1 with round 1 queried (ids s3, s4, s5, s6) and nothing answered."""
-    run_dir = tmp_path / "run"
-    relabel_dir = run_dir / "relabel"
-    relabel_dir.mkdir(parents=True)
-    (run_dir / "metrics.json").write_text(json.dumps({"epoch": 2, "last": {"train": {}}}))
-    ids = [f"s{i}" for i in range(10)]
-    given = [0, 1, 2, 0, 1, 2, 0, 1, 2, 0]
-    trusted = [True, True, True, False, False, False, False, False, False, False]
-    RoundState.initial(ids, given, trusted, CLASSES).save(relabel_dir / "state.json")
-    rows = [
-        {
-            "id": f"s{i}",
-            "given_label": given[i],
-            "predicted_label": 1,
-            "predicted_probability": 0.5,
-            "score": 1 - i / 10,
-        }
-        for i in (3, 4, 5, 6)
-    ]
-    start_round(relabel_dir / "state.json", relabel_dir / "queries" / "round_1.csv", 1, rows)
-    return run_dir
-
-
 def test_status_before_and_after_a_round(tmp_path, pending_run, capsys):
     fresh = tmp_path / "fresh"
     fresh.mkdir()

@@ -107,10 +107,10 @@ def test_read_answers_parses_names_indices_blank_and_exclude(tmp_path):
     )
     answers = read_answers(path, CLASSES, QUERIED, KNOWN)
     assert answers == [
-        Answer("s1", 2, False, "clear mass"),
-        Answer("s2", 0, False, ""),
-        Answer("s3", None, False, "unsure"),
-        Answer("s4", None, True, "wrong body part"),
+        Answer("s1", 2, False, "clear mass", "dr x"),
+        Answer("s2", 0, False, "", "dr x"),
+        Answer("s3", None, False, "unsure", "dr x"),
+        Answer("s4", None, True, "wrong body part", "dr x"),
     ]
     assert answers[2].skipped and not answers[3].skipped
 

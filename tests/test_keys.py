@@ -61,6 +61,9 @@ def test_choices_match_the_modules_that_enforce_them():
     assert keys.MODES == MODES and keys.RECIPES == RECIPES
     assert keys.MODEL_CHOICES == MODEL_CHOICES and keys.LR_SCHEDULES == LR_SCHEDULES
     assert keys.UNQUERIED_RULES == UNQUERIED_RULES
+    from alr_monai.relabel.readers import CONSENSUS_RULES
+
+    assert keys.CONSENSUS_RULES == CONSENSUS_RULES
     assert keys.TRUSTED_RULES == TRUSTED_RULES and keys.VOG_KEEP == VOG_KEEP
 
 

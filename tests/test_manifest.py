@@ -255,9 +255,10 @@ def test_mixed_dataset_select_and_items(manifest_mixed_dataset):
     assert len(manifest.select(None)) == 6
 
     items = manifest.items("val")
+    patients = [r["patient_id"] or "" for r in manifest.records]  # "" where the manifest has none
     assert items == [
-        {"image": manifest.records[4]["image"], "label": 1, "index": 0, "id": "img4"},
-        {"image": manifest.records[5]["image"], "label": 0, "index": 1, "id": "img5"},
+        {"image": manifest.records[4]["image"], "label": 1, "index": 0, "id": "img4", "patient_id": patients[4]},
+        {"image": manifest.records[5]["image"], "label": 0, "index": 1, "id": "img5", "patient_id": patients[5]},
     ]
     assert [it["index"] for it in manifest.items()] == list(range(6))
     assert manifest.items("test") == []

@@ -163,10 +163,14 @@ def test_simulated_rounds_end_to_end(phase1_run, simulated_run, tmp_path):
             assert int(row["label_index"]) == given[row["id"]]
         assert row["label"] == names[int(row["label_index"])]
 
-    audit = audit_without_time(simulated_run)
+    every_answer = audit_without_time(simulated_run)
+    audit = [row for row in every_answer if row["action"] != "confirmed"]
     changed = {row["id"]: row for row in cleaned if int(row["label_index"]) != given[row["id"]]}
     assert changed, "60% noise: some queried labels must have been wrong"
     assert sorted(row["id"] for row in audit) == sorted(changed)
+    # every answer is audited: the confirmations (oracle agrees with the given label) as well as the changes
+    assert len(every_answer) == state.budget_spent
+    assert all(row["old_label"] == row["new_label"] for row in every_answer if row["action"] == "confirmed")
     for row in audit:
         assert row["source"] == "oracle"
         assert row["old_label"] == names[given[row["id"]]]
@@ -252,27 +256,29 @@ def test_interactive_round_with_expert_answers(phase1_run, tmp_path, capsys, mon
     assert (entry["labels_spent"], entry["labels_changed"], entry["excluded"], entry["skipped"]) == (4, 2, 1, 16)
 
     audit = audit_without_time(run_dir)
+    common = {"round": "1", "source": "expert", "reader": "", "comment": "checked"}
     assert audit == [
-        {
-            "id": r_name,
-            "old_label": names[given[r_name]],
-            "new_label": names[new_name],
-            "round": "1",
-            "source": "expert",
-        },
+        {"id": r_name, "old_label": names[given[r_name]], "new_label": names[new_name], "action": "changed", **common},
         {
             "id": r_index,
             "old_label": names[given[r_index]],
             "new_label": names[new_index],
-            "round": "1",
-            "source": "expert",
+            "action": "changed",
+            **common,
         },
         {
             "id": r_exclude,
             "old_label": names[given[r_exclude]],
             "new_label": "excluded",
-            "round": "1",
-            "source": "expert",
+            "action": "excluded",
+            **common,
+        },
+        {
+            "id": r_same,
+            "old_label": names[given[r_same]],
+            "new_label": names[given[r_same]],
+            "action": "confirmed",
+            **common,
         },
     ]
     cleaned = {row["id"]: row for row in rows_of(relabel_dir / "labels_cleaned.csv")[1]}

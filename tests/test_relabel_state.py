@@ -9,6 +9,7 @@ import pytest
 from alr_monai.relabel.expert import Answer, OracleExpert, read_answers
 from alr_monai.relabel.state import (
     AUDIT_COLUMNS,
+    LEGACY_AUDIT_COLUMNS,
     AuditTrail,
     RoundError,
     RoundState,
@@ -129,10 +130,11 @@ def test_apply_answers_updates_labels_trust_budget_and_history():
     state = _state()
     state.begin_round(1, ["s2", "s3", "s4", "s5", "s6"])
     rows = state.apply_answers(1, _answers(), "expert")
-    # Audit rows only for the change and the exclusion, labels as names.
-    assert [(r["id"], r["old_label"], r["new_label"], r["round"], r["source"]) for r in rows] == [
-        ("s2", "malignant", "normal", 1, "expert"),
-        ("s4", "benign", "excluded", 1, "expert"),
+    # An audit row for every answered sample (the confirmation too), labels as names; skipped samples have none.
+    assert [(r["id"], r["old_label"], r["new_label"], r["action"], r["round"], r["source"]) for r in rows] == [
+        ("s2", "malignant", "normal", "changed", 1, "expert"),
+        ("s3", "normal", "normal", "confirmed", 1, "expert"),
+        ("s4", "benign", "excluded", "excluded", 1, "expert"),
     ]
     assert datetime.fromisoformat(rows[0]["time"]).utcoffset().total_seconds() == 0
     assert state.current_labels == [0, 1, 0, 0, -1, 2, 0, 1]
@@ -210,7 +212,7 @@ def test_crash_before_state_write_resumes_to_identical_result(tmp_path, monkeypa
         _apply(crashed, _answers())
     # Audit and labels were written, but the state still says round 1 is pending.
     assert RoundState.load(crashed["state.json"]).pending_round == 1
-    assert len(AuditTrail(crashed["audit.csv"]).rows()) == 2
+    assert len(AuditTrail(crashed["audit.csv"]).rows()) == 3
     first_audit = crashed["audit.csv"].read_bytes()
 
     resumed = _apply(crashed, _answers())
@@ -225,7 +227,7 @@ def test_crash_before_state_write_resumes_to_identical_result(tmp_path, monkeypa
 
     assert without_time(crashed["audit.csv"]) == without_time(clean["audit.csv"])
     keys = [(r["round"], r["id"]) for r in AuditTrail(crashed["audit.csv"]).rows()]
-    assert sorted(keys) == [("1", "s2"), ("1", "s4")]
+    assert sorted(keys) == [("1", "s2"), ("1", "s3"), ("1", "s4")]
 
 
 def test_changed_answers_after_a_partial_apply_are_refused(tmp_path, monkeypatch):
@@ -245,8 +247,8 @@ def test_changed_answers_after_a_partial_apply_are_refused(tmp_path, monkeypatch
 
 # ------------------------------------------------------------------------------------------ audit trail
 def _row(sample_id: str, round_index: int, new: str = "benign") -> dict[str, object]:
-    return {"id": sample_id, "old_label": "normal", "new_label": new, "round": round_index, "source": "expert",
-            "time": "2024-01-01T00:00:00+00:00"}  # fmt: skip
+    return {"id": sample_id, "old_label": "normal", "new_label": new, "action": "changed", "round": round_index,
+            "source": "expert", "reader": "", "comment": "", "time": "2024-01-01T00:00:00+00:00"}  # fmt: skip
 
 
 def test_audit_trail_append_is_idempotent_per_round_and_id(tmp_path):
@@ -272,6 +274,16 @@ def test_audit_trail_drops_a_torn_last_line(tmp_path):
     assert trail.append([_row("a", 1), _row("b", 1)]) == 1
     assert [(r["id"], r["new_label"]) for r in trail.rows()] == [("a", "benign"), ("b", "benign")]
     assert trail.path.read_text().count("\n") == 3
+
+
+def test_a_legacy_audit_trail_is_appended_in_its_own_columns_without_confirmations(tmp_path):
+    path = tmp_path / "audit.csv"
+    path.write_text(",".join(LEGACY_AUDIT_COLUMNS) + "\na,normal,benign,1,expert,2024-01-01T00:00:00+00:00\n")
+    trail = AuditTrail(path)
+    confirmed = {**_row("c", 2, new="normal"), "action": "confirmed"}
+    assert trail.append([_row("b", 2), confirmed]) == 1
+    header, rows = read_csv(path)
+    assert header == LEGACY_AUDIT_COLUMNS and [r["id"] for r in rows] == ["a", "b"]
 
 
 def test_audit_trail_rejects_foreign_header(tmp_path):
@@ -315,7 +327,9 @@ def test_rounds_with_the_oracle_through_files(tmp_path):
     assert state.current_labels == [0] * 2 + [truth[i] for i in IDS[2:]]
     assert state.pool_indices() == [] and state.budget_spent == 6
     audit = AuditTrail(tmp_path / "audit.csv").rows()
-    assert [(r["round"], r["id"]) for r in audit] == [("1", "s2"), ("1", "s3"), ("2", "s5"), ("2", "s6")]
+    changes = [(r["round"], r["id"]) for r in audit if r["action"] != "confirmed"]
+    assert changes == [("1", "s2"), ("1", "s3"), ("2", "s5"), ("2", "s6")]
+    assert {r["action"] for r in audit if (r["round"], r["id"]) not in changes} == {"confirmed"}
     header, labels = read_csv(tmp_path / "labels.csv")
     assert header == ["id", "label", "label_index", "source"]
     assert [r["label"] for r in labels] == [CLASSES[truth[i]] if i not in ("s0", "s1") else "normal" for i in IDS]

@@ -3,7 +3,8 @@
 A manifest has the required columns ``id``, ``image`` and ``label``, the optional columns ``patient_id`` and
 ``split``, and any number of extra columns, which are kept and passed through untouched. ``image`` is a path to a
 DICOM (``.dcm``), NIfTI (``.nii``, ``.nii.gz``), PNG or JPEG file, either absolute or relative to the folder that
-holds the manifest.
+holds the manifest. Multi-sequence data stored one file per sequence (T1, T2, FLAIR, ...) names the columns that
+hold the sequences' paths (``sequences``); their files are stacked as channels in that order.
 
 :func:`load_manifest` validates the whole file before anything is trained and reports every problem at once, so a
 data manager can fix a spreadsheet in one pass instead of one error per run. :func:`build_manifest_from_folder`
@@ -80,7 +81,8 @@ class Manifest:
         class_names: class names in index order; ``records[i]["label"]`` indexes into this list.
         records: one dict per data row, in file order, with keys ``id`` (str), ``image`` (absolute path str),
             ``label`` (int class index), ``label_name`` (str), ``patient_id`` (str or None), ``split`` (str or
-            None), ``row`` (row number in the file, header = row 1) and ``extra`` (dict of pass-through columns).
+            None), ``row`` (row number in the file, header = row 1) and ``extra`` (dict of pass-through columns);
+            with ``sequences``, also ``images`` (the absolute paths of the row's sequences, in channel order).
     """
 
     path: Path
@@ -129,10 +131,18 @@ class Manifest:
 
         Returns:
             One dict per selected record: ``{"image": path str, "label": int, "index": position within this
-            selection (0..n-1), "id": str}``. ``index`` is what per-sample trackers key on.
+            selection (0..n-1), "id": str, "patient_id": str}``. ``index`` is what per-sample trackers key on;
+            ``patient_id`` is "" when the manifest has none (not None, which a DataLoader cannot batch). With
+            ``sequences``, ``image`` is the list of the row's sequence files, which MONAI's loader stacks as channels.
         """
         return [
-            {"image": r["image"], "label": r["label"], "index": i, "id": r["id"]}
+            {
+                "image": image_input(r),
+                "label": r["label"],
+                "index": i,
+                "id": r["id"],
+                "patient_id": r["patient_id"] or "",
+            }
             for i, r in enumerate(self.select(split))
         ]
 
@@ -143,6 +153,12 @@ class Manifest:
             path: destination JSON file; its parent folder is created if needed.
         """
         _keeping_mode(path, lambda: atomic_write_json(path, {"class_names": list(self.class_names)}))
+
+
+def image_input(record: dict[str, Any]) -> str | list[str]:
+    """What a record gives the image loader: its sequence files (stacked as channels) if any, else its image."""
+    images = record.get("images")
+    return list(images) if images else record["image"]
 
 
 def load_class_map(path: str | Path) -> list[str]:
@@ -187,11 +203,33 @@ def image_kind(path: str | os.PathLike[str]) -> ImageKind | None:
     return IMAGE_EXTENSIONS[ext] if ext is not None else None
 
 
+def read_manifest_table(manifest_path: Path) -> list[list[str]]:
+    """The rows of a manifest CSV (header first) as cells, or a :class:`ManifestError` naming the file: missing,
+    not UTF-8, not CSV, or without a header row."""
+
+    def problem(reason: str) -> ManifestError:
+        return ManifestError([f"{manifest_path} row 1: {reason}"], manifest_path)
+
+    if not manifest_path.is_file():
+        raise problem("manifest file not found")
+    try:
+        with open(manifest_path, encoding="utf-8-sig", newline="") as handle:
+            table = list(csv.reader(handle))
+    except UnicodeDecodeError as err:
+        raise problem(f"manifest is not UTF-8 text ({err.reason})") from err
+    except csv.Error as err:
+        raise problem(f"manifest is not valid CSV ({err})") from err
+    if not table or not any(cell.strip() for cell in table[0]):
+        raise problem("manifest is empty (no header row)")
+    return table
+
+
 def load_manifest(
     path: str | Path,
     class_names: Sequence[str] | None = None,
     root: str | Path | None = None,
     check_images: bool = True,
+    sequences: Sequence[str] | None = None,
 ) -> Manifest:
     """Reads and validates a manifest CSV.
 
@@ -205,6 +243,9 @@ def load_manifest(
             image paths are still relative to the manifest's folder.
         check_images: open each image to make sure it can be decoded (PIL verify for PNG/JPEG, pydicom for DICOM
             including a PixelData check, nibabel header for NIfTI). Existence and size are checked regardless.
+        sequences: columns holding one image path per sequence (``image`` may be one of them), stacked as channels
+            in this order, e.g. ``["image", "t2", "flair"]``; every listed cell is checked like ``image``, and a
+            row's files must be of one kind (all NIfTI, say). None: ``image`` alone.
 
     Returns:
         The validated :class:`Manifest`.
@@ -226,18 +267,7 @@ def load_manifest(
     def problem_at(row: int, reason: str) -> str:
         return f"{manifest_path} row {row}: {reason}"
 
-    if not manifest_path.is_file():
-        raise ManifestError([problem_at(1, "manifest file not found")], manifest_path)
-    try:
-        with open(manifest_path, encoding="utf-8-sig", newline="") as handle:
-            table = list(csv.reader(handle))
-    except UnicodeDecodeError as err:
-        raise ManifestError([problem_at(1, f"manifest is not UTF-8 text ({err.reason})")], manifest_path) from err
-    except csv.Error as err:
-        raise ManifestError([problem_at(1, f"manifest is not valid CSV ({err})")], manifest_path) from err
-
-    if not table or not any(cell.strip() for cell in table[0]):
-        raise ManifestError([problem_at(1, "manifest is empty (no header row)")], manifest_path)
+    table = read_manifest_table(manifest_path)
 
     problems: list[str] = []
     header = [cell.strip() for cell in table[0]]
@@ -253,6 +283,7 @@ def load_manifest(
             hint = f" (found {near[0]!r}; column names are lower case)" if near else ""
             problems.append(problem_at(1, f"missing required column {required!r}{hint}"))
     extra_columns = [name for name in column_index if name not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
+    sequence_columns = _sequence_columns(sequences, column_index, problems, problem_at)
 
     # Row numbers follow the spreadsheet convention: header = 1, blank lines still count.
     data_rows = [(number, cells) for number, cells in enumerate(table[1:], start=2) if any(c.strip() for c in cells)]
@@ -302,18 +333,40 @@ def load_manifest(
                 problems.append(problem_at(number, reason))
                 row_ok = False
 
+        sequence_paths: list[str] = []
+        for column in sequence_columns:
+            if column == "image":
+                sequence_paths.append(str(image_path) if image_path is not None else "")
+                continue
+            value = cell(column) or ""
+            if not value:
+                problems.append(problem_at(number, f"empty {column!r} path (a column of sequences)"))
+                row_ok = False
+                continue
+            sequence_path = _absolute_image_path(value, manifest_path.parent)
+            reason = _image_problem(sequence_path, root_resolved, check_images)
+            if reason is not None:
+                problems.append(problem_at(number, f"column {column!r}: {reason}"))
+                row_ok = False
+            sequence_paths.append(str(sequence_path))
+        kinds = {image_kind(p) for p in sequence_paths if p}
+        if row_ok and len(kinds) > 1:
+            problems.append(problem_at(number, f"the sequences {sequence_columns} mix file types ({sorted(kinds)})"))
+            row_ok = False
+
         if row_ok and sample_id is not None and label is not None and image_path is not None:
-            drafts.append(
-                {
-                    "id": sample_id,
-                    "image": str(image_path),
-                    "label_name": label,
-                    "patient_id": cell("patient_id") or None,
-                    "split": cell("split") or None,
-                    "row": number,
-                    "extra": {name: values[column_index[name]] for name in extra_columns},
-                }
-            )
+            draft = {
+                "id": sample_id,
+                "image": str(image_path),
+                "label_name": label,
+                "patient_id": cell("patient_id") or None,
+                "split": cell("split") or None,
+                "row": number,
+                "extra": {name: values[column_index[name]] for name in extra_columns},
+            }
+            if sequence_columns:
+                draft["images"] = sequence_paths
+            drafts.append(draft)
 
     if problems:
         raise ManifestError(problems, manifest_path)
@@ -335,6 +388,32 @@ def load_manifest(
     lookup = {name: index for index, name in enumerate(names)}
     records = [{**d, "label": lookup[d["label_name"]]} for d in drafts]
     return Manifest(path=manifest_path, class_names=names, records=records)
+
+
+def _sequence_columns(
+    sequences: Sequence[str] | None,
+    column_index: dict[str, int],
+    problems: list[str],
+    problem_at: Callable[[int, str], str],
+) -> list[str]:
+    """The validated ``sequences`` columns (empty for None); unknown or repeated columns are added to ``problems``."""
+    if sequences is None:
+        return []
+    if isinstance(sequences, str) or not all(isinstance(c, str) for c in sequences) or not sequences:
+        raise ValueError(f"sequences must be a non-empty list of manifest column names, got {sequences!r}")
+    columns: list[str] = []
+    for column in sequences:
+        if column in columns:
+            problems.append(problem_at(1, f"sequences names column {column!r} twice"))
+        elif column not in column_index:
+            problems.append(
+                problem_at(
+                    1, f"sequences names column {column!r}, which the manifest lacks (columns: {list(column_index)})"
+                )
+            )
+        else:
+            columns.append(column)
+    return columns
 
 
 def build_manifest_from_folder(

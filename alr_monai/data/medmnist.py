@@ -1,7 +1,9 @@
 """MedMNIST ``.npz`` input: the official layout, held in memory, with long-tailed subsampling.
 
 The official files hold ``{train,val,test}_images`` (N, H, W) or (N, H, W, 3) uint8 and ``*_labels`` (N, 1)
-or (N,). The embedded demo set ships as the same layout compressed with xz (``.npz.xz``).
+or (N,). MedMNIST-3D files hold (N, D, H, W) volumes with no channel axis (28 or 64 on a side): they are read as
+single-channel 3D images (``spatial_dims`` 3), not as D channels. The embedded demo set ships as the 2D layout
+compressed with xz (``.npz.xz``).
 """
 
 from __future__ import annotations
@@ -57,13 +59,18 @@ class MedMNISTSplit:
 
 @dataclass
 class MedMNISTData:
-    """The three splits of a MedMNIST-layout file plus what was read from it."""
+    """The three splits of a MedMNIST-layout file plus what was read from it.
+
+    ``spatial_dims`` is 2 for images (N, H, W[, C]) and 3 for volumes (N, D, H, W[, C]); ``in_channels`` is C
+    (1 without a channel axis).
+    """
 
     splits: dict[str, MedMNISTSplit]
     num_classes: int
     in_channels: int
     source: str
     class_names: list[str] = field(default_factory=list)
+    spatial_dims: int = 2
 
     def __getitem__(self, split: str) -> MedMNISTSplit:
         return self.splits[split]
@@ -81,6 +88,25 @@ def read_npz_arrays(path: str | Path) -> dict[str, np.ndarray]:
         source = path
     with np.load(source, allow_pickle=False) as npz:
         return {key: npz[key] for key in npz.files}
+
+
+def image_layout(shape: tuple[int, ...]) -> tuple[int, int] | None:
+    """(spatial_dims, in_channels) of a MedMNIST ``*_images`` array of this shape, or None if it is none of them.
+
+    (N, H, W) is 2D gray; (N, H, W, C) with C in 1, 3, 4 is 2D with channels, unless the three axes are equal
+    (MedMNIST-3D volumes are cubes, 28 or 64 on a side), which, like any other (N, D, H, W), is a 3D gray volume;
+    (N, D, H, W, C) with C in 1, 3, 4 is 3D with channels.
+    """
+    if len(shape) == 3:
+        return 2, 1
+    if len(shape) == 4:
+        cube = shape[1] == shape[2] == shape[3]
+        if shape[-1] in (1, 3, 4) and not cube:
+            return 2, int(shape[-1])
+        return 3, 1
+    if len(shape) == 5 and shape[-1] in (1, 3, 4):
+        return 3, int(shape[-1])
+    return None
 
 
 def long_tail_counts(class_counts: np.ndarray, imbalance_ratio: float, n_max: int | None = None) -> np.ndarray:
@@ -137,24 +163,30 @@ def load_medmnist(
     if missing:
         raise KeyError(f"{path}: not a MedMNIST-layout file, missing arrays {missing} (has {sorted(arrays)})")
     splits: dict[str, MedMNISTSplit] = {}
+    layouts = set()
     for split in SPLITS:
         images = arrays[f"{split}_images"]
         labels = arrays[f"{split}_labels"].reshape(-1).astype(np.int64)
-        if images.dtype != np.uint8 or images.ndim not in (3, 4) or len(images) != len(labels):
+        layout = image_layout(images.shape)
+        if images.dtype != np.uint8 or layout is None or len(images) != len(labels):
             raise ValueError(
-                f"{path}: {split}_images must be uint8 (N,H,W) or (N,H,W,C) matching {split}_labels; "
-                f"got {images.dtype} {images.shape} vs {labels.shape}"
+                f"{path}: {split}_images must be uint8 (N,H,W), (N,H,W,C), (N,D,H,W) or (N,D,H,W,C) matching "
+                f"{split}_labels; got {images.dtype} {images.shape} vs {labels.shape}"
             )
+        layouts.add(layout)
         splits[split] = MedMNISTSplit(images, labels, [f"{split}_{i}" for i in range(len(labels))])
+    if len(layouts) != 1:
+        shapes = {split: splits[split].images.shape for split in SPLITS}
+        raise ValueError(f"{path}: the splits' images differ in layout (2D/3D, channels): {shapes}")
     num_classes = int(max(int(s.labels.max()) for s in splits.values())) + 1
     if imbalance_ratio is not None:
         train = splits["train"]
         keep = long_tail_indices(train.labels, imbalance_ratio, seed, num_classes)
         splits["train"] = MedMNISTSplit(train.images[keep], train.labels[keep], [train.ids[i] for i in keep])
-    in_channels = 1 if splits["train"].images.ndim == 3 else int(splits["train"].images.shape[-1])
+    spatial_dims, in_channels = layouts.pop()
     if class_names is None:
         is_blood = path == EMBEDDED_BLOODMNIST or (path.name.startswith("bloodmnist") and num_classes == 8)
         class_names = list(BLOODMNIST_CLASSES) if is_blood else [str(c) for c in range(num_classes)]
     if len(class_names) != num_classes:
         raise ValueError(f"{path}: {num_classes} classes in the labels but {len(class_names)} class names given")
-    return MedMNISTData(splits, num_classes, in_channels, str(path), list(class_names))
+    return MedMNISTData(splits, num_classes, in_channels, str(path), list(class_names), spatial_dims)

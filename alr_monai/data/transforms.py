@@ -39,11 +39,14 @@ from monai.transforms import (
     ScaleIntensityd,
     ScaleIntensityRanged,
 )
-from monai.utils import ensure_tuple
+from monai.utils import MetaKeys, ensure_tuple
 
+from alr_monai.data.image_errors import ImageFileError, classify_read_error
 from alr_monai.data.manifest import ImageKind, image_kind
 
 __all__ = [
+    "CHANNELS_META_KEY",
+    "FRAMES_META_KEY",
     "MedicalImageReader",
     "SqueezeToSpatialDimsd",
     "ForceChannelsd",
@@ -66,10 +69,21 @@ def _pil_to_intensity_mode(image: Any) -> Any:
 
 @dataclass
 class _ReadImage:
-    """What :meth:`MedicalImageReader.read` returns: the native image object and which reader made it."""
+    """What :meth:`MedicalImageReader.read` returns: the native image object, which reader made it, the files, and
+    the error reading them raised (raised by ``get_data``, so ``LoadImage`` cannot hide it behind other readers)."""
 
     kind: ImageKind
     native: Any
+    filenames: tuple[str, ...] = ()
+    error: BaseException | None = None
+
+
+# Where the channels of a loaded image came from, kept in its metadata: only a known alpha channel may be dropped and
+# only known colour may be averaged to gray; NIfTI sequences or DICOM samples must match in_channels exactly.
+CHANNELS_META_KEY = "alr_channels"
+FRAMES_META_KEY = "alr_frames"
+_PIL_ALPHA_MODES = ("RGBA", "LA", "PA", "La", "RGBa")
+_DICOM_COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT", "YBR_PARTIAL_420")
 
 
 class MedicalImageReader(ImageReader):
@@ -79,10 +93,23 @@ class MedicalImageReader(ImageReader):
     to ``NibabelReader`` and ``.png``/``.jpg``/``.jpeg`` to ``PILReader`` (palette images converted to RGB(A)).
     Unlike ``LoadImage``'s automatic choice, the result does not depend on ``MONAI_DICOM_READER`` or on whether
     ITK is installed.
+
+    Every decoder error is raised as :class:`~alr_monai.data.image_errors.ImageFileError` naming the file (and, for
+    a DICOM compression no installed package decodes, the package to install). Channels are made explicit:
+
+    * a colour DICOM (``SamplesPerPixel`` 3) gets its samples as channels (MONAI's reader would read them as a
+      third spatial axis), a multi-frame DICOM comes out as ``(columns, rows, frames)``, a volume;
+    * a NIfTI with a 4th axis (time points, sequences) is refused unless ``channel_axis`` names the axis that holds
+      channels; it is never read as "gray + alpha".
+
+    Args:
+        channel_axis: for NIfTI files with more than 3 axes, the axis of the file's array (x, y, z, 4th) that holds
+            channels, e.g. 3 or -1 for a 4D file whose volumes are MR sequences. None refuses such files.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, channel_axis: int | None = None) -> None:
         super().__init__()
+        self.channel_axis = channel_axis
         self._readers: dict[ImageKind, ImageReader] = {
             "dicom": PydicomReader(),
             "nifti": NibabelReader(),
@@ -99,15 +126,131 @@ class MedicalImageReader(ImageReader):
 
     def read(self, data: Sequence[Any] | Any, **kwargs: Any) -> _ReadImage:
         """Reads one file (or several of the same kind, stacked as channels) with the matching MONAI reader."""
-        filenames = ensure_tuple(data)
+        filenames = tuple(str(f) for f in ensure_tuple(data))
         kind = self._kind(filenames)
         if kind is None:
-            raise ValueError(f"unsupported or mixed image file types: {[str(f) for f in filenames]}")
-        return _ReadImage(kind, self._readers[kind].read(data, **kwargs))
+            raise ValueError(f"unsupported or mixed image file types: {list(filenames)}")
+        try:
+            native = self._readers[kind].read(data, **kwargs)
+        except Exception as error:  # raised later by get_data: LoadImage would try its other readers and hide it
+            return _ReadImage(kind, None, filenames, self._file_error(kind, filenames, error, **kwargs))
+        return _ReadImage(kind, native, filenames)
+
+    def _file_error(self, kind: ImageKind, filenames: tuple[str, ...], error: BaseException, **kwargs: Any) -> Any:
+        """The error naming the file that failed; for a row of several files (sequences), each is tried alone."""
+        if len(filenames) == 1:
+            return classify_read_error(filenames[0], error, kind == "dicom")
+        reader = self._readers[kind]
+        for name in filenames:
+            try:
+                reader.get_data(reader.read(name, **kwargs))
+            except Exception as alone:  # this file fails on its own: it is the one to name
+                return classify_read_error(name, alone, kind == "dicom")
+        return ImageFileError(
+            filenames[0],
+            "wrong shape",
+            f"the row's sequence files {list(filenames)} cannot be stacked as channels "
+            f"({type(error).__name__}: {' '.join(str(error).split())})",
+            "every sequence of a row must have the same shape",
+        )
 
     def get_data(self, img: _ReadImage) -> tuple[np.ndarray, dict]:
-        """Returns the array and metadata from the reader that read ``img``."""
-        return self._readers[img.kind].get_data(img.native)
+        """Returns the array and metadata from the reader that read ``img``.
+
+        Raises:
+            ImageFileError: the file cannot be decoded, or is a NIfTI with a 4th axis and no ``channel_axis``.
+        """
+        path = img.filenames[0] if img.filenames else "<image>"
+        if img.error is not None:
+            raise img.error
+        try:
+            array, meta = self._readers[img.kind].get_data(img.native)
+        except Exception as error:  # pixel data is decoded here, not in read()
+            raise self._file_error(img.kind, img.filenames, error) from error
+        array = np.asarray(array)
+        meta[CHANNELS_META_KEY] = "single"
+        meta[FRAMES_META_KEY] = 1
+        if len(img.filenames) > 1:
+            # One file per sequence, stacked by MONAI's reader on a new first axis: those are the channels.
+            if array.ndim != len(meta.get("spatial_shape", array.shape[1:])) + 1:
+                raise ImageFileError(
+                    path,
+                    "wrong shape",
+                    f"the row's sequence files {list(img.filenames)} stack to shape {tuple(array.shape)}; each "
+                    "must hold one image or volume without a channel axis",
+                )
+            meta[MetaKeys.ORIGINAL_CHANNEL_DIM] = 0
+            meta[CHANNELS_META_KEY] = "channels"
+        elif img.kind == "dicom":
+            array = self._dicom_layout(array, meta, img.native)
+        elif img.kind == "nifti":
+            array = self._nifti_layout(array, meta, path)
+        elif not isinstance(img.native, (list, tuple)) and array.ndim > 2:
+            mode = getattr(img.native, "mode", "")
+            meta[CHANNELS_META_KEY] = "colour+alpha" if mode in _PIL_ALPHA_MODES else "colour"
+        return array, meta
+
+    @staticmethod
+    def _dicom_layout(array: np.ndarray, meta: dict, native: Any) -> np.ndarray:
+        first = native[0] if isinstance(native, (list, tuple)) else native
+        if isinstance(native, (list, tuple)) and len(native) > 1:
+            return array  # several files stacked by MONAI as channels
+        samples = int(first.get("SamplesPerPixel", 1) or 1)
+        frames = int(first.get("NumberOfFrames", 1) or 1)
+        if frames > 1 and array.ndim >= 3:
+            # PydicomReader swaps the first two axes of (frames, rows, columns[, samples]); put the frames last so
+            # the volume is (columns, rows, frames) like every other reader's x-first layout.
+            order = (2, 0, 1, *range(3, array.ndim))
+            array = np.transpose(array, order)
+            meta[FRAMES_META_KEY] = frames
+            meta["spatial_shape"] = np.asarray(array.shape[:3])
+        if samples > 1 and array.ndim >= 3 and array.shape[-1] == samples:
+            meta[MetaKeys.ORIGINAL_CHANNEL_DIM] = -1
+            photometric = str(first.get("PhotometricInterpretation", "")).strip().upper()
+            meta[CHANNELS_META_KEY] = "colour" if photometric in _DICOM_COLOUR else "channels"
+            meta["spatial_shape"] = np.asarray(array.shape[:-1])
+        return array
+
+    def _nifti_layout(self, array: np.ndarray, meta: dict, path: str) -> np.ndarray:
+        # Singleton axes after the third (a 4D file with one time point, the NIfTI vector layout x,y,z,1,c) say
+        # nothing about channels: drop them first.
+        extra = [axis for axis in range(array.ndim - 1, 2, -1) if array.shape[axis] == 1]
+        if extra:
+            array = np.squeeze(array, axis=tuple(extra))
+        if array.ndim <= 3:
+            meta[MetaKeys.ORIGINAL_CHANNEL_DIM] = float("nan")
+            return array
+        if array.ndim > 4:
+            raise ImageFileError(
+                path,
+                "wrong shape",
+                f"a NIfTI with {array.ndim} non-singleton axes {tuple(array.shape)}; at most x, y, z and one channel "
+                "axis are supported",
+                "save one volume (or one multi-sequence 4D volume) per file",
+            )
+        if self.channel_axis is None:
+            count = array.shape[3]
+            raise ImageFileError(
+                path,
+                "4D",
+                f"a 4D NIfTI of shape {tuple(array.shape)}: its 4th axis holds {count} volumes (time points or "
+                "sequences) and no channel axis is named, so it is not read (only one volume would be used)",
+                f"set --channel_axis 3 to read the {count} volumes as channels (and --in_channels {count}), "
+                "or save one volume per file",
+            )
+        if not -array.ndim <= self.channel_axis < array.ndim:
+            raise ImageFileError(
+                path, "wrong shape", f"channel_axis {self.channel_axis} is out of range for shape {tuple(array.shape)}"
+            )
+        meta[MetaKeys.ORIGINAL_CHANNEL_DIM] = self.channel_axis % array.ndim
+        meta[CHANNELS_META_KEY] = "channels"
+        return array
+
+
+def _source(image: Any) -> str | None:
+    meta = getattr(image, "meta", None)
+    source = meta.get("filename_or_obj") if isinstance(meta, Mapping) else None
+    return str(source) if source else None
 
 
 class SqueezeToSpatialDimsd(MapTransform):
@@ -115,7 +258,9 @@ class SqueezeToSpatialDimsd(MapTransform):
 
     A 2D DICOM or NIfTI often loads as ``(C, H, W, 1)``; for a 2D network it must be ``(C, H, W)``. Trailing
     singleton axes are dropped first. An image that still has the wrong number of spatial axes (a real 3D volume
-    given to a 2D pipeline, or a 2D image given to a 3D one) raises ``ValueError`` naming the file.
+    or a multi-frame DICOM given to a 2D pipeline, or a 2D image given to a 3D one) raises
+    :class:`~alr_monai.data.image_errors.ImageFileError` naming the file and the ``--spatial_dims`` to set
+    (``ValueError`` for an in-memory image).
     """
 
     def __init__(self, keys: KeysCollection, spatial_dims: int, allow_missing_keys: bool = False):
@@ -134,26 +279,65 @@ class SqueezeToSpatialDimsd(MapTransform):
                     break
                 image = image.squeeze(singleton[0])
             if image.ndim != self.spatial_dims + 1:
-                source = getattr(image, "meta", {}).get("filename_or_obj", key)
-                raise ValueError(
-                    f"{source}: expected a {self.spatial_dims}D image (channel + {self.spatial_dims} spatial axes), "
-                    f"got shape {tuple(image.shape)}"
-                )
+                raise self._error(d[key], image, key)
             d[key] = image
         return d
 
+    def _error(self, original: Any, image: Any, key: Hashable) -> ValueError:
+        source = _source(original)
+        expected = (
+            f"expected a {self.spatial_dims}D image (channel + {self.spatial_dims} spatial axes), "
+            f"got shape {tuple(image.shape)}"
+        )
+        if source is None:
+            return ValueError(f"{key}: {expected}")
+        meta = getattr(original, "meta", {})
+        frames = int(meta.get(FRAMES_META_KEY, 1) or 1)
+        if frames > 1 and self.spatial_dims == 2:
+            return ImageFileError(
+                source,
+                "multi-frame",
+                f"{expected}: a multi-frame DICOM with {frames} frames (a volume or a cine loop), not one 2D image",
+                'set --spatial_dims 3 (and a 3-entry --image_size, e.g. "[64,64,64]") to read its frames as a '
+                "volume, or export one frame per file",
+            )
+        if image.ndim > self.spatial_dims + 1:
+            return ImageFileError(
+                source,
+                "wrong shape",
+                f"{expected}: a {image.ndim - 1}D volume",
+                'set --spatial_dims 3 and a 3-entry --image_size (e.g. "[64,64,64]") to train on volumes',
+            )
+        return ImageFileError(
+            source,
+            "wrong shape",
+            f"{expected}: a {image.ndim - 1}D image",
+            'set --spatial_dims 2 and a 2-entry --image_size (e.g. "[64,64]") to train on 2D images',
+        )
 
-def _to_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
+
+def _to_channels(image: torch.Tensor, channels: int, layout: str | None = None) -> torch.Tensor:
+    """``image`` with ``channels`` channels, or ValueError.
+
+    ``layout`` is where the channels came from (:data:`CHANNELS_META_KEY`): ``"colour+alpha"`` drops the last
+    channel, ``"colour"`` may be averaged to gray, ``"channels"`` (sequences, samples) must match exactly, and
+    ``"single"`` may be repeated. None (an in-memory array) guesses from the count: 2 = gray + alpha, 4 = RGBA.
+    """
     have = image.shape[0]
     if have == channels:
         return image
-    # 2 channels = gray + alpha, 4 = RGB + alpha: the alpha channel is transparency, not intensity.
-    colour = image[:1] if have == 2 else image[:3] if have == 4 else image
+    if layout is None:
+        # 2 channels = gray + alpha, 4 = RGB + alpha: the alpha channel is transparency, not intensity.
+        colour = image[:1] if have == 2 else image[:3] if have == 4 else image
+    elif layout == "colour+alpha":
+        colour = image[:-1]
+    else:
+        colour = image
     if colour.shape[0] == channels:
         return colour
     if colour.shape[0] == 1:
         return colour.repeat(channels, *([1] * (colour.ndim - 1)))
-    if colour.shape[0] == 3 and channels == 1:
+    if colour.shape[0] == 3 and channels == 1 and layout in (None, "colour", "colour+alpha"):
         return colour.mean(dim=0, keepdim=True)
     raise ValueError(f"cannot turn an image with {have} channels into {channels} channels")
 
@@ -161,8 +345,12 @@ def _to_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
 class ForceChannelsd(MapTransform):
     """Makes the channel axis exactly ``channels`` long.
 
-    Gray is repeated (e.g. to 3 for an RGB network), RGB is averaged to 1, an alpha channel (gray+alpha or RGBA) is
-    dropped. Other combinations, such as a 5-channel image for a 3-channel network, raise ``ValueError``.
+    Gray is repeated (e.g. to 3 for an RGB network), colour (RGB) is averaged to 1, and an alpha channel is
+    dropped, but only one the file marks as alpha (a PNG's RGBA or LA mode); for an in-memory array, 2 channels
+    are read as gray + alpha and 4 as RGBA. Channels that are not colour (MR sequences of a 4D NIfTI, a DICOM's
+    samples) are never dropped or averaged: their count must equal ``channels``. Any other combination, such as a
+    20-channel volume for a 1-channel network, raises :class:`~alr_monai.data.image_errors.ImageFileError` naming
+    the file and the ``--in_channels`` to set (``ValueError`` for an in-memory image).
     """
 
     def __init__(self, keys: KeysCollection, channels: int, allow_missing_keys: bool = False):
@@ -177,7 +365,22 @@ class ForceChannelsd(MapTransform):
             image = d[key]
             if isinstance(image, np.ndarray):
                 image = torch.as_tensor(image)
-            d[key] = _to_channels(image, self.channels)
+            meta = getattr(image, "meta", None)
+            layout = meta.get(CHANNELS_META_KEY) if isinstance(meta, Mapping) else None
+            source = _source(image)
+            try:
+                d[key] = _to_channels(image, self.channels, layout)
+            except ValueError as error:
+                if source is None:
+                    raise
+                have = image.shape[0]
+                what = {"colour+alpha": "colour + alpha", "channels": "sequences or samples"}.get(layout, layout)
+                raise ImageFileError(
+                    source,
+                    "wrong channels",
+                    f"{have} channels ({what}) cannot be made into the network's in_channels = {self.channels}",
+                    f"set --in_channels {have} if every image has {have} channels, else convert this file",
+                ) from error
         return d
 
 
@@ -266,7 +469,11 @@ def intensity_transform(intensity: str | Mapping[str, Any], keys: KeysCollection
 def _check_spatial_size(spatial_size: Sequence[int], spatial_dims: int) -> tuple[int, ...]:
     size = tuple(int(s) for s in ensure_tuple(spatial_size))
     if len(size) != spatial_dims:
-        raise ValueError(f"spatial_size {size} has {len(size)} entries but spatial_dims is {spatial_dims}")
+        example = "[" + ",".join(["64"] * spatial_dims) + "]"
+        raise ValueError(
+            f"spatial_size {size} has {len(size)} entries but spatial_dims is {spatial_dims}: "
+            f'give --image_size {spatial_dims} entries, e.g. "{example}"'
+        )
     return size
 
 
@@ -278,6 +485,7 @@ def build_image_transforms(
     augment: bool = False,
     keys: KeysCollection = ("image",),
     resize_mode: str = "area",
+    channel_axis: int | None = None,
 ) -> Compose:
     """Builds the chain that loads manifest images (DICOM, NIfTI, PNG/JPEG) into network-ready tensors.
 
@@ -287,7 +495,8 @@ def build_image_transforms(
 
     Args:
         spatial_size: output spatial shape, ``spatial_dims`` entries (first axis = image x / columns).
-        in_channels: number of output channels (gray is repeated, RGB averaged, alpha dropped).
+        in_channels: number of output channels (gray is repeated, RGB averaged, a PNG's alpha dropped; other
+            channels, such as MR sequences, must number exactly ``in_channels``).
         spatial_dims: 2 for images, 3 for volumes.
         intensity: ``"minmax"``, ``"none"`` or ``{"window": [center, width]}``; see :func:`intensity_transform`.
             Windowing uses DICOM values after rescale slope/intercept, i.e. HU for CT.
@@ -295,16 +504,20 @@ def build_image_transforms(
         keys: image keys.
         resize_mode: interpolation for ``Resized``; ``"area"`` averages when shrinking, the usual case for
             clinical images, and never leaves the input value range.
+        channel_axis: for NIfTI files with a 4th axis (sequences, time points): the axis read as channels
+            (3 or -1); None refuses such files. See :class:`MedicalImageReader`.
 
     Returns:
-        The ``Compose`` to give to ``monai.data.Dataset`` or ``CacheDataset``.
+        The ``Compose`` to give to ``monai.data.Dataset`` or ``CacheDataset``. Any per-file failure raises
+        :class:`~alr_monai.data.image_errors.ImageFileError` naming the file (MONAI wraps it in a RuntimeError;
+        :func:`~alr_monai.data.image_errors.find_image_error` finds it).
     """
     size = _check_spatial_size(spatial_size, spatial_dims)
     with warnings.catch_warnings():
         # LoadImaged also builds MONAI's default readers as fallbacks; the GPU DICOM one warns on every CPU machine
         # although MedicalImageReader is always tried first.
         warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader", category=UserWarning)
-        loader = LoadImaged(keys=keys, reader=MedicalImageReader(), image_only=True)
+        loader = LoadImaged(keys=keys, reader=MedicalImageReader(channel_axis=channel_axis), image_only=True)
     transforms: list[Any] = [
         loader,
         EnsureChannelFirstd(keys=keys),

@@ -20,6 +20,18 @@ from alr_monai.handlers.selection_metrics import SelectionMetricsHandler
 from alr_monai.handlers.tensorboard import TensorBoardScalars, tensorboard_tag
 from alr_monai.handlers.vog import VoGHandler
 
+
+def handler_defined_elsewhere(handler: object | None) -> object | None:
+    """Return ``handler``: a ``train#handlers`` entry for a handler defined under its own config key.
+
+    The list could hold ``"@selection_tracker"`` directly, but MONAI's ``ConfigWorkflow.check_properties`` reads
+    every entry of ``train#handlers`` as a component dict with a ``_target_``, so the entry is written as
+    ``{"_target_": "alr_monai.handlers.handler_defined_elsewhere", "handler": "@selection_tracker"}``. A handler
+    disabled by an overlay (``null``) stays None, which the trainer skips.
+    """
+    return handler
+
+
 __all__ = [
     "ActiveRelabelRoundHandler",
     "BestModelSaver",
@@ -38,6 +50,7 @@ __all__ = [
     "TensorBoardImageHandler",
     "TensorBoardScalars",
     "VoGHandler",
+    "handler_defined_elsewhere",
     "latest_checkpoint",
     "tensorboard_tag",
 ]

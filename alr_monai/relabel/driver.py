@@ -28,6 +28,7 @@ from alr_monai.algorithms.stability import (
 from alr_monai.evaluation import evaluate_loader, predict
 from alr_monai.relabel.acquire import acquire
 from alr_monai.relabel.expert import OracleExpert
+from alr_monai.relabel.readers import ADJUDICATOR, ReaderSettings, submit_reader_answers, write_reader_settings
 from alr_monai.relabel.state import RoundState, apply_answers_file, open_state, start_round
 from alr_monai.tables import format_cell, markdown_table
 from alr_monai.utils import atomic_torch_save, atomic_write_csv, atomic_write_text
@@ -173,6 +174,9 @@ class RelabelDriver:
         class_quota: each round's budget is split over the pool's given labels in proportion to their counts
             (the pool is what phase 1 cut from each class at its estimated noise rate, so these are the estimated
             noisy counts per class), each share filled by the acquisition's top scores within the class.
+        readers: readers per round (> 1: each answers, ``consensus`` decides, disagreements are adjudicated;
+            see :mod:`alr_monai.relabel.readers`). In simulation each reader is an oracle with its own errors.
+        consensus: "majority" or "unanimous".
     """
 
     def __init__(
@@ -213,6 +217,8 @@ class RelabelDriver:
         unqueried: str = "drop",
         pseudo_label_threshold: float = 0.9,
         class_quota: bool = False,
+        readers: int = 1,
+        consensus: str = "majority",
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -277,6 +283,7 @@ class RelabelDriver:
         self.weight_average = WeightAverage(network, ema_decay) if ema_decay > 0 else None
         self.unqueried = unqueried
         self.class_quota = bool(class_quota)
+        self.reader_settings = ReaderSettings(int(readers), consensus)
         self.pseudo_label_threshold = float(pseudo_label_threshold)
         # the label each suspected, unqueried sample trains with this round (-1 = not trained on)
         self.pseudo_labels = torch.full((len(self.ids),), -1, dtype=torch.long)
@@ -333,6 +340,7 @@ class RelabelDriver:
         phase-1 model before any expert label) once, and count the current weights as the best so far unless a
         resumed run has restored its own choice."""
         state = open_state(self.state_path, self.ids, self.given_labels, self.phase1_trusted, self.class_names)
+        write_reader_settings(self.dir, self.reader_settings)
         if state.ids != self.ids:
             raise ValueError(f"{self.state_path} belongs to another training set (ids differ)")
         if not state.baseline_metrics:
@@ -341,7 +349,10 @@ class RelabelDriver:
             self.write_round_table(state)
         if not self.best_weights:
             matrix = state.baseline_metrics.get("val_confusion_matrix")
-            standard_error = balanced_accuracy_standard_error(matrix) if matrix else float("nan")
+            if not matrix:  # a state rebuilt by `alr recover` keeps only what rounds.csv printed
+                report = evaluate_loader(self.network, self.val_loader, len(self.class_names), self.device)
+                matrix = report["confusion_matrix"]
+            standard_error = balanced_accuracy_standard_error(matrix)
             self.remember(state.baseline_metrics["val_balanced_accuracy"], standard_error, 0)
         return state
 
@@ -408,21 +419,68 @@ class RelabelDriver:
                 return RoundOutcome.EMPTY
             start_round(self.state_path, query_path, round_index, rows)
             self.logger.info(f"round {round_index}: wrote {len(rows)} queries to {query_path}")
+            self._write_query_page(round_index, query_path)
+        elif not query_path.with_suffix(".html").exists():  # a crash, or an older version, left the round without one
+            self._write_query_page(round_index, query_path)
         if self.mode == "simulation" and not answers_path.exists():
-            self.oracle.fill_query_file(query_path, answers_path, round_index)
+            if self.reader_settings.readers == 1:
+                self.oracle.fill_query_file(query_path, answers_path, round_index)
+            else:
+                self._simulate_readers(round_index, query_path)
         if not answers_path.exists():
             return RoundOutcome.WAITING
         self.apply_round(round_index)
         return RoundOutcome.APPLIED
 
+    def _simulate_readers(self, round_index: int, query_path: Path) -> None:
+        """Simulation with several readers: each oracle reader answers, then (if needed) an oracle adjudicator."""
+        state = self.load_state()
+        queried = state.queried[str(round_index)]
+        scratch = self.dir / "answers" / f"round_{round_index}.simulated"
+        names = [f"reader{number}" for number in range(1, self.reader_settings.readers + 1)]
+        result: dict = {}
+        for number, name in enumerate(names, 1):
+            if (self.dir / "answers" / f"round_{round_index}" / f"{name}.csv").exists():
+                continue
+            self.oracle.reader(number).fill_query_file(query_path, scratch / f"{name}.csv", round_index)
+            result = submit_reader_answers(
+                self.dir, round_index, queried, self.ids, self.class_names, scratch / f"{name}.csv", name,
+                self.reader_settings, allow_empty=True,
+            )  # fmt: skip
+        if result.get("status") == "adjudication":
+            adjudicator = self.oracle.reader(len(names) + 1)
+            adjudicator.fill_query_file(Path(result["adjudication_file"]), scratch / f"{ADJUDICATOR}.csv", round_index)
+            submit_reader_answers(
+                self.dir, round_index, queried, self.ids, self.class_names, scratch / f"{ADJUDICATOR}.csv",
+                ADJUDICATOR, self.reader_settings, allow_empty=True,
+            )  # fmt: skip
+
     def waiting_message(self, round_index: int) -> str:
         """What a person does when round ``round_index`` waits for the expert."""
+        query = self.query_path(round_index)
+        page, run_dir = query.with_suffix(".html"), self.dir.parent
+        column = "the expert_label column (a class name or index; blank = skip; 'exclude' drops the image)"
+        if not page.is_file():  # a round queried before the sheet existed, or whose sheet could not be written
+            return (
+                f"\nRound {round_index} is waiting for the expert.\n"
+                f"  1. Open {query} and fill {column}.\n"
+                f"  2. Save it as {self.answers_path(round_index)} (or run: alr answer <your file> --run_dir {run_dir}).\n"
+                f"  3. Resume with: {self.resume_command}\n"
+            )
+        readers = self.reader_settings.readers
+        apply_line = (
+            f"  2. Apply the file: alr answer <downloaded or filled file> --run_dir {run_dir} (or save it as "
+            f"{self.answers_path(round_index)}).\n"
+            if readers == 1
+            else f"  2. Each of the {readers} readers applies their own file: alr answer <file> --run_dir {run_dir} "
+            f"--reader NAME; disagreements go to an adjudication file (--reader adjudicator).\n"
+        )
         return (
             f"\nRound {round_index} is waiting for the expert.\n"
-            f"  1. Open {self.query_path(round_index)} and fill the expert_label column (a class name or index; "
-            f"leave blank to skip; 'exclude' to drop the image).\n"
-            f"  2. Save it as {self.answers_path(round_index)} (or run: alr answer <your file> --run_dir "
-            f"{self.dir.parent}).\n"
+            f"  1. Open {page} in a web browser: look at each image, pick a class, Exclude or Skip (keys 1-9, x, "
+            f"s), then press 'Save answers CSV' (it downloads round_{round_index}.csv).\n"
+            f"     Without a browser: open {query} and fill {column}.\n"
+            f"{apply_line}"
             f"  3. Resume with: {self.resume_command}\n"
         )
 
@@ -734,6 +792,67 @@ class RelabelDriver:
         rows = self.round_rows(state)
         atomic_write_csv(self.dir / "rounds.csv", rows, ROUND_COLUMNS)
         atomic_write_text(self.dir / "rounds.md", self.round_table_markdown(state))
+
+    # ------------------------------------------------------------------------------------------ query sheet
+    def _write_query_page(self, round_index: int, query_path: Path, examples_per_class: int = 3) -> Path | None:
+        """Write the round's query sheet (round_<k>.html, see :mod:`alr_monai.relabel.query_page`) beside its
+        query CSV, from the CSV's own rows so the page saves exactly that file's columns.
+
+        An image that cannot be loaded shows its reason on the page. Any other failure is logged as a warning
+        and returns None: the CSV alone still answers the round, so the sheet never stops it.
+        """
+        import shlex
+
+        from alr_monai.relabel.query_page import render_picture, write_query_page
+        from alr_monai.utils import read_csv
+
+        page_path = query_path.with_suffix(".html")
+        try:
+            header, rows = read_csv(query_path)
+            position = {sample_id: i for i, sample_id in enumerate(self.ids)}
+
+            def picture(index: int | None):
+                if index is None:
+                    return "not in the training set"
+                try:
+                    image = self.scoring_dataset[index]["image"]
+                except Exception as error:  # a file that does not decode costs its picture, not the round
+                    return f"could not load: {type(error).__name__}: {error}"
+                # manifest images come from MONAI's file readers, whose first spatial axis is x (columns)
+                return render_picture(image, x_first=bool(self.image_paths and self.image_paths[index]))
+
+            state = self.load_state()
+            queried = {position[row["id"]] for row in rows if row["id"] in position}
+            # examples: trusted samples by current label (phase 1's clean selection and every expert answer),
+            # a seeded draw per round so the expert sees other examples each round
+            members: dict[int, list[int]] = {label: [] for label in range(len(self.class_names))}
+            for i, (trusted, current) in enumerate(zip(state.trusted, state.current_labels, strict=True)):
+                if trusted and current >= 0 and i not in queried:
+                    members[current].append(i)
+            generator = torch.Generator().manual_seed(self.seed * 1000 + round_index)
+            examples = {}
+            for label, indices in members.items():
+                order = torch.randperm(len(indices), generator=generator)[:examples_per_class].tolist()
+                examples[label] = [picture(indices[k]) for k in sorted(order)]
+            images = [picture(position.get(row["id"])) for row in rows]
+            write_query_page(
+                page_path,
+                rows,
+                images,
+                self.class_names,
+                examples,
+                columns=header,
+                round_index=round_index,
+                answer_command=f"alr answer <downloaded file> --run_dir {shlex.quote(str(self.dir.parent))}",
+            )
+        except Exception as error:
+            self.logger.warning(
+                f"round {round_index}: could not write the query sheet {page_path} ({type(error).__name__}: "
+                f"{error}); answer with {query_path} instead"
+            )
+            return None
+        self.logger.info(f"round {round_index}: wrote the query sheet {page_path} (open it in a web browser)")
+        return page_path
 
 
 def _model_cell(round_index: int, metrics: dict) -> str:

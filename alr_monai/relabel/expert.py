@@ -65,12 +65,14 @@ class Answer:
         label: class index, or None when the expert left the label blank (skipped) or excluded the sample.
         excluded: the expert asked to remove the sample from training.
         comment: free text from the expert (may be empty).
+        reader: who answered (an ``reader`` column of the answers file, or the name given to ``alr answer``).
     """
 
     id: str
     label: int | None
     excluded: bool = False
     comment: str = ""
+    reader: str = ""
 
     def __post_init__(self) -> None:
         if self.excluded and self.label is not None:
@@ -280,11 +282,12 @@ def read_answers(
     queried_ids: Collection[str],
     known_ids: Collection[str],
     allow_empty: bool = False,
+    reader: str = "",
 ) -> list[Answer]:
     """Read and validate an expert's answers file.
 
     Required columns are ``id`` and ``expert_label`` (header names ignore case and surrounding whitespace);
-    ``comment`` is optional and any other column is ignored, so the filled-in query file itself is a valid
+    ``comment`` and ``reader`` are optional and any other column is ignored, so the filled-in query file itself is a valid
     answers file. ``expert_label`` may be a class name (any case), a class index, ``exclude`` (remove the sample
     from training) or blank (skipped: the sample stays in the pool). Rows whose cells are all blank are ignored;
     every other row must have the header's number of cells (extra cells may only be empty). The CSV is parsed
@@ -298,6 +301,7 @@ def read_answers(
         allow_empty: accept a file that answers nothing (every label blank, or no row at all), which closes the
             round with every queried sample skipped; by default such a file is refused, because it is most often
             the query file saved back unfilled.
+        reader: the reader of rows whose ``reader`` cell is blank or absent.
 
     Returns:
         One answer per answered row in file order, then a skipped answer for each queried id not in the file.
@@ -325,13 +329,14 @@ def read_answers(
     for column in REQUIRED_ANSWER_COLUMNS:
         if column not in header:
             problems.append(f"{path} row 1: missing required column {column!r} (header: {records[0]})")
-    for column in (*REQUIRED_ANSWER_COLUMNS, "comment"):
+    for column in (*REQUIRED_ANSWER_COLUMNS, "comment", "reader"):
         if header.count(column) > 1:
             problems.append(f"{path} row 1: column {column!r} appears {header.count(column)} times")
     if problems:
         raise AnswerError(problems)
     id_col, label_col = header.index("id"), header.index("expert_label")
     comment_col = header.index("comment") if "comment" in header else None
+    reader_col = header.index("reader") if "reader" in header else None
 
     answers: list[Answer] = []
     first_row: dict[str, int] = {}
@@ -382,7 +387,8 @@ def read_answers(
             problems.append(f"{where}: {reason}")
             row_ok = False
         if row_ok:
-            answers.append(Answer(sample_id, label, excluded, _cell(record, comment_col).strip()))
+            row_reader = _cell(record, reader_col).strip() or reader
+            answers.append(Answer(sample_id, label, excluded, _cell(record, comment_col).strip(), row_reader))
     if not problems and not allow_empty and all(answer.skipped for answer in answers):
         problems.append(
             f"{path}: no answer at all (every expert_label is blank; was the query file saved back unfilled?): "
@@ -392,7 +398,7 @@ def read_answers(
     if problems:
         raise AnswerError(problems)
     answered = {answer.id for answer in answers}
-    answers.extend(Answer(sample_id, None, False, "") for sample_id in queried if sample_id not in answered)
+    answers.extend(Answer(sample_id, None, False, "", reader) for sample_id in queried if sample_id not in answered)
     return answers
 
 
@@ -437,6 +443,13 @@ class OracleExpert:
         self._truth = {
             str(key): _label_index(value, num_classes, f"true label of {key!r}") for key, value in true_labels.items()
         }
+
+    def reader(self, number: int) -> OracleExpert:
+        """Simulated reader ``number`` (1, 2, ...): the same truth and error rate, its own random errors."""
+        names = list(self.class_names)
+        oracle = OracleExpert({}, self.num_classes, self.error_rate, self.seed * 7919 + number, names)
+        oracle._truth = self._truth
+        return oracle
 
     def _rng(self, sample_id: str, round_index: int) -> np.random.Generator:
         digest = int.from_bytes(hashlib.sha256(sample_id.encode("utf-8")).digest()[:16], "little")

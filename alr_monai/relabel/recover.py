@@ -36,6 +36,7 @@ from alr_monai.relabel.state import (
     RoundError,
     RoundState,
     StateMissingError,
+    is_label_change,
 )
 from alr_monai.runlock import run_lock
 from alr_monai.utils import read_csv
@@ -96,6 +97,8 @@ def _round_metrics(relabel_dir: Path) -> dict[int, dict]:
         for key in _FLOAT_METRICS:
             if row.get(key, "") != "":
                 values[key] = float(row[key])
+        if row.get("model", "") in ("adopted", "kept"):  # the round's model choice (its reason is not recoverable)
+            values["model_choice"] = row["model"]
         metrics[int(row["round"])] = values
     return metrics
 
@@ -146,7 +149,7 @@ def rebuild_state(
         answers = read_answers(answers_path, state.class_names, query_ids, state.ids)
         source = _round_source(round_index, answers, audit, cleaned_source)
         rows = state.apply_answers(round_index, answers, source)
-        changes.append([_change_key(row) for row in rows])
+        changes.append([_change_key(row) for row in rows if is_label_change(row)])
         snapshots.append(copy.deepcopy(state))
         round_index += 1
     if (relabel_dir / QUERIES_DIR / f"round_{round_index + 1}.csv").is_file():
@@ -168,7 +171,7 @@ def rebuild_state(
 
     # The audit trail must hold exactly the replayed changes of rounds 1..applied, then at most the first rows
     # of the next round's (a crash between its audit append and its labels_cleaned.csv).
-    recorded = [_change_key(row) for row in audit]
+    recorded = [_change_key(row) for row in audit if is_label_change(row)]
     expected = [change for j in range(1, applied + 1) for change in changes[j]]
     if recorded[: len(expected)] != expected:
         raise RoundError(

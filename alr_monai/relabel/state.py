@@ -44,7 +44,10 @@ POOL_SCOPES = ("suspected", "unverified")
 ANSWER_SOURCES = ("expert", "oracle")
 EXCLUDED_LABEL = -1
 EXCLUDED_NAME = "excluded"
-AUDIT_COLUMNS = ["id", "old_label", "new_label", "round", "source", "time"]
+AUDIT_COLUMNS = ["id", "old_label", "new_label", "action", "round", "source", "reader", "comment", "time"]
+# audit trails written before readers and confirmations were recorded: read as they are, appended in their columns
+LEGACY_AUDIT_COLUMNS = ["id", "old_label", "new_label", "round", "source", "time"]
+AUDIT_ACTIONS = ("changed", "confirmed", "excluded")
 QUERIES_DIR = "queries"
 ANSWERS_DIR = "answers"
 LABELS_CLEANED_COLUMNS = ["id", "label", "label_index", "source"]
@@ -295,8 +298,9 @@ class RoundState:
             source: "expert" or "oracle".
 
         Returns:
-            Audit rows (id, old_label, new_label, round, source, time) for every label change or exclusion, in
-            query order, labels as class names (new_label "excluded" for an exclusion).
+            Audit rows (id, old_label, new_label, action, round, source, reader, comment, time) for every answered
+            sample, in query order, labels as class names (new_label "excluded" for an exclusion); ``action`` is
+            "changed", "confirmed" (the answer equals the current label) or "excluded".
 
         Raises:
             RoundError: the round is not pending, was already applied, or an answer is for an id not queried
@@ -339,17 +343,20 @@ class RoundState:
                 new, self.trusted[i], self.source[i] = int(answer.label), True, source  # type: ignore[arg-type]
                 changed += int(new != old)
             self.current_labels[i] = new
-            if new != old:
-                rows.append(
-                    {
-                        "id": sample_id,
-                        "old_label": self._label_name(old),
-                        "new_label": self._label_name(new),
-                        "round": round_index,
-                        "source": source,
-                        "time": now,
-                    }
-                )
+            action = "excluded" if answer.excluded else ("changed" if new != old else "confirmed")
+            rows.append(
+                {
+                    "id": sample_id,
+                    "old_label": self._label_name(old),
+                    "new_label": self._label_name(new),
+                    "action": action,
+                    "round": round_index,
+                    "source": source,
+                    "reader": answer.reader,
+                    "comment": answer.comment,
+                    "time": now,
+                }
+            )
         self.budget_spent += spent
         self.skipped[key] = skipped
         self.round = round_index
@@ -457,9 +464,12 @@ class RoundState:
 
 
 class AuditTrail:
-    """Append-only CSV of every label change: id, old_label, new_label, round, source, time.
+    """Append-only CSV of every answer: id, old_label, new_label, action (changed, confirmed, excluded), round,
+    source, reader, comment, time.
 
-    Labels are class names, or "excluded". Appends are idempotent per (round, id) and fsynced, and a torn last
+    Labels are class names, or "excluded". A trail written before confirmations, readers and comments were
+    recorded keeps its six columns: it is read as it is and appended in its own columns (label changes and
+    exclusions only), so an old run goes on without a mixed file. Appends are idempotent per (round, id) and fsynced, and a torn last
     line left by a crash during an append is dropped before the next append (its rows are re-derived by the
     rerun), so the trail holds each change exactly once.
     """
@@ -478,9 +488,17 @@ class AuditTrail:
         if not data:
             return []
         reader = csv.DictReader(io.StringIO(data.decode("utf-8-sig"), newline=""))
-        if reader.fieldnames != AUDIT_COLUMNS:
+        if reader.fieldnames not in (AUDIT_COLUMNS, LEGACY_AUDIT_COLUMNS):
             raise ValueError(f"audit trail {self.path} has columns {reader.fieldnames}, expected {AUDIT_COLUMNS}")
         return list(reader)
+
+    def _columns(self) -> list[str]:
+        """The columns this trail is written in: the legacy six for a trail that already has them."""
+        if self.path.exists() and self.path.stat().st_size:
+            with open(self.path, newline="", encoding="utf-8-sig") as handle:
+                if next(csv.reader(handle), None) == LEGACY_AUDIT_COLUMNS:
+                    return LEGACY_AUDIT_COLUMNS
+        return AUDIT_COLUMNS
 
     def rows(self) -> list[dict[str, str]]:
         """All complete rows (string values); [] if the file does not exist yet."""
@@ -503,12 +521,15 @@ class AuditTrail:
             if torn:
                 os.truncate(self.path, len(data))
             existing = {(row["round"], row["id"]): row for row in self._parse(data)}
+        columns = self._columns()
         new: list[dict[str, str]] = []
         for row in rows:
             missing = [column for column in AUDIT_COLUMNS if column not in row]
             if missing:
                 raise ValueError(f"audit row {dict(row)} lacks {missing}")
-            cells = {column: str(row[column]) for column in AUDIT_COLUMNS}
+            if columns is LEGACY_AUDIT_COLUMNS and not is_label_change(row):
+                continue
+            cells = {column: str(row[column]) for column in columns}
             key = (cells["round"], cells["id"])
             if key in existing:
                 if _change(existing[key]) != _change(cells):
@@ -522,12 +543,17 @@ class AuditTrail:
         if not new and not created:
             return 0
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=AUDIT_COLUMNS, lineterminator="\n")
+        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
         if created or self.path.stat().st_size == 0:
             writer.writeheader()
         writer.writerows(new)
         append_bytes(self.path, buffer.getvalue().encode("utf-8"))
         return len(new)
+
+
+def is_label_change(row: Mapping[str, Any]) -> bool:
+    """Whether an audit row changed a label or excluded a sample (a legacy row always did; a confirmation not)."""
+    return str(row.get("action", "changed")) != "confirmed"
 
 
 def _change(row: Mapping[str, str]) -> tuple[str, str, str]:
@@ -630,6 +656,7 @@ def apply_answers_file(
     round_index: int | None = None,
     source: str = "expert",
     allow_empty: bool = False,
+    reader: str = "",
 ) -> RoundState:
     """Read an expert's answers CSV for the pending round and apply it with :func:`apply_round`.
 
@@ -642,6 +669,7 @@ def apply_answers_file(
     Args:
         round_index: the round answered; defaults to the pending round.
         allow_empty: accept a file with no answer at all (see :func:`~alr_monai.relabel.expert.read_answers`).
+        reader: the reader recorded for rows without a ``reader`` cell.
     """
     with run_lock(_run_dir_of(state_path), "answer", create=False):
         state = RoundState.load(state_path)
@@ -650,7 +678,9 @@ def apply_answers_file(
                 raise RoundError(f"no query is pending in {state_path} ({state.round} rounds applied)")
             round_index = state.pending_round
         state._check_can_apply(round_index)
-        answers = read_answers(answers_path, state.class_names, state.queried[str(round_index)], state.ids, allow_empty)
+        answers = read_answers(
+            answers_path, state.class_names, state.queried[str(round_index)], state.ids, allow_empty, reader
+        )
         kept = Path(state_path).parent / ANSWERS_DIR / f"round_{round_index}.csv"
         if not kept.exists() or not kept.samefile(answers_path):
             data = Path(answers_path).read_bytes()
