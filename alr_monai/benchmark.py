@@ -278,6 +278,8 @@ def _recorded_rows(path: Path) -> dict[tuple[str, str, float, int], list[dict]]:
     grouped: dict[tuple[str, str, float, int], list[dict]] = {}
     with open(path, newline="") as handle:
         for row in csv.DictReader(handle):
+            # typed as collect_results types them, so recorded and collected rows pair by seed
+            row = {**row, "seed": int(row["seed"]), "noise_rate": float(row["noise_rate"])}
             grouped.setdefault(_cell_key(row), []).append(row)
     return grouped
 
