@@ -266,9 +266,9 @@ def _log_time(out: Path, method: str, kind: str, rate: float, seed: int, step: s
         writer.writerow([method, kind, rate, seed, step, f"{seconds:.1f}"])
 
 
-def _cell_key(row: Mapping[str, Any]) -> tuple[str, str, float, int]:
-    kind, rate = _setting(row)
-    return str(row["method"]), kind, round(rate, 6), int(row["seed"])
+def _cell_key(method: str, kind: str, rate: float, seed: int) -> tuple[str, str, float, int]:
+    """A cell's key in the recorded rows (the rate rounded, so 0.6 read back from a CSV finds 0.6)."""
+    return str(method), kind, round(float(rate), 6), int(seed)
 
 
 def _recorded_rows(path: Path) -> dict[tuple[str, str, float, int], list[dict]]:
@@ -280,7 +280,7 @@ def _recorded_rows(path: Path) -> dict[tuple[str, str, float, int], list[dict]]:
         for row in csv.DictReader(handle):
             # typed as collect_results types them, so recorded and collected rows pair by seed
             row = {**row, "seed": int(row["seed"]), "noise_rate": float(row["noise_rate"])}
-            grouped.setdefault(_cell_key(row), []).append(row)
+            grouped.setdefault(_cell_key(row["method"], *_setting(row), row["seed"]), []).append(row)
     return grouped
 
 
@@ -288,8 +288,7 @@ def _recorded_complete(
     recorded: Mapping[tuple, list[dict]], cell: tuple[str, str, float, int], acquisitions: Sequence[str], rounds: int
 ) -> bool:
     """Whether results.csv already holds a cell's phase 1 and all ``rounds`` rounds of every acquisition."""
-    method, kind, rate, seed = cell
-    rows = recorded.get((method, kind, round(rate, 6), seed), [])
+    rows = recorded.get(_cell_key(*cell), [])
     if not rows:
         return False
     if not acquisitions:
@@ -313,7 +312,7 @@ def collect_results(
     for method, kind, rate, seed in cells:
         run_dir = _cell_dir(out, method, kind, rate, seed)
         if not run_dir.exists() and recorded:
-            rows.extend(recorded.get((method, kind, round(rate, 6), seed), []))
+            rows.extend(recorded.get(_cell_key(method, kind, rate, seed), []))
             continue
         if not _phase1_done(run_dir, method):
             continue

@@ -131,7 +131,8 @@ def _relabel(run_dir: str, mode: str, overrides: dict[str, Any], command: str) -
     from alr_monai.runlock import run_lock
 
     config = load_run_config(run_path)  # a clear error before anything is created if phase 1 never ran there
-    if mode == "simulation" and not _has_truth(config):
+    # phase 1 injected noise (``simulation`` not nulled, as train_manifest.json does), so the true labels exist
+    if mode == "simulation" and _configured_value(config, "simulation") is None:
         raise UsageError(
             f"alr {command} --mode simulation needs injected noise: its oracle answers from the truth, and phase 1 "
             f"in {run_dir} trained on given labels with no truth (a manifest run); "
@@ -158,18 +159,6 @@ def _relabel_locked(run_path: Path, run_dir: str, mode: str, overrides: dict[str
     from alr_monai.report import write_report
 
     write_report(run_path)
-
-
-def _has_truth(config: dict[str, Any]) -> bool:
-    """True when phase 1 injected noise, so the true labels exist (``simulation`` not set to null)."""
-    if "simulation" in config["overrides"]:
-        return config["overrides"]["simulation"] is not None
-    value: Any = None
-    for path in config["config_files"]:
-        node = json.loads(Path(path).read_text())
-        if isinstance(node, dict) and "simulation" in node:
-            value = node["simulation"]
-    return value is not None
 
 
 def rounds_written(run_dir: Path) -> bool:

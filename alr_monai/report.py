@@ -387,13 +387,17 @@ def write_report(run_dir: str | Path) -> Path:
 def _reader_blocks(relabel_dir: Path) -> list[tuple]:
     """Per round with several readers: how many answers each reader gave and how well they agreed."""
     rows = []
-    for path in sorted(relabel_dir.glob("answers/round_*/agreement.json"), key=lambda p: int(p.parent.name[6:])):
+    found = {
+        int(path.parent.name.removeprefix("round_")): path
+        for path in relabel_dir.glob("answers/round_*/agreement.json")
+    }
+    for round_index, path in sorted(found.items()):
         agreement = json.loads(path.read_text())
         counts = ", ".join(f"{name} {count}" for name, count in agreement.get("reader_counts", {}).items())
         kappa = agreement.get("kappa")
         rows.append(
             [
-                int(path.parent.name[6:]),
+                round_index,
                 counts,
                 agreement.get("agreement_samples"),
                 agreement.get("percent_agreement"),

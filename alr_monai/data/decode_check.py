@@ -263,9 +263,10 @@ def _stamp(record: Mapping[str, Any]) -> list[list[int]] | None:
     """(size, modification time in ns) of each of the record's files; None when one cannot be read."""
     files = image_input(dict(record))
     try:
-        return [[os.stat(f).st_size, os.stat(f).st_mtime_ns] for f in ([files] if isinstance(files, str) else files)]
+        stats = [os.stat(f) for f in ([files] if isinstance(files, str) else files)]
     except OSError:
         return None
+    return [[st.st_size, st.st_mtime_ns] for st in stats]
 
 
 def _read_cache(path: Path | None, key: Any) -> dict[str, Any]:

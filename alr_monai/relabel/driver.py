@@ -322,7 +322,7 @@ class RelabelDriver:
         """The round whose recalibration begins with (1-based) ``epoch``, or None mid-round."""
         if (epoch - 1) % self.recalibration_epochs:
             return None
-        return (epoch - 1) // self.recalibration_epochs + 1
+        return self.round_of(epoch)
 
     def round_of(self, epoch: int) -> int:
         """The round whose recalibration (1-based) ``epoch`` belongs to."""
@@ -364,17 +364,16 @@ class RelabelDriver:
         if self.unqueried == "pseudo_label":
             self.pseudo_labels = self._confident_predictions(self.load_state().pool_indices())
 
-    def _pseudo_label_metrics(self, state: RoundState) -> dict:
-        """How many unqueried samples this round trained with a pseudo-label (and, in simulation, how many of
-        those labels were right: a metric, never trained on)."""
+    def _pseudo_labelled(self, state: RoundState) -> list[int]:
+        """The unqueried pool samples this round trains with a pseudo-label."""
         if self.unqueried != "pseudo_label":
-            return {}
-        pool = [i for i in state.pool_indices() if int(self.pseudo_labels[i]) >= 0]
-        metrics: dict = {"pseudo_labelled": len(pool)}
-        if self.true_labels is not None and pool:
-            right = sum(int(self.pseudo_labels[i]) == self.true_labels[i] for i in pool)
-            metrics["pseudo_label_accuracy"] = right / len(pool)
-        return metrics
+            return []
+        return [i for i in state.pool_indices() if int(self.pseudo_labels[i]) >= 0]
+
+    def _pseudo_label_metrics(self, state: RoundState) -> dict:
+        """How many unqueried samples this round trained with a pseudo-label (their accuracy, in simulation, is
+        one of :meth:`simulation_metrics`)."""
+        return {"pseudo_labelled": len(self._pseudo_labelled(state))} if self.unqueried == "pseudo_label" else {}
 
     def _confident_predictions(self, pool: Sequence[int]) -> torch.Tensor:
         """Predicted label of every pool sample the model is confident about (-1 elsewhere), by training index."""
@@ -720,7 +719,8 @@ class RelabelDriver:
         self.writer.add_image("relabel/confusion_matrix_val", image, state.budget_spent, dataformats="HWC")
 
     def simulation_metrics(self, state: RoundState) -> dict:
-        """Errors found and the pool's noise rate, from the simulation's truth (reported, never trained on)."""
+        """Errors found, the pool's noise rate and the pseudo-labels' accuracy, from the simulation's truth
+        (reported, never trained on)."""
         truth = self.true_labels
         queried = [i for ids in state.queried.values() for i in ids]
         position = {sample_id: i for i, sample_id in enumerate(self.ids)}
@@ -731,7 +731,11 @@ class RelabelDriver:
         current_noise = sum(
             state.current_labels[i] != truth[i] for i in range(len(truth)) if state.current_labels[i] >= 0
         ) / max(sum(label >= 0 for label in state.current_labels), 1)
-        return {"errors_found": int(errors_found), "pool_noise_rate": pool_noise, "label_noise_rate": current_noise}
+        metrics = {"errors_found": int(errors_found), "pool_noise_rate": pool_noise, "label_noise_rate": current_noise}
+        pseudo = self._pseudo_labelled(state)
+        if pseudo:
+            metrics["pseudo_label_accuracy"] = sum(int(self.pseudo_labels[i]) == truth[i] for i in pseudo) / len(pseudo)
+        return metrics
 
     # ------------------------------------------------------------------------------------------ round table
     def round_rows(self, state: RoundState) -> list[dict]:

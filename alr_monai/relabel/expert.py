@@ -446,10 +446,9 @@ class OracleExpert:
 
     def reader(self, number: int) -> OracleExpert:
         """Simulated reader ``number`` (1, 2, ...): the same truth and error rate, its own random errors."""
-        names = list(self.class_names)
-        oracle = OracleExpert({}, self.num_classes, self.error_rate, self.seed * 7919 + number, names)
-        oracle._truth = self._truth
-        return oracle
+        return OracleExpert(
+            self._truth, self.num_classes, self.error_rate, self.seed * 7919 + number, list(self.class_names)
+        )
 
     def _rng(self, sample_id: str, round_index: int) -> np.random.Generator:
         digest = int.from_bytes(hashlib.sha256(sample_id.encode("utf-8")).digest()[:16], "little")
