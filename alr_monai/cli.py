@@ -49,6 +49,7 @@ from alr_monai.workflow import (
     run_workflow,
     save_run_config,
     set_verbose,
+    with_multi_process_overlay,
 )
 
 HELP_FLAGS = ("-h", "--help")
@@ -62,7 +63,11 @@ class UsageError(ValueError):
 
 # ------------------------------------------------------------------------------------------------ commands
 def train(
-    output_dir: str = "runs/alr", preset: str | Sequence[str] | None = None, manifest: str | None = None, **overrides
+    output_dir: str = "runs/alr",
+    preset: str | Sequence[str] | None = None,
+    manifest: str | None = None,
+    nproc: int = 1,
+    **overrides,
 ):
     """Phase 1: co-teaching with small-loss + VoG selection. Resumes if output_dir holds a checkpoint.
 
@@ -70,9 +75,12 @@ def train(
         output_dir: the run folder (checkpoints, selection.csv, metrics.json, tensorboard/).
         preset: preset name(s) in configs/presets (paper_recipe, coteaching, ce, smoke) or .json paths.
         manifest: a manifest CSV (id,image,label[,patient_id,split]) to train on instead of the embedded data.
+        nproc: processes to train with (torchrun, one per GPU; gloo on the CPU); batch_size stays the global batch.
         **overrides: bundle keys, e.g. max_epochs=5 or "vog#mix_ratio"=0.1.
     """
     check_overrides(overrides, ("train", "manifest") if manifest else ("train",), "train", strict=False)
+    if _launch_processes(nproc):
+        return
     if manifest and not Path(manifest).is_file():
         raise FileNotFoundError(
             f"manifest file {manifest} not found: pass the path of your manifest CSV "
@@ -83,18 +91,22 @@ def train(
     overrides = {"output_dir": str(run_dir), **overrides}
     if manifest:
         overrides["manifest_path"] = str(Path(manifest).resolve())
+    from alr_monai.distributed import is_main_process
     from alr_monai.report import write_report
     from alr_monai.runlock import run_lock
 
     with run_lock(run_dir, "train"):  # before run_config.json: a second process must change nothing
-        save_run_config(run_dir, config_files=files, overrides=overrides)
+        if is_main_process():
+            # the files of one process: a later `alr relabel` chooses its own number of processes
+            save_run_config(run_dir, config_files=files, overrides=overrides)
         started = time.time()
-        run_workflow(files, overrides)
-        print(f"phase 1 finished in {time.time() - started:.0f} s; outputs in {run_dir}", flush=True)
-        print(write_report(run_dir).read_text(), flush=True)
+        run_workflow(with_multi_process_overlay(files), overrides)
+        if is_main_process():
+            print(f"phase 1 finished in {time.time() - started:.0f} s; outputs in {run_dir}", flush=True)
+            print(write_report(run_dir).read_text(), flush=True)
 
 
-def relabel(run_dir: str = "runs/alr", mode: str = "simulation", **overrides):
+def relabel(run_dir: str = "runs/alr", mode: str = "simulation", nproc: int = 1, **overrides):
     """Phase 2: active relabel rounds after phase 1 in the same run folder.
 
     The relabel keys given on the first `alr relabel` / `alr query` of a run are saved in run_config.json and
@@ -105,8 +117,11 @@ def relabel(run_dir: str = "runs/alr", mode: str = "simulation", **overrides):
         run_dir: the phase-1 run folder.
         mode: "simulation" (oracle answers from the injected noise's truth) or "interactive" (stops at each
             query; fill the file, then rerun `alr query --run_dir RUN_DIR`).
+        nproc: processes to recalibrate with (torchrun; rank 0 alone queries and applies the answers).
         **overrides: e.g. "relabel#acquisition"="margin", "relabel#round_budget"=50, "relabel#num_rounds"=3.
     """
+    if _launch_processes(nproc):
+        return
     _relabel(run_dir, mode, overrides, "relabel")
 
 
@@ -145,7 +160,10 @@ def _relabel(run_dir: str, mode: str, overrides: dict[str, Any], command: str) -
 def _relabel_locked(run_path: Path, run_dir: str, mode: str, overrides: dict[str, Any]) -> None:
     config = load_run_config(run_path)
     settings = relabel_settings(run_path, config, overrides)
-    if settings != config["relabel"] or "relabel" not in json.loads((run_path / RUN_CONFIG).read_text()):
+    from alr_monai.distributed import is_main_process
+
+    saved = "relabel" in json.loads((run_path / RUN_CONFIG).read_text())
+    if is_main_process() and (settings != config["relabel"] or not saved):
         save_run_config(run_path, relabel=settings)
     merged = {
         **config["overrides"],
@@ -155,10 +173,53 @@ def _relabel_locked(run_path: Path, run_dir: str, mode: str, overrides: dict[str
         # The settings are saved, so this plain command resumes with them.
         "relabel#resume_command": f"alr query --run_dir {shlex.quote(str(run_dir))}",
     }
-    run_workflow(relabel_files(config["config_files"]), merged)
+    run_workflow(with_multi_process_overlay(relabel_files(config["config_files"])), merged)
     from alr_monai.report import write_report
 
-    write_report(run_path)
+    if is_main_process():
+        write_report(run_path)
+
+
+# ------------------------------------------------------------------------------------------------ processes
+_ARGV: list[str] = []  # the command line main() runs, which --nproc relaunches under torchrun
+
+
+def _launch_processes(nproc: int) -> bool:
+    """With ``nproc`` > 1 outside torchrun: rerun this command under torchrun with ``nproc`` processes and return
+    True once they finish; False means "run here" (one process, or already one of torchrun's processes).
+
+    Raises:
+        UsageError: ``nproc`` is not a positive integer.
+        RuntimeError: the processes failed (their output names the cause).
+    """
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
+        raise UsageError(f"--nproc must be a positive integer, got {nproc!r}")
+    if "WORLD_SIZE" in os.environ:  # one of torchrun's processes: join the group before anything is written
+        from alr_monai.distributed import init_distributed
+
+        init_distributed()
+        return False
+    if nproc == 1:
+        return False
+    import subprocess
+
+    args = list(_ARGV)
+    for position, arg in enumerate(args):
+        if arg == "--nproc":
+            del args[position : position + 2]
+            break
+        if arg.startswith("--nproc="):
+            del args[position]
+            break
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    command += ["-m", "alr_monai.cli", *args]
+    print(f"alr: starting {nproc} processes: {shlex.join(command[2:])}", flush=True)
+    completed = subprocess.run(command, check=False)
+    if completed.returncode:
+        raise RuntimeError(
+            f"the {nproc} processes stopped with exit code {completed.returncode} (see their output above)"
+        )
+    return True
 
 
 def rounds_written(run_dir: Path) -> bool:
@@ -938,6 +999,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     verbose = VERBOSE_FLAG in args
     args = [a for a in args if a not in (DEBUG_FLAG, VERBOSE_FLAG)]
     set_verbose(verbose)
+    _ARGV[:] = args
     if not debug:
         # StatsHandler logs every exception with its traceback before it reaches us
         logging.getLogger("monai.handlers.StatsHandler").addFilter(_QuietUserErrors())

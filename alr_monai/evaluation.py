@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from alr_monai.algorithms.metrics import classification_metrics
+from alr_monai.distributed import is_main_process
 from alr_monai.utils import atomic_write_json
 
 
@@ -76,7 +77,7 @@ def evaluate_checkpoint(
     report = evaluate_loader(network, dataloader, len(class_names), device)
     report["checkpoint"] = None if checkpoint is None else str(checkpoint)
     report["class_names"] = list(class_names)
-    if metrics_file is not None:
+    if metrics_file is not None and is_main_process():
         path = Path(metrics_file)
         summary = json.loads(path.read_text()) if path.exists() else {}
         summary[split] = report

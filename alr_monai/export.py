@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from alr_monai.distributed import is_main_process
 from alr_monai.utils import atomic_write_json
 
 __all__ = [
@@ -274,6 +275,8 @@ def write_model_metadata(
         network=network_config(network_factory),
         sequences=sequences,
     )
+    if not is_main_process():  # several processes: rank 0 writes
+        return Path(path)
     return atomic_write_json(path, meta)
 
 

@@ -46,6 +46,8 @@ CONSENSUS_RULES = ("majority", "unanimous")
 LR_SCHEDULES = ("constant", "cosine")
 MODES = ("simulation", "interactive")
 INTENSITIES = ("minmax", "none")
+AUGMENT_ON = ("batch", "sample")
+CACHE_POLICIES = ("memory", "disk", "none")
 
 
 class KeyError_(ValueError):
@@ -188,6 +190,13 @@ KEYS: tuple[Key, ...] = (
         "torch device, e.g. cpu or cuda:1",
         shown_default="cuda:0 if available, else cpu",
     ),
+    Key(
+        "amp",
+        TRAIN,
+        "train",
+        "bool",
+        "automatic mixed precision in training and validation (CUDA only; on another device it is off, logged once)",
+    ),
     Key("seed", TRAIN, "train", "int", "determinism, the long-tail draw and the injected noise", minimum=0),
     Key("max_epochs", TRAIN, "train", "int", "phase-1 training epochs", minimum=1),
     Key("batch_size", TRAIN, "train", "int", "training batch size (phase 1 and recalibration)", minimum=1),
@@ -216,6 +225,40 @@ KEYS: tuple[Key, ...] = (
         "int",
         "with augment: random shifts of up to N pixels (pad and crop back)",
         minimum=0,
+    ),
+    Key(
+        "augment_on",
+        TRAIN,
+        "train",
+        "str",
+        "batch: augment whole batches on the device (fast); sample: per sample in the data loader (MONAI transforms)",
+        choices=AUGMENT_ON,
+    ),
+    Key(
+        "num_workers",
+        TRAIN,
+        "train",
+        "int",
+        "DataLoader worker processes of every loader (0: load in the main process)",
+        minimum=0,
+    ),
+    Key("pin_memory", TRAIN, "train", "bool", "pinned host memory for the loaders (used on CUDA only)"),
+    Key(
+        "cache",
+        TRAIN,
+        "train",
+        "str",
+        "keep the preprocessed images in memory, on disk (cache_dir; for data larger than RAM) or none; same results",
+        choices=CACHE_POLICIES,
+    ),
+    Key("cache_rate", TRAIN, "train", "float", "cache memory: share of the images kept in RAM", minimum=0, maximum=1),
+    Key(
+        "cache_dir",
+        TRAIN,
+        "train",
+        "str",
+        "cache disk: the folder of the cached images (reused by later runs with the same preprocessing)",
+        shown_default="<output_dir>/cache",
     ),
     Key("dataset_dir", TRAIN, "train", "str?", "a folder with bloodmnist.npz; null = the embedded subset"),
     Key(
@@ -334,6 +377,13 @@ KEYS: tuple[Key, ...] = (
         "str",
         "storage of the gradient snapshots (float16 halves the memory)",
         choices=VOG_DTYPES,
+    ),
+    Key(
+        "vog#buffer_device",
+        TRAIN,
+        "train",
+        "str?",
+        "where the VoG buffer lives (cpu keeps it out of GPU memory; null: the training device)",
     ),
     # ------------------------------------------------------------------------------- phase 1 on a manifest
     Key(
@@ -518,7 +568,7 @@ KEYS: tuple[Key, ...] = (
 )
 _BY_NAME = {key.name: key for key in KEYS}
 # Phase-1 keys that phase 2 also reads (the relabel overlay uses them), so alr relabel / alr query accept them.
-RELABEL_ALSO = ("device", "batch_size")
+RELABEL_ALSO = ("device", "batch_size", "amp", "num_workers", "pin_memory", "cache", "cache_rate", "cache_dir")
 _RELABEL_ALSO_FIXED = {"batch_size"}
 
 

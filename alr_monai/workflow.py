@@ -34,6 +34,7 @@ __all__ = [
     "relabel_files",
     "run_workflow",
     "save_run_config",
+    "with_multi_process_overlay",
 ]
 
 BUNDLE_NAME = "alr_bloodmnist"
@@ -126,6 +127,20 @@ def phase1_files(presets: str | Sequence[str] | None = None, manifest: bool = Fa
 def relabel_files(phase1: Sequence[str]) -> list[str]:
     """Config files of phase 2: phase 1's files (same data and presets) plus the relabel overlay."""
     return [*phase1, bundle_file("relabel.json")]
+
+
+def with_multi_process_overlay(files: Sequence[str]) -> list[str]:
+    """Inside torchrun (a process group of several processes), ``files`` plus the multi-process overlays:
+    multi_gpu_train.json after phase 1's files, multi_gpu_relabel.json after relabel.json; else ``files``."""
+    from alr_monai.distributed import init_distributed, world_size
+
+    if not (init_distributed() and world_size() > 1):
+        return list(files)
+    relabel = bundle_file("relabel.json")
+    overlaid = [*(f for f in files if f != relabel), bundle_file("multi_gpu_train.json")]
+    if relabel in files:
+        overlaid += [relabel, bundle_file("multi_gpu_relabel.json")]
+    return overlaid
 
 
 _LITERALS = {"true": True, "false": False, "null": None, "none": None}

@@ -6,7 +6,13 @@ timed over --epochs epochs; epochs are interleaved (single, co-teaching, +VoG, s
 hits all three alike. Prints median epoch seconds, the ratios, and memory (peak RSS of the process, the VoG
 buffer's size, and on CUDA the peak allocated memory of each variant).
 
+The training augmentation is the bundle's default (train.json's ``augment``, ``augment_rotate90``,
+``augment_shift`` and ``augment_on``: batched on the device by ``BatchAugmentHandler``), so the times are those
+of the epochs the default config runs; ``--augment_on sample`` times the per-sample MONAI chain instead, and
+``--augment_on off`` no augmentation.
+
     python scripts/benchmark_speed.py [--data ../shared/data/bloodmnist.npz --imbalance_ratio 20] [--epochs 5]
+        [--augment_on batch|sample|off]
 """
 
 from __future__ import annotations
@@ -22,10 +28,12 @@ from monai.engines import SupervisedTrainer
 from monai.networks.nets import ResNet
 
 from alr_monai.algorithms.policy import SelectionPolicy
+from alr_monai.data.augment import augment_mode
 from alr_monai.data.medmnist import load_medmnist
 from alr_monai.data.transforms import build_array_transforms
 from alr_monai.engines import CoTeachingTrainer
-from alr_monai.handlers import VoGHandler
+from alr_monai.handlers import BatchAugmentHandler, VoGHandler
+from alr_monai.keys import config_default
 from alr_monai.networks import PeerEnsemble
 
 
@@ -48,15 +56,39 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--vog_dtype", default="float32", choices=["float32", "float16"])
+    parser.add_argument(
+        "--augment_on",
+        default=config_default("train.json", "augment_on"),
+        choices=["batch", "sample", "off"],
+        help="training augmentation (default: train.json's)",
+    )
     args = parser.parse_args()
+    # The bundle's default augmentation, so the epochs timed are the ones the default config runs.
+    augment = {
+        "mode": "off"
+        if args.augment_on == "off"
+        else augment_mode(config_default("train.json", "augment"), args.augment_on),
+        "rotate90": bool(config_default("train.json", "augment_rotate90")),
+        "shift": int(config_default("train.json", "augment_shift")),
+    }
     torch.manual_seed(0)
     device = torch.device(args.device)
 
     data = load_medmnist(args.data, args.imbalance_ratio)
     items = data["train"].items()
-    dataset = CacheDataset(items, build_array_transforms(data.in_channels), progress=False)
+    transform = build_array_transforms(
+        data.in_channels,
+        augment=augment["mode"] == "sample",
+        rotate90=augment["rotate90"],
+        crop_padding=augment["shift"],
+    )
+    dataset = CacheDataset(items, transform, progress=False)
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=0)
     n, c, k = len(items), data.num_classes, data.in_channels
+
+    def augmentation() -> BatchAugmentHandler:
+        enabled = augment["mode"] == "batch"
+        return BatchAugmentHandler(enabled, rotate90=augment["rotate90"], max_shift=augment["shift"])
 
     single_net = make_network(k, c).to(device)
     single = SupervisedTrainer(
@@ -67,11 +99,12 @@ def main() -> None:
         optimizer=torch.optim.Adam(single_net.parameters(), 1e-3),
         loss_function=torch.nn.CrossEntropyLoss(),
         decollate=False,
+        train_handlers=[augmentation()],
     )
 
     def coteaching_trainer(with_vog: bool) -> CoTeachingTrainer:
         pair = PeerEnsemble(lambda: make_network(k, c), num_peers=2).to(device)
-        handlers = (
+        handlers = [augmentation()] + (
             [VoGHandler(n, c, num_snapshots=5, mix_ratio=0.2, dtype=args.vog_dtype, start_epoch=1)] if with_vog else []
         )
         # forget rate fixed and no ramp, so every timed epoch does the full selection work (and VoG mixing
@@ -121,7 +154,8 @@ def main() -> None:
     itemsize = 2 if args.vog_dtype == "float16" else 4
     vog_bytes = 2 * n * (128 + 1) * 5 * itemsize
     print(
-        f"\ndata: {data.source}, {n} training images, batch {args.batch_size}, device {device}, torch threads {torch.get_num_threads()}"
+        f"\ndata: {data.source}, {n} training images, batch {args.batch_size}, device {device}, torch threads {torch.get_num_threads()}, "
+        f"augmentation {augment['mode']} (rotate90 {augment['rotate90']}, shift {augment['shift']})"
     )
     for name, value in median.items():
         extra = f", peak CUDA {peak_cuda[name]:.0f} MiB" if name in peak_cuda else ""

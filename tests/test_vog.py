@@ -174,3 +174,91 @@ def test_normalise_per_class_z_scores_within_class():
     assert constant.tolist() == [0.0, 0.0]
     with pytest.raises(ValueError):
         normalise_per_class(scores, labels, num_classes=3)
+
+
+def _vog_engine(output: dict, epoch: int):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(state=SimpleNamespace(output=output, epoch=epoch, metrics={}), num_gradual=0)
+
+
+def _feed_vog(handler, epochs: int, num_samples: int = 12, dim: int = 5, classes: int = 3, device: str = "cpu"):
+    """Drive a VoGHandler through ``epochs`` epochs of two peers' batches without a trainer."""
+    generator = torch.Generator().manual_seed(3)
+    labels = torch.arange(num_samples) % classes
+    engine = None
+    for epoch in range(1, epochs + 1):
+        for part in torch.randperm(num_samples, generator=generator).split(5):
+            output = {
+                "index": part,
+                "label": labels[part].to(device),
+                "logits": [torch.randn(len(part), classes, generator=generator).to(device) for _ in range(2)],
+                "features": [torch.randn(len(part), dim, generator=generator).to(device) for _ in range(2)],
+                "scores": {},
+            }
+            engine = _vog_engine(output, epoch)
+            handler._on_losses(engine)
+        handler._commit(engine)
+    return engine
+
+
+def test_vog_handler_buffer_stays_on_cpu_and_scores_follow_the_batch_device():
+    from alr_monai.handlers import VoGHandler
+
+    handler = VoGHandler(12, 3, num_snapshots=2, mix_ratio=0.5, start_epoch=1)
+    assert handler.buffer_device == torch.device("cpu")
+    engine = _feed_vog(handler, epochs=3)
+    assert [b.device.type for b in handler.buffers] == ["cpu", "cpu"]
+    assert all(b._snapshots.device.type == "cpu" for b in handler.buffers)
+    scores = engine.state.output["scores"]["vog"]
+    assert len(scores) == 2 and all(s.device == engine.state.output["label"].device for s in scores)
+    assert all(s.shape == engine.state.output["index"].shape for s in scores)
+    # None keeps the old behaviour: the buffer on the features' device (CPU here)
+    same = VoGHandler(12, 3, num_snapshots=2, buffer_device=None)
+    _feed_vog(same, epochs=1)
+    assert same.buffer_device is None and same.buffers[0].device.type == "cpu"
+
+
+@pytest.mark.parametrize("dtype, itemsize", [("float32", 4), ("float16", 2)])
+def test_vog_state_bytes_match_the_documented_formula(dtype, itemsize):
+    from alr_monai.algorithms.vog import vog_bytes_per_sample
+    from alr_monai.handlers import VoGHandler
+
+    num_samples, dim, k = 12, 5, 3
+    handler = VoGHandler(num_samples, 3, num_snapshots=k, dtype=dtype)
+    assert handler.state_bytes() == num_samples * 8  # only the labels before the first batch
+    _feed_vog(handler, epochs=2, num_samples=num_samples, dim=dim)
+    buffers = 2 * num_samples * (k * (dim + 1) * itemsize + k + 4)
+    assert vog_bytes_per_sample(dim + 1, k, 2, getattr(torch, dtype)) * num_samples == buffers
+    # + the oriented scores (2 peers x 4 bytes) and the int64 labels
+    assert handler.state_bytes() == buffers + num_samples * (2 * 4 + 8)
+    # the bundle network's figure quoted in the docs: D = 128, K = 5, 2 peers
+    assert vog_bytes_per_sample(129, 5, 2, torch.float32) + 2 * 4 + 8 == 5194
+    assert vog_bytes_per_sample(129, 5, 2, torch.float16) + 2 * 4 + 8 == 2614
+
+
+def test_selection_handler_state_bytes_is_linear_in_n():
+    from alr_monai.handlers import SmallLossSelectionHandler
+
+    small = SmallLossSelectionHandler(100, 2, ["a", "b"]).state_bytes()
+    large = SmallLossSelectionHandler(1000, 2, ["a", "b"]).state_bytes()
+    per_sample = (large - small) / 900
+    assert 30 <= per_sample <= 30 + 8 + 60  # tensors 30 B + the id string and its list slot
+
+
+def test_vog_handler_checkpoint_loads_onto_the_buffer_device(tmp_path):
+    from alr_monai.handlers import VoGHandler
+
+    handler = VoGHandler(12, 3, num_snapshots=2, mix_ratio=0.5, start_epoch=1, dtype="float16")
+    _feed_vog(handler, epochs=3)
+    path = tmp_path / "vog.pt"
+    torch.save(handler.state_dict(), path)
+    state = torch.load(path, weights_only=True, map_location="cpu")
+    fresh = VoGHandler(12, 3, num_snapshots=2, mix_ratio=0.5, start_epoch=1, dtype="float16")
+    fresh.load_state_dict(state)
+    assert [b.device.type for b in fresh.buffers] == ["cpu", "cpu"]
+    assert fresh.buffers[0]._snapshots.dtype == torch.float16
+    assert torch.equal(fresh.scores(), handler.scores())
+    for left, right in zip(fresh._oriented, handler._oriented, strict=True):
+        torch.testing.assert_close(left, right, equal_nan=True)
+    assert fresh.state_bytes() == handler.state_bytes()

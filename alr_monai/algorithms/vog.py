@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["VoGBuffer", "last_layer_gradient", "normalise_per_class"]
+__all__ = ["VoGBuffer", "last_layer_gradient", "normalise_per_class", "vog_bytes_per_sample"]
 
 
 def last_layer_gradient(logits: Tensor, features: Tensor, labels: Tensor) -> Tensor:
@@ -95,6 +95,10 @@ class VoGBuffer:
         self._num_committed = 0
         self._scores = torch.full((num_samples,), float("nan"), dtype=torch.float32, device=self.device)
 
+    def state_bytes(self) -> int:
+        """Bytes held by the buffer's per-sample tensors (snapshots, seen mask, cached scores)."""
+        return sum(t.numel() * t.element_size() for t in (self._snapshots, self._seen, self._scores))
+
     @property
     def num_committed(self) -> int:
         """Number of epochs committed so far (not capped at K)."""
@@ -167,16 +171,21 @@ class VoGBuffer:
         return scores
 
     def state_dict(self) -> dict[str, Tensor | int]:
-        """Everything needed to resume exactly, with str keys and tensor/int values (``weights_only``-safe)."""
+        """Everything needed to resume exactly, with str keys and tensor/int values (``weights_only``-safe).
+
+        Like ``nn.Module.state_dict``, the tensors are the buffer's own (not copies): a checkpoint of a
+        200k-sample buffer would otherwise hold a second 1 GB copy while it is written. Save it (or clone it)
+        before the next :meth:`record`.
+        """
         return {
             "num_samples": self.num_samples,
             "dim": self.dim,
             "num_snapshots": self.num_snapshots,
-            "snapshots": self._snapshots.clone(),
-            "seen": self._seen.clone(),
+            "snapshots": self._snapshots,
+            "seen": self._seen,
             "position": self._position,
             "num_committed": self._num_committed,
-            "scores": self._scores.clone(),
+            "scores": self._scores,
         }
 
     def load_state_dict(self, state_dict: dict[str, Tensor | int]) -> None:
@@ -215,6 +224,19 @@ class VoGBuffer:
         self._scores = scores.detach().to(device=self.device, dtype=torch.float32).clone()
         self._position = position
         self._num_committed = int(state_dict["num_committed"])
+
+
+def vog_bytes_per_sample(
+    dim: int, num_snapshots: int = 5, num_peers: int = 2, dtype: torch.dtype = torch.float32
+) -> int:
+    """Bytes per training sample held by ``num_peers`` :class:`VoGBuffer` objects.
+
+    Per peer: K snapshots of ``dim`` values (``dim`` = D + 1 for :func:`last_layer_gradient`), K bool ``seen``
+    flags and one float32 cached score. For the bundle's network (D = 128), K = 5 and 2 peers that is
+    2 x (5 x 129 x 4 + 5 + 4) = 5178 bytes in float32 and 2598 bytes in float16.
+    """
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    return num_peers * (num_snapshots * dim * itemsize + num_snapshots + 4)
 
 
 def normalise_per_class(scores: Tensor, labels: Tensor, num_classes: int, eps: float = 1e-8) -> Tensor:

@@ -27,6 +27,7 @@ from typing import Any
 
 from alr_monai.data.image_errors import ImageFileError, find_image_error
 from alr_monai.data.manifest import Manifest, ManifestError, image_input
+from alr_monai.distributed import is_main_process
 from alr_monai.utils import atomic_write_csv, atomic_write_json
 
 __all__ = [
@@ -215,12 +216,12 @@ def require_decodable(
         if stamps[_files_key(r)] is None or known.get(_files_key(r)) != stamps[_files_key(r)]
     ]
     bad = check_images(Manifest(manifest.path, manifest.class_names, todo), transform, workers=workers) if todo else []
-    if cache_path is not None:
+    if cache_path is not None and is_main_process():
         bad_keys = {_files_key(r) for r in manifest.records if r["row"] in {b.row for b in bad}}
         good = {k: v for k, v in stamps.items() if v is not None and k not in bad_keys}
         if good != known:
             atomic_write_json(cache_path, {"key": _normalised(cache_key), "decoded": good})
-    if output_dir is not None and (bad or (Path(output_dir) / DROPPED_FILE).exists()):
+    if output_dir is not None and is_main_process() and (bad or (Path(output_dir) / DROPPED_FILE).exists()):
         # Rewritten whenever it exists, so a run whose files were fixed does not keep a stale list.
         atomic_write_csv(Path(output_dir) / DROPPED_FILE, [b.as_row() for b in bad], DROPPED_COLUMNS)
     if not bad:

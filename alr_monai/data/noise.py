@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from alr_monai.distributed import is_main_process
 from alr_monai.utils import atomic_write_csv, read_csv
 
 NOISE_KINDS = ("symmetric", "pairflip")
@@ -35,7 +36,9 @@ class NoisyLabels:
         return float(self.is_noisy.mean()) if len(self.ids) else 0.0
 
     def save(self, path: str | Path) -> Path:
-        """Write ``id,true_label,noisy_label`` atomically."""
+        """Write ``id,true_label,noisy_label`` atomically (on rank 0 alone when several processes train)."""
+        if not is_main_process():
+            return Path(path)
         rows = (
             {"id": i, "true_label": int(t), "noisy_label": int(n)}
             for i, t, n in zip(self.ids, self.true_labels, self.noisy_labels, strict=True)

@@ -19,10 +19,19 @@ from ignite.metrics import Metric
 from monai.engines import Trainer
 from monai.engines.utils import default_prepare_batch
 from monai.utils.enums import CommonKeys as Keys
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim import Optimizer
 
 from alr_monai.algorithms.policy import SelectionPolicy
 from alr_monai.algorithms.selection import forget_rate_schedule
+from alr_monai.distributed import (
+    convert_to_global_batchnorm,
+    gather_objects,
+    gather_rows,
+    global_batchnorm_sync,
+    is_distributed,
+)
+from alr_monai.distributed import world_size as process_count
 from alr_monai.networks import FeatureTap, PeerEnsemble
 
 
@@ -70,6 +79,17 @@ class CoTeachingTrainer(Trainer):
         amp: automatic mixed precision on CUDA.
         selection_policy: decides the kept samples from the batch's named scores; default: one small-loss cut
             over the batch with no other criterion (plain Co-teaching).
+        distributed: train across the processes of ``torch.distributed`` (None: whenever a process group of
+            more than one process exists). Each peer becomes its own ``DistributedDataParallel`` module, its batch
+            norms take global-batch statistics (:class:`~alr_monai.distributed.GlobalBatchNorm`), and the
+            per-sample outputs handlers see (``index``, ``label``, ``logits``, ``features``, ``losses``) are the
+            GLOBAL batch gathered from every rank in rank order, so selection and per-sample statistics are those
+            of one process on the same global batch; ``output["local"]`` is the slice of this rank's rows and
+            ``output["image"]`` holds only this rank's images. A ``DistributedDataParallel`` around the whole
+            ensemble (the model-zoo overlay's habit) is unwrapped and its peers wrapped one by one.
+
+    Every peer's gradient is the mean over the samples its peer kept in the global batch: each rank sums its own
+    kept losses and scales by ``world_size / global kept count``, and DDP averages over ranks.
     """
 
     def __init__(
@@ -90,6 +110,7 @@ class CoTeachingTrainer(Trainer):
         train_handlers: Sequence | None = None,
         amp: bool = False,
         selection_policy: SelectionPolicy | None = None,
+        distributed: bool | None = None,
     ) -> None:
         super().__init__(
             device=device,
@@ -105,6 +126,8 @@ class CoTeachingTrainer(Trainer):
             event_names=[CoTeachingEvents],
             decollate=False,
         )
+        if isinstance(network, DistributedDataParallel):
+            network = network.module
         if not isinstance(network, PeerEnsemble):
             raise TypeError(f"network must be an alr_monai.networks.PeerEnsemble, got {type(network).__name__}")
         if forget_rate is not None and not 0.0 <= forget_rate < 1.0:
@@ -118,6 +141,14 @@ class CoTeachingTrainer(Trainer):
         self.selection_policy = SelectionPolicy() if selection_policy is None else selection_policy
         self.add_event_handler(Events.EPOCH_STARTED, lambda _engine: self.selection_policy.start_epoch())
         self._taps = [FeatureTap(peer) for peer in network.peers]
+        self.distributed = is_distributed() if distributed is None else bool(distributed)
+        self._train_peers: list[torch.nn.Module] = list(network.peers)
+        if self.distributed:
+            convert_to_global_batchnorm(network)
+            device_ids = [torch.device(device)] if torch.device(device).type == "cuda" else None
+            # One DDP module per peer: each peer's loss touches only its own parameters, and DDP must see every
+            # parameter it syncs used in the backward of the module it wraps.
+            self._train_peers = [DistributedDataParallel(peer, device_ids=device_ids) for peer in network.peers]
         # Handlers are attached after the taps and the events exist, so they can rely on both.
         if train_handlers:
             for handler in train_handlers:
@@ -154,28 +185,35 @@ class CoTeachingTrainer(Trainer):
 
         use_amp = self.amp and self.scaler is not None
         autocast = torch.autocast("cuda") if use_amp else nullcontext()
-        with autocast:
-            logits = [peer(inputs) for peer in peers]
+        synchronised = global_batchnorm_sync(self.network) if self.distributed else nullcontext()
+        with autocast, synchronised:
+            logits = [peer(inputs) for peer in self._train_peers]
             features = [tap.pop() for tap in self._taps]
             losses = [F.cross_entropy(out.float(), targets, reduction="none") for out in logits]
 
+        # The global batch (this rank's rows alone in one process): selection and per-sample state see it whole.
+        count = len(peers)
+        gathered, local = gather_rows([indices.to(targets.device), targets, *logits, *features, *losses])
         forget_rate = self.current_forget_rate()
         output: dict[str, Any] = {
             Keys.IMAGE: inputs,
-            Keys.LABEL: targets,
-            "index": indices,
-            "logits": [out.detach() for out in logits],
-            "features": [f.detach() for f in features],
-            "losses": [loss.detach() for loss in losses],
+            Keys.LABEL: gathered[1],
+            "index": gathered[0].cpu(),
+            "logits": gathered[2 : 2 + count],
+            "features": gathered[2 + count : 2 + 2 * count],
+            "losses": gathered[2 + 2 * count :],
             "forget_rate": forget_rate,
+            "local": local,
         }
+        if self.distributed and "id" in batchdata:
+            output["id"] = gather_objects([str(i) for i in batchdata["id"]])
         output["scores"] = {"loss": output["losses"]}
         engine.state.output = output
         engine.fire_event(CoTeachingEvents.LOSSES_COMPUTED)
 
         class_rates = self.current_class_forget_rates() if self.selection_policy.per_class else None
         keep = self.selection_policy.select(
-            output["scores"], targets, forget_rate if class_rates is None else class_rates
+            output["scores"], output[Keys.LABEL], forget_rate if class_rates is None else class_rates
         )
         force_keep = output.get("force_keep")
         if force_keep is not None:
@@ -185,7 +223,16 @@ class CoTeachingTrainer(Trainer):
         engine.fire_event(CoTeachingEvents.SELECTION_COMPLETED)
 
         # Each peer learns from the samples its peer chose (a single network learns from its own choice).
-        update_losses = [losses[k][keep[(k + 1) % len(peers)]].mean() for k in range(len(peers))]
+        chosen = [keep[(k + 1) % count] for k in range(count)]
+        if self.distributed:
+            # sum of this rank's kept losses / global kept count, times world size: DDP's average over ranks
+            # then gives the mean over the global batch's kept samples, as one process would
+            scale = float(process_count())
+            update_losses = [
+                losses[k][chosen[k][local]].sum() * scale / max(int(chosen[k].sum()), 1) for k in range(count)
+            ]
+        else:
+            update_losses = [losses[k][chosen[k]].mean() for k in range(count)]
         total = torch.stack(update_losses).sum()
         if use_amp:
             self.scaler.scale(total).backward()
@@ -196,5 +243,9 @@ class CoTeachingTrainer(Trainer):
             self.optimizer.step()
 
         output[Keys.PRED] = torch.stack(output["logits"]).sum(0)
-        output[Keys.LOSS] = float(total.detach()) / len(peers)
+        if self.distributed:
+            global_losses = [output["losses"][k][chosen[k]].mean() for k in range(count)]
+            output[Keys.LOSS] = float(torch.stack(global_losses).sum()) / count
+        else:
+            output[Keys.LOSS] = float(total.detach()) / count
         return output

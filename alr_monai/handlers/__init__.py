@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from alr_monai.handlers.active_relabel import ActiveRelabelRoundHandler
+from alr_monai.handlers.augment import BatchAugmentHandler
 from alr_monai.handlers.console import EpochLossMeter, EpochSummaryPrinter
 from alr_monai.handlers.metrics import ClassificationReport
 from alr_monai.handlers.noise_rate import NoiseRateEstimateHandler
@@ -34,6 +35,7 @@ def handler_defined_elsewhere(handler: object | None) -> object | None:
 
 __all__ = [
     "ActiveRelabelRoundHandler",
+    "BatchAugmentHandler",
     "BestModelSaver",
     "ClassificationReport",
     "EngineBestMetric",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from ignite.engine import Engine, Events
 
+from alr_monai.distributed import barrier, broadcast_object, is_main_process
 from alr_monai.engines.coteaching import CoTeachingEvents
 from alr_monai.relabel.driver import RelabelDriver, RoundOutcome
 from alr_monai.relabel.training import LabelStore, SubsetShuffleSampler
@@ -28,6 +29,11 @@ class ActiveRelabelRoundHandler:
         EPOCH_COMPLETED: validation score (``relabel_val_balanced_accuracy``, ``relabel_forget_rate`` metrics)
             and the driver's per-epoch choice; on a round's last epoch :meth:`RelabelDriver.end_round`.
         COMPLETED: :meth:`RelabelDriver.finish` and the round table printed, unless waiting for a person.
+
+    Several processes (torchrun): rank 0 alone opens the state, queries, runs the expert I/O, applies answers,
+    evaluates and writes; the other ranks wait for it (a barrier, or the broadcast of the round's outcome) and
+    then read the applied state. Every rank scores validation and makes the same model choice, so all hold the
+    same weights.
 
     Args:
         driver: the round logic; its network must be the trainer's network.
@@ -69,16 +75,22 @@ class ActiveRelabelRoundHandler:
 
     def _started(self, engine: Engine) -> None:
         self.waiting_for = None
-        self._follow(engine, self.driver.open())
+        if is_main_process():
+            state = self.driver.open()
+        barrier()
+        if not is_main_process():
+            state = self.driver.open()
+        self._follow(engine, state)
 
     def _epoch_started(self, engine: Engine) -> None:
         self.sampler.set_epoch(engine.state.epoch)
         round_index = self.driver.round_starting(engine.state.epoch)
         if round_index is not None:
-            outcome = self.driver.advance_to(round_index)
+            outcome = broadcast_object(self.driver.advance_to(round_index) if is_main_process() else None)
             if outcome == RoundOutcome.WAITING:
                 self.waiting_for = self.driver.answers_path(round_index)
-                print(self.driver.waiting_message(round_index), flush=True)
+                if is_main_process():
+                    print(self.driver.waiting_message(round_index), flush=True)
             if outcome != RoundOutcome.APPLIED:
                 engine.terminate()
                 return
@@ -118,8 +130,10 @@ class ActiveRelabelRoundHandler:
     def _completed(self, engine: Engine) -> None:
         if self.waiting_for is not None:
             return
-        state = self.driver.finish()
-        print(self.driver.round_table_markdown(state), flush=True)
+        if is_main_process():
+            state = self.driver.finish()
+            print(self.driver.round_table_markdown(state), flush=True)
+        barrier()
 
     def state_dict(self) -> dict:
         """The driver's best validation score and weights, so a resumed run chooses as an uninterrupted one."""

@@ -10,6 +10,8 @@ from typing import Any, TextIO
 import torch
 from ignite.engine import Engine, Events
 
+from alr_monai.distributed import is_main_process
+
 
 def format_duration(seconds: float) -> str:
     """``seconds`` as ``"42 s"``, ``"6 min 12 s"`` or ``"1 h 05 min"``."""
@@ -123,6 +125,8 @@ class EpochSummaryPrinter:
 
     def attach(self, engine: Engine) -> None:
         self.losses.attach(engine)
+        if not is_main_process():  # one console: rank 0's
+            return
         engine.add_event_handler(Events.EPOCH_STARTED, self._start_epoch)
         show_bar = self.progress_bar if self.progress_bar is not None else _stderr_is_terminal()
         if show_bar:

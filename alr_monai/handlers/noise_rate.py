@@ -95,6 +95,12 @@ class NoiseRateEstimateHandler:
         true_labels: simulation only, the true training labels by index, to log each given class's true noise
             rate (``noise_rate_true/<class>``) next to its estimate. Never used to estimate.
         class_names: names for the per-class metrics (default: the class indices).
+
+    Memory: kept across epochs only the simulation's true labels (8 bytes per training sample) and per-class
+    rates. The validation methods' one eval pass holds, for that epoch only, the training set's mean softmax
+    (C x 4 bytes per sample), label and index (16 bytes), and for ``"prototype_matching"`` every peer's
+    features: P x D x 4 bytes per sample (1 KiB for 2 peers and D = 128; at 200k samples about 200 MB, plus
+    float64 normalised copies inside the estimator).
     """
 
     def __init__(

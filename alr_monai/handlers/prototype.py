@@ -20,6 +20,8 @@ class PrototypeDistanceHandler:
     Args:
         num_classes: number of classes.
         min_count: samples a class needs in an epoch's selection to refresh its prototype.
+
+    Memory: no per-sample state; per peer a few C x D class sums and prototypes (independent of N).
     """
 
     def __init__(self, num_classes: int, min_count: int = 2) -> None:

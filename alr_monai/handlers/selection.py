@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import torch
 from ignite.engine import Engine, Events
 
@@ -31,6 +33,11 @@ class SmallLossSelectionHandler:
         num_peers: number of peers trained.
         class_names: class names by index, used for metric names.
         trusted_rule: one of :data:`TRUSTED_RULES`.
+
+    Memory (per training sample, P peers): the label 8 bytes, the last completed and the running epoch's
+    losses 2 x P x 4 bytes, kept flags 2 x P bytes and seen flags 2 bytes (30 bytes for P = 2), plus the sample
+    id as a Python str (about 8 + 49 + len(id) bytes for an ASCII id). No history across epochs is kept: the
+    running epoch's record replaces the last completed one. See :meth:`state_bytes`.
     """
 
     def __init__(self, num_samples: int, num_peers: int, class_names: list[str], trusted_rule: str = "any") -> None:
@@ -72,7 +79,9 @@ class SmallLossSelectionHandler:
             self._epoch_losses[k, index] = output["losses"][k].float().cpu()
             self._epoch_kept[k, index] = output["keep"][k].cpu()
         self._epoch_seen[index] = True
-        ids = engine.state.batch.get("id") if isinstance(engine.state.batch, dict) else None
+        ids = output.get("id")  # the global batch's ids (several processes), else the batch's own
+        if ids is None and isinstance(engine.state.batch, dict):
+            ids = engine.state.batch.get("id")
         if ids is not None:
             for i, sample_id in zip(index.tolist(), ids, strict=True):
                 self.ids[i] = str(sample_id)
@@ -118,6 +127,13 @@ class SmallLossSelectionHandler:
     def mean_loss(self) -> torch.Tensor:
         """(N,) loss averaged over peers in the last completed epoch (NaN for unseen samples)."""
         return self.losses.mean(0)
+
+    def state_bytes(self) -> int:
+        """Bytes of per-sample state held now: the tensors plus the sample-id strings and their list."""
+        tensors = (self.labels, self.losses, self.kept, self.seen, self._epoch_losses, self._epoch_kept)
+        tensor_bytes = sum(t.numel() * t.element_size() for t in (*tensors, self._epoch_seen))
+        # interned or shared strings are counted each time: an upper bound
+        return tensor_bytes + sys.getsizeof(self.ids) + sum(sys.getsizeof(i) for i in self.ids)
 
     def state_dict(self) -> dict:
         return {

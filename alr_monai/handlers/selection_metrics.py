@@ -25,6 +25,9 @@ class SelectionMetricsHandler:
         selection: the selection tracker.
         true_labels: ground truth by training index.
         class_names: names by class index.
+
+    Memory: the true labels, 8 bytes per training sample (int64); the metrics are computed at each epoch end
+    from the selection tracker's tensors, with temporaries of a few bytes per sample that are freed at once.
     """
 
     def __init__(

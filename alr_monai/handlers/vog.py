@@ -34,6 +34,18 @@ class VoGHandler:
         dtype: "float32" or "float16" storage for the N x D x K buffer.
         start_epoch: first epoch (1-based) whose selection may use VoG; default: the epoch after the trainer's
             ``num_gradual`` ramp.
+        buffer_device: where the buffers live. "cpu" (default) whatever the training device, so the largest
+            per-sample state never takes accelerator memory (1 GB of GPU memory at 50k samples in float32); each
+            batch's gradients (B x (D + 1) per peer) are copied there, and the scores handed to the selection are
+            moved back to the batch's device. None keeps the buffers on the features' device.
+
+    Memory (per training sample, D = penultimate feature size, P peers, K = ``num_snapshots``): the snapshots
+    P x K x (D + 1) x 4 bytes (2 in float16), the ``seen`` flags P x K bytes, the cached raw and oriented scores
+    P x 2 x 4 bytes and the label 8 bytes. For the bundle's network (D = 128), K = 5 and P = 2: 5194 bytes in
+    float32, 2614 in float16 (see :meth:`state_bytes`). VoG is the std over a sliding window of the last K
+    epochs, so every value in the window must be kept to drop the oldest one exactly: K x (D + 1) values per peer
+    is the floor for the exact statistic (a running Welford mean/variance cannot forget the oldest epoch).
+    Scoring at each epoch end works in chunks of 4096 samples, so its float32 temporaries do not grow with N.
     """
 
     def __init__(
@@ -46,6 +58,7 @@ class VoGHandler:
         mix_ratio: float = 0.2,
         dtype: str = "float32",
         start_epoch: int | None = None,
+        buffer_device: str | torch.device | None = "cpu",
     ) -> None:
         if keep not in VOG_KEEP:
             raise ValueError(f"keep must be one of {VOG_KEEP}, got {keep!r}")
@@ -61,6 +74,7 @@ class VoGHandler:
         self.mix_ratio = mix_ratio
         self.dtype = getattr(torch, dtype)
         self.start_epoch = start_epoch
+        self.buffer_device = None if buffer_device is None else torch.device(buffer_device)
         self.buffers: list[VoGBuffer] = []
         self.labels = torch.full((num_samples,), -1, dtype=torch.long)
         self._oriented: list[torch.Tensor] = []
@@ -73,8 +87,9 @@ class VoGHandler:
 
     def _ensure_buffers(self, num_peers: int, dim: int, device: torch.device) -> None:
         if not self.buffers:
+            where = device if self.buffer_device is None else self.buffer_device
             self.buffers = [
-                VoGBuffer(self.num_samples, dim, self.num_snapshots, dtype=self.dtype, device=device)
+                VoGBuffer(self.num_samples, dim, self.num_snapshots, dtype=self.dtype, device=where)
                 for _ in range(num_peers)
             ]
 
@@ -82,14 +97,16 @@ class VoGHandler:
         output = engine.state.output
         index, labels = output["index"], output["label"]
         features, logits = output["features"], output["logits"]
+        batch_device = logits[0].device
         self._ensure_buffers(len(logits), features[0].shape[1] + 1, features[0].device)
         buffer_index = index.to(self.buffers[0].device)
         for buffer, peer_logits, peer_features in zip(self.buffers, logits, features, strict=True):
             grads = last_layer_gradient(peer_logits.float(), peer_features.float(), labels)
-            buffer.record(buffer_index, grads)
+            # Cast before the copy to the buffer's device: half the transfer in float16, same stored values.
+            buffer.record(buffer_index, grads.to(self.dtype))
         self.labels[index.cpu()] = labels.cpu()
         if self.active(engine):
-            output["scores"]["vog"] = [scores[buffer_index].to(labels.device) for scores in self._oriented]
+            output["scores"]["vog"] = [scores[buffer_index].to(batch_device) for scores in self._oriented]
 
     def active(self, engine: Engine) -> bool:
         """Whether this epoch's selection uses VoG: a full buffer, past the ramp, and a non-zero mix."""
@@ -123,6 +140,15 @@ class VoGHandler:
             return torch.full((self.num_samples,), float("nan"))
         return torch.stack([b.scores().float().cpu() for b in self.buffers]).mean(0)
 
+    def state_bytes(self) -> int:
+        """Bytes of per-sample state held now: the buffers, the cached oriented scores and the labels.
+
+        0 for the buffers until the first batch (their size needs the feature size); see the class docstring
+        for the formula and :func:`~alr_monai.algorithms.vog.vog_bytes_per_sample`.
+        """
+        tensors = [self.labels, *self._oriented]
+        return sum(buffer.state_bytes() for buffer in self.buffers) + sum(t.numel() * t.element_size() for t in tensors)
+
     def state_dict(self) -> dict:
         state: dict = {"labels": self.labels, "num_buffers": len(self.buffers)}
         for k, buffer in enumerate(self.buffers):
@@ -140,8 +166,9 @@ class VoGHandler:
         for k in range(num_buffers):
             prefix = f"buffer{k}."
             sub = {key[len(prefix) :]: value for key, value in state_dict.items() if key.startswith(prefix)}
-            # The feature size comes from the saved buffer; VoGBuffer.load_state_dict checks the rest.
-            device = sub["snapshots"].device
+            # The feature size comes from the saved buffer; VoGBuffer.load_state_dict checks the rest. A
+            # checkpoint loaded with map_location="cuda" must not pull the buffer onto the GPU.
+            device = sub["snapshots"].device if self.buffer_device is None else self.buffer_device
             buffer = VoGBuffer(self.num_samples, int(sub["dim"]), self.num_snapshots, dtype=self.dtype, device=device)
             buffer.load_state_dict(sub)
             buffers.append(buffer)

@@ -25,6 +25,7 @@ from alr_monai.algorithms.stability import (
     choose_round_model,
     cosine_learning_rate,
 )
+from alr_monai.distributed import is_main_process
 from alr_monai.evaluation import evaluate_loader, predict
 from alr_monai.relabel.acquire import acquire
 from alr_monai.relabel.expert import OracleExpert
@@ -340,7 +341,8 @@ class RelabelDriver:
         phase-1 model before any expert label) once, and count the current weights as the best so far unless a
         resumed run has restored its own choice."""
         state = open_state(self.state_path, self.ids, self.given_labels, self.phase1_trusted, self.class_names)
-        write_reader_settings(self.dir, self.reader_settings)
+        if is_main_process():  # the other ranks open after rank 0 (a barrier), and only read
+            write_reader_settings(self.dir, self.reader_settings)
         if state.ids != self.ids:
             raise ValueError(f"{self.state_path} belongs to another training set (ids differ)")
         if not state.baseline_metrics:
@@ -574,6 +576,8 @@ class RelabelDriver:
         if state.round < round_index:
             return None
         choice = self._choose(round_index)
+        if not is_main_process():  # every rank loads the chosen weights; rank 0 alone evaluates and writes
+            return state
         state.record_metrics(round_index, self.evaluate(state))
         state.record_metrics(round_index, {**choice, **self._pseudo_label_metrics(state)})
         state.save(self.state_path)
@@ -651,7 +655,8 @@ class RelabelDriver:
             if adopted:
                 self.remember(self.last_val, self._candidate_standard_error, round_index)
         self.network.load_state_dict(self.best_weights)
-        self.logger.info(f"round {round_index}: {reason}")
+        if is_main_process():
+            self.logger.info(f"round {round_index}: {reason}")
         return {"model_choice": "adopted" if adopted else "kept", "model_choice_reason": reason}
 
     def state_dict(self) -> dict:

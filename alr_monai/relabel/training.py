@@ -7,6 +7,8 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import Sampler
 
+from alr_monai import distributed
+
 
 class LabelStore:
     """The current training label of every sample, by training index; -1 marks an excluded sample.
@@ -52,10 +54,19 @@ class SubsetShuffleSampler(Sampler[int]):
         seed: base seed; epoch ``e`` uses ``seed + e`` (call :meth:`set_epoch`), so a resumed run draws the
             same order as an uninterrupted one.
         class_balanced: draw class-balanced instead of shuffling.
+        num_replicas: processes sharing the draw (default: the ``torch.distributed`` world size, 1 without one).
+        rank: this process's share (default: its ``torch.distributed`` rank): every ``num_replicas``-th index of
+            the epoch's draw from position ``rank`` on, so the ranks' batches together are one process's batch.
     """
 
     def __init__(
-        self, indices: Sequence[int], num_samples: int | None = None, seed: int = 0, class_balanced: bool = False
+        self,
+        indices: Sequence[int],
+        num_samples: int | None = None,
+        seed: int = 0,
+        class_balanced: bool = False,
+        num_replicas: int | None = None,
+        rank: int | None = None,
     ) -> None:
         self.indices = list(indices)
         self.num_samples = len(self.indices) if num_samples is None else int(num_samples)
@@ -63,6 +74,15 @@ class SubsetShuffleSampler(Sampler[int]):
         self.class_balanced = class_balanced
         self.epoch = 0
         self._weights: torch.Tensor | None = None
+        self.num_replicas = num_replicas
+        self.rank = rank
+
+    def _share(self) -> tuple[int, int]:
+        replicas = distributed.world_size() if self.num_replicas is None else int(self.num_replicas)
+        rank = distributed.rank() if self.rank is None else int(self.rank)
+        if not 0 <= rank < replicas:
+            raise ValueError(f"rank {rank} is outside the {replicas} processes")
+        return rank, replicas
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -84,13 +104,15 @@ class SubsetShuffleSampler(Sampler[int]):
         if self.class_balanced and self._weights is None:
             raise RuntimeError("class-balanced sampling: call set_indices(indices, labels) before iterating")
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        rank, replicas = self._share()
         if self._weights is not None:
             picks = torch.multinomial(self._weights, self.num_samples, replacement=True, generator=generator)
-            return iter([self.indices[i] for i in picks.tolist()])
+            return iter([self.indices[i] for i in picks.tolist()[rank::replicas]])
         order: list[int] = []
         while len(order) < self.num_samples:
             order.extend(torch.randperm(len(self.indices), generator=generator).tolist())
-        return iter([self.indices[i] for i in order[: self.num_samples]])
+        return iter([self.indices[i] for i in order[: self.num_samples][rank::replicas]])
 
     def __len__(self) -> int:
-        return self.num_samples
+        rank, replicas = self._share()
+        return len(range(rank, self.num_samples, replicas))

@@ -1,0 +1,184 @@
+"""Where a phase-1 epoch's time goes: the real bundle config (train.json with its defaults), timed by Ignite event.
+
+Builds the phase-1 workflow exactly as ``alr train`` does (``alr_monai.workflow.phase1_files`` plus overrides,
+the embedded set by default), then wraps every handler the trainer has attached with a timer and times the
+data loader's ``next()`` (between ``GET_BATCH_STARTED`` and ``GET_BATCH_COMPLETED``), the trainer's iteration
+(forward, loss, backward and optimiser step, less the selection policy and the handlers fired inside it) and
+the selection policy. Handlers are grouped by class: batch augmentation, selection (the small-loss tracker and
+the policy), VoG, validation (the evaluator's whole run), checkpoint, and the rest. Prints seconds per epoch and
+the share of the training run (setup and caching excluded).
+
+    python scripts/profile_epoch.py [--epochs 3] [--override augment_on=sample] [--override num_workers=2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+
+# Handler class -> row of the table; anything else is "other handlers".
+GROUPS = {
+    "BatchAugmentHandler": "augmentation (batched, on the device)",
+    "SmallLossSelectionHandler": "selection (tracker + policy)",
+    "VoGHandler": "VoG",
+    "ValidationHandler": "validation",
+    "RunCheckpointer": "checkpoint",
+}
+DATA = "data loading (DataLoader next())"
+COMPUTE = "forward / backward / step"
+SELECT = "selection (tracker + policy)"
+ROWS = [
+    DATA,
+    "augmentation (batched, on the device)",
+    COMPUTE,
+    SELECT,
+    "VoG",
+    "validation",
+    "checkpoint",
+    "other handlers",
+    "engine and unaccounted",
+]
+
+
+def _owner(handler: Callable) -> Any:
+    parent = getattr(handler, "_parent", None)  # Ignite wraps filtered handlers (every=N) and keeps the original
+    if parent is not None:
+        handler = parent()
+    return getattr(handler, "__self__", handler)
+
+
+class EpochProfiler:
+    """Accumulates seconds per row of the table for one trainer."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.other: dict[str, float] = defaultdict(float)  # "other handlers" by class
+        self.inside_iteration = 0.0  # handler and policy time spent inside the process function
+        self._depth = 0
+        self._batch_started = 0.0
+
+    def _timed(self, row: str, function: Callable, name: str = "") -> Callable:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                elapsed = time.perf_counter() - start
+                self.seconds[row] += elapsed
+                if row == "other handlers":
+                    self.other[name] += elapsed
+                if self._depth:
+                    self.inside_iteration += elapsed
+
+        return timed
+
+    def instrument(self, trainer: Engine) -> None:
+        for handlers in trainer._event_handlers.values():
+            for position, (handler, args, kwargs) in enumerate(handlers):
+                owner = _owner(handler)
+                name = getattr(owner, "__qualname__", type(owner).__name__)
+                row = GROUPS.get(type(owner).__name__, "other handlers")
+                handlers[position] = (self._timed(row, handler, name), args, kwargs)
+        policy = getattr(trainer, "selection_policy", None)
+        if policy is not None:
+            policy.select = self._timed(SELECT, policy.select)
+
+        def batch_started(_engine: Engine) -> None:
+            self._batch_started = time.perf_counter()
+
+        def batch_completed(_engine: Engine) -> None:
+            self.seconds[DATA] += time.perf_counter() - self._batch_started
+
+        trainer.add_event_handler(Events.GET_BATCH_STARTED, batch_started)  # last: right before next()
+        trainer.add_event_handler(Events.GET_BATCH_COMPLETED, batch_completed)
+        completed = trainer._event_handlers[Events.GET_BATCH_COMPLETED]
+        completed.insert(0, completed.pop())  # first: right after next()
+
+        process = trainer._process_function
+
+        def iteration(engine: Engine, batch: Any) -> Any:
+            self._depth += 1
+            before = self.inside_iteration
+            start = time.perf_counter()
+            try:
+                return process(engine, batch)
+            finally:
+                self._depth -= 1
+                self.seconds[COMPUTE] += time.perf_counter() - start - (self.inside_iteration - before)
+
+        trainer._process_function = iteration
+
+
+def _override(text: str) -> tuple[str, Any]:
+    key, _, value = text.partition("=")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=3, help="phase-1 epochs to run and average over")
+    parser.add_argument("--override", action="append", default=[], help="bundle key=value, e.g. augment_on=sample")
+    parser.add_argument("--output_dir", default=None, help="run folder (default: a temporary one)")
+    args = parser.parse_args()
+
+    from monai.bundle import ConfigWorkflow
+
+    from alr_monai.workflow import bundle_file, coerce_literal, phase1_files
+
+    overrides = dict(_override(text) for text in args.override)
+    with tempfile.TemporaryDirectory() as scratch:
+        output_dir = args.output_dir or scratch
+        settings = {"output_dir": output_dir, "max_epochs": args.epochs, "resume": False, **overrides}
+        workflow = ConfigWorkflow(
+            config_file=phase1_files(),
+            meta_file=bundle_file("metadata.json"),
+            logging_file=bundle_file("logging.conf"),
+            workflow_type="train",
+            **{key: coerce_literal(value) for key, value in settings.items()},
+        )
+        start = time.perf_counter()
+        workflow.initialize()
+        trainer = workflow.parser.get_parsed_content("train#trainer")
+        setup = time.perf_counter() - start
+        profiler = EpochProfiler()
+        profiler.instrument(trainer)
+        start = time.perf_counter()
+        trainer.run()
+        total = time.perf_counter() - start
+        workflow.finalize()
+
+    seconds = dict(profiler.seconds)
+    seconds["engine and unaccounted"] = total - sum(seconds.values())
+    epochs = trainer.state.epoch
+    parsed = workflow.parser
+    print(
+        f"phase 1, {epochs} epochs, {len(parsed.get_parsed_content('train#items'))} training images, batch "
+        f"{parsed.get_parsed_content('batch_size')}, augment {parsed.get_parsed_content('augment')} on "
+        f"{parsed.get_parsed_content('augment_on')!r}, cache {parsed.get_parsed_content('cache')!r}, num_workers "
+        f"{parsed.get_parsed_content('num_workers')}, device {trainer.state.device}, torch threads "
+        f"{torch.get_num_threads()}; setup (load + cache, not in the table) {setup:.2f} s"
+    )
+    print(f"{'':<40} {'s / epoch':>10} {'share':>8}")
+    for row in ROWS:
+        value = seconds.get(row, 0.0)
+        print(f"{row:<40} {value / epochs:>10.3f} {100 * value / total:>7.1f}%")
+    print(f"{'whole epoch':<40} {total / epochs:>10.3f} {100.0:>7.1f}%")
+    for name, value in sorted(profiler.other.items(), key=lambda item: -item[1])[:6]:
+        print(f"  of which {name:<31} {value / epochs:>10.3f} {100 * value / total:>7.1f}%")
+    loading = seconds.get(DATA, 0.0) + seconds.get(ROWS[1], 0.0)
+    print(f"data loading + augmentation: {loading / epochs:.3f} s / epoch = {100 * loading / total:.1f}% of the epoch")
+
+
+if __name__ == "__main__":
+    main()
