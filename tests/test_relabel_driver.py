@@ -116,3 +116,14 @@ def test_best_weights_survive_a_state_dict_round_trip(tmp_path):
     other.load_state_dict(saved)
     assert other.best_val == driver.best_val
     assert all(torch.equal(other.best_weights[k], v) for k, v in driver.best_weights.items())
+
+
+def test_scoring_passes_take_the_loader_settings_and_query_the_same_samples(tmp_path):
+    queries = []
+    for workers in (0, 2):
+        driver = _driver(tmp_path / f"w{workers}", num_workers=workers)
+        assert driver._loader(range(N)).num_workers == workers
+        state = driver.open()
+        queries.append([row["id"] for row in driver.query_rows(state, 1)])
+    # worker processes change where items are loaded, never which samples are asked
+    assert queries[0] == queries[1] and len(queries[0]) == 3

@@ -161,6 +161,8 @@ class RelabelDriver:
         seed: seed for random acquisition (per round, so a resume picks the same samples).
         mc_samples: MC-dropout passes for BALD.
         batch_size: inference batch size.
+        num_workers: DataLoader workers of the scoring passes (acquisition, pseudo-labels).
+        pin_memory: pinned host memory for those passes (CUDA only).
         resume_command: the command a person runs after filling the answers file.
         summary_writer: TensorBoard writer for round scalars (optional).
         device: inference device (default: the device of the network's parameters).
@@ -206,6 +208,8 @@ class RelabelDriver:
         seed: int = 0,
         mc_samples: int = 10,
         batch_size: int = 256,
+        num_workers: int = 0,
+        pin_memory: bool = False,
         resume_command: str = "alr relabel",
         summary_writer=None,
         device: str | torch.device | None = None,
@@ -273,6 +277,8 @@ class RelabelDriver:
         self.seed = seed
         self.mc_samples = mc_samples
         self.batch_size = batch_size
+        self.num_workers = int(num_workers)
+        self.pin_memory = bool(pin_memory)
         self.resume_command = resume_command
         self.writer = summary_writer
         self._device = device
@@ -546,7 +552,10 @@ class RelabelDriver:
         return rows
 
     def _loader(self, indices: Sequence[int]) -> DataLoader:
-        return DataLoader(Subset(self.scoring_dataset, list(indices)), batch_size=self.batch_size, shuffle=False)
+        subset = Subset(self.scoring_dataset, list(indices))
+        return DataLoader(
+            subset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers, pin_memory=self.pin_memory
+        )
 
     def training_target(self, state: RoundState) -> TrainingTarget:
         """Labels, verified mask, the subset trained on and the forget rate that follow ``state``."""
