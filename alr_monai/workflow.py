@@ -130,11 +130,12 @@ def relabel_files(phase1: Sequence[str]) -> list[str]:
 
 
 def with_multi_process_overlay(files: Sequence[str]) -> list[str]:
-    """Inside torchrun (a process group of several processes), ``files`` plus the multi-process overlays:
-    multi_gpu_train.json after phase 1's files, multi_gpu_relabel.json after relabel.json; else ``files``."""
-    from alr_monai.distributed import init_distributed, world_size
+    """In a process group of several processes (joined by the caller, e.g. the CLI under torchrun), ``files`` plus
+    the multi-process overlays: multi_gpu_train.json after phase 1's files, multi_gpu_relabel.json after
+    relabel.json; else ``files``."""
+    from alr_monai.distributed import is_distributed
 
-    if not (init_distributed() and world_size() > 1):
+    if not is_distributed():
         return list(files)
     relabel = bundle_file("relabel.json")
     overlaid = [*(f for f in files if f != relabel), bundle_file("multi_gpu_train.json")]

@@ -179,7 +179,6 @@ class CoTeachingTrainer(Trainer):
             raise KeyError("co-teaching batches need an 'index' entry (each sample's position in the training set)")
         indices = torch.as_tensor(batchdata["index"]).long()
         targets = torch.as_tensor(targets).long().reshape(-1)
-        peers = self.network.peers
         self.network.train()
         self.optimizer.zero_grad(set_to_none=True)
 
@@ -192,7 +191,7 @@ class CoTeachingTrainer(Trainer):
             losses = [F.cross_entropy(out.float(), targets, reduction="none") for out in logits]
 
         # The global batch (this rank's rows alone in one process): selection and per-sample state see it whole.
-        count = len(peers)
+        count = len(self._train_peers)
         gathered, local = gather_rows([indices.to(targets.device), targets, *logits, *features, *losses])
         forget_rate = self.current_forget_rate()
         output: dict[str, Any] = {
