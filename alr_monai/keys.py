@@ -202,6 +202,39 @@ KEYS: tuple[Key, ...] = (
     Key("batch_size", TRAIN, "train", "int", "training batch size (phase 1 and recalibration)", minimum=1),
     Key("learning_rate", TRAIN, "train", "float", "Adam learning rate of phase 1", minimum=0),
     Key(
+        "stability#lr_schedule",
+        TRAIN,
+        "train",
+        "str",
+        "phase-1 learning rate: constant, or cosine-annealed over the max_epochs",
+        choices=LR_SCHEDULES,
+    ),
+    Key(
+        "stability#min_lr_fraction",
+        TRAIN,
+        "train",
+        "float",
+        "cosine schedule: the last iteration's rate as a fraction of learning_rate",
+        minimum=0,
+        maximum=1,
+    ),
+    Key(
+        "stability#average_epochs",
+        TRAIN,
+        "train",
+        "float",
+        "validate, save and test an average of the weights over about this many epochs (0 = the last step's)",
+        minimum=0,
+    ),
+    Key(
+        "stability#average_start_epoch",
+        TRAIN,
+        "train",
+        "int?",
+        "first epoch the average covers (null: the first after the forget-rate ramp)",
+        minimum=1,
+    ),
+    Key(
         "val_interval",
         TRAIN,
         "train",
@@ -384,6 +417,15 @@ KEYS: tuple[Key, ...] = (
         "train",
         "str?",
         "where the VoG buffer lives (cpu keeps it out of GPU memory; null: the training device)",
+    ),
+    Key(
+        "vog#sketch_dim",
+        TRAIN,
+        "train",
+        "int?",
+        "keep an m-value random projection of each gradient instead of its D + 1 values (null: exact VoG, "
+        "K x (D + 1) values per sample and peer)",
+        minimum=1,
     ),
     # ------------------------------------------------------------------------------- phase 1 on a manifest
     Key(

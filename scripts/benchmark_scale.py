@@ -41,6 +41,7 @@ COLUMNS = (
     "threads",
     "cache",
     "vog_dtype",
+    "vog_sketch_dim",
     "setup_s",
     "epoch_s",
     "train_loop_s",
@@ -178,6 +179,7 @@ def run_one(args: argparse.Namespace) -> dict:
         "output_dir": str(run_dir),
         "max_epochs": 1,
         "vog#dtype": args.vog_dtype,
+        "vog#sketch_dim": args.vog_sketch_dim,
     }
     config = json.loads(Path(bundle_file("train.json")).read_text(encoding="utf-8"))
     cache_note = "n/a"
@@ -212,6 +214,7 @@ def run_one(args: argparse.Namespace) -> dict:
         "threads": args.threads,
         "cache": cache_note,
         "vog_dtype": args.vog_dtype,
+        "vog_sketch_dim": args.vog_sketch_dim or "exact",
         "setup_s": round(marks["started"] - started, 2),
         "epoch_s": round(float(trainer.state.times["EPOCH_COMPLETED"]), 2),
         "train_loop_s": round(marks["last_iteration"] - marks["epoch"], 2),
@@ -229,9 +232,10 @@ def run_one(args: argparse.Namespace) -> dict:
 
 
 def run_distributed(args: argparse.Namespace) -> None:
-    """The same epoch on 1 and on ``--nproc`` processes (``alr train --nproc``: torchrun, gloo on the CPU) on the
-    first size of ``--sizes``, the cores split between the processes: wall time, the epoch line's seconds, and
-    how far the trusted sets agree (float order differs between 1 and N processes, so they need not match)."""
+    """The same ``--epochs`` run on 1 and on ``--nproc`` processes (``alr train --nproc``: torchrun, gloo on the
+    CPU) on the first size of ``--sizes``, the cores split between the processes: wall time, the last epoch
+    line's seconds, how far the trusted sets agree (float order differs between 1 and N processes, so they need
+    not match) and the test balanced accuracy of each."""
     import re
 
     spec = args.sizes.split(",")[0].strip()
@@ -239,12 +243,13 @@ def run_distributed(args: argparse.Namespace) -> None:
     data = Path(args.work) / f"synthetic_{n_train}_{size}.npz"
     write_synthetic(data, n_train, size)
     trusted: dict[int, list[str]] = {}
+    accuracy: dict[int, float] = {}
     for nproc in sorted({1, args.nproc}):
         run_dir = Path(args.work) / "runs" / f"{spec.replace('@', '_')}_nproc{nproc}"
         shutil.rmtree(run_dir, ignore_errors=True)
         threads = max(1, args.threads // nproc)
         command = [sys.executable, "-m", "alr_monai.cli", "train", "--nproc", str(nproc), "--output_dir", str(run_dir)]
-        command += ["--dataset_path", str(data), "--max_epochs", "1"]
+        command += ["--dataset_path", str(data), "--max_epochs", str(args.epochs)]
         if args.cache:
             command += ["--cache", args.cache]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
@@ -254,18 +259,28 @@ def run_distributed(args: argparse.Namespace) -> None:
         if result.returncode:
             print(f"{nproc} process(es): failed (exit {result.returncode})\n{result.stdout[-2000:]}", flush=True)
             return
-        epoch = re.search(r"epoch 1/1 .*\| ([0-9.]+) s", result.stdout)
+        epoch = re.search(rf"epoch {args.epochs}/{args.epochs} .*\| ([0-9.]+) s", result.stdout)
         with open(run_dir / "selection.csv", newline="") as handle:
             trusted[nproc] = [row["trusted"] for row in csv.DictReader(handle)]
+        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+        accuracy[nproc] = float(metrics["test"]["balanced_accuracy"])
         print(
-            f"{spec}, {nproc} process(es) x {threads} thread(s): wall {wall:.1f} s, "
-            f"epoch {epoch.group(1) if epoch else '?'} s",
+            f"{spec}, {nproc} process(es) x {threads} thread(s), {args.epochs} epoch(s): wall {wall:.1f} s, "
+            f"last epoch {epoch.group(1) if epoch else '?'} s, test balanced accuracy {accuracy[nproc]:.4f}",
             flush=True,
         )
     if len(trusted) == 2:
         one, many = trusted.values()
         agree = sum(a == b for a, b in zip(one, many, strict=True)) / len(one)
-        print(f"trusted decisions agreeing between 1 and {args.nproc} processes: {agree:.4f}", flush=True)
+        kept_one = {i for i, flag in enumerate(one) if flag in ("1", "True", "true")}
+        kept_many = {i for i, flag in enumerate(many) if flag in ("1", "True", "true")}
+        jaccard = len(kept_one & kept_many) / max(1, len(kept_one | kept_many))
+        print(
+            f"1 vs {args.nproc} processes: trusted decisions agreeing {agree:.4f}, trusted sets' overlap "
+            f"(intersection / union) {jaccard:.4f} ({len(kept_one)} vs {len(kept_many)} trusted), test balanced "
+            f"accuracy difference {abs(accuracy[1] - accuracy[args.nproc]):.4f}",
+            flush=True,
+        )
 
 
 def log_slope(xs: list[float], ys: list[float]) -> float:
@@ -347,9 +362,11 @@ def main() -> None:
     parser.add_argument("--out", default="runs/benchmark_scale", help="scale.csv and scale.png")
     parser.add_argument("--cache", default=None, choices=["memory", "disk", "none"], help="the bundle's cache key")
     parser.add_argument("--vog_dtype", default="float32", choices=["float32", "float16"])
+    parser.add_argument("--vog_sketch_dim", type=int, default=None, help="the bundle's vog#sketch_dim (default exact)")
     parser.add_argument(
         "--nproc", type=int, default=1, help="compare 1 with this many processes on the first size (alr train --nproc)"
     )
+    parser.add_argument("--epochs", type=int, default=1, help="epochs of the --nproc comparison")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -367,6 +384,8 @@ def main() -> None:
         print(f"{spec}: data {data} ({time.perf_counter() - made:.0f} s)", flush=True)
         command = [sys.executable, __file__, "--child", spec.strip(), "--work", args.work]
         command += ["--threads", str(args.threads), "--vog_dtype", args.vog_dtype]
+        if args.vog_sketch_dim:
+            command += ["--vog_sketch_dim", str(args.vog_sketch_dim)]
         if args.cache:
             command += ["--cache", args.cache]
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}

@@ -530,6 +530,11 @@ def _resume_overrides(dataset_dir: Path) -> dict:
         "coteaching#num_gradual": 1,
         "vog#num_snapshots": 2,  # VoG takes part in the selection of epoch 3
         "validate#evaluator#key_val_metric": {"val_balanced_accuracy": DecreasingMetric()},
+        # the schedule and the average are restored exactly too (averaging from epoch 2, so resuming at 3 needs it)
+        "stability#lr_schedule": "cosine",
+        "lr_schedule_handler#total_epochs": 3,  # B's first leg runs to max_epochs 2 on the same 3-epoch schedule
+        "stability#average_epochs": 1,
+        "stability#average_start_epoch": 2,
     }
 
 
@@ -592,8 +597,9 @@ def _assert_resumed_equals_uninterrupted(runs: dict, name: str) -> None:
     assert workflow.started_epochs == [3]  # continued at epoch 3, did not start over
 
     expected, got = _checkpoint(a_dir), _checkpoint(x_dir)
-    for key in ("network", "optimizer", "selection", "vog", "noise_rate", "trainer"):
+    for key in ("network", "optimizer", "selection", "vog", "noise_rate", "weight_average", "trainer"):
         _assert_same_state(expected[key], got[key], key)
+    assert got["weight_average"]["started"] and got["optimizer"]["param_groups"][0]["lr"] < 1e-3  # cosine, averaged
     vog = workflow.parser.get_parsed_content("vog_tracker")
     assert [b.num_committed for b in vog.buffers] == [3, 3]
     _assert_same_state(vog.state_dict(), runs["A"].parser.get_parsed_content("vog_tracker").state_dict(), "vog")

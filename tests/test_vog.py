@@ -262,3 +262,82 @@ def test_vog_handler_checkpoint_loads_onto_the_buffer_device(tmp_path):
     for left, right in zip(fresh._oriented, handler._oriented, strict=True):
         torch.testing.assert_close(left, right, equal_nan=True)
     assert fresh.state_bytes() == handler.state_bytes()
+
+
+def test_sketch_matrix_is_seeded_and_preserves_squared_norms_on_average():
+    from alr_monai.algorithms.vog import sketch_matrix
+
+    assert torch.equal(sketch_matrix(129, 8, seed=3), sketch_matrix(129, 8, seed=3))
+    assert not torch.equal(sketch_matrix(129, 8, seed=3), sketch_matrix(129, 8, seed=4))
+    vector = torch.randn(129, generator=torch.Generator().manual_seed(0))
+    # E ||v R||^2 = ||v||^2: averaged over 400 independent matrices the ratio is within a few percent of 1
+    ratios = torch.stack([(vector @ sketch_matrix(129, 8, seed=s)).square().sum() for s in range(400)])
+    assert abs(float(ratios.mean() / vector.square().sum()) - 1.0) < 0.05
+    with pytest.raises(ValueError, match="sketch_dim"):
+        sketch_matrix(129, 0)
+
+
+def test_sketched_buffer_scores_are_the_rms_std_of_the_projected_gradients():
+    from alr_monai.algorithms.vog import sketch_matrix
+
+    generator = torch.Generator().manual_seed(5)
+    num_samples, dim, k, m = 6, 10, 3, 4
+    buffer = VoGBuffer(num_samples, dim, num_snapshots=k, sketch_dim=m, sketch_seed=7)
+    assert buffer._snapshots.shape == (k, num_samples, m)
+    stream = [torch.randn(num_samples, dim, generator=generator, dtype=torch.float64) for _ in range(k)]
+    for grads in stream:
+        buffer.record(torch.arange(num_samples), grads.float())
+        buffer.commit()
+    projected = np.stack([(g @ sketch_matrix(dim, m, seed=7).double()).numpy() for g in stream])
+    expected = np.sqrt(projected.var(axis=0).sum(axis=1) / dim)  # population variance over the K snapshots
+    np.testing.assert_allclose(buffer.scores().numpy(), expected, rtol=1e-5)
+    # a sample whose gradient never changes has zero VoG, sketched or not
+    still = VoGBuffer(1, dim, num_snapshots=2, sketch_dim=m)
+    for _ in range(2):
+        still.record(torch.tensor([0]), torch.ones(1, dim))
+        still.commit()
+    assert float(still.scores()[0]) == 0.0
+    with pytest.raises(ValueError, match="sketch_dim"):
+        VoGBuffer(4, dim, sketch_dim=dim)
+
+
+def test_sketched_buffer_resumes_exactly_and_refuses_a_different_sketch():
+    generator = torch.Generator().manual_seed(1)
+    original = VoGBuffer(8, 6, num_snapshots=2, dtype=torch.float16, sketch_dim=3)
+    for _ in range(3):
+        original.record(torch.arange(8), torch.randn(8, 6, generator=generator))
+        original.commit()
+    saved = io.BytesIO()
+    torch.save(original.state_dict(), saved)
+    saved.seek(0)
+    state = torch.load(saved, weights_only=True)
+    restored = VoGBuffer(8, 6, num_snapshots=2, dtype=torch.float16, sketch_dim=3)
+    restored.load_state_dict(state)
+    grads = torch.randn(8, 6, generator=generator)
+    for buffer in (original, restored):
+        buffer.record(torch.arange(8), grads)
+        buffer.commit()
+    assert torch.equal(restored.scores(), original.scores())
+    with pytest.raises(ValueError, match="sketch_dim"):
+        VoGBuffer(8, 6, num_snapshots=2, dtype=torch.float16).load_state_dict(state)
+    with pytest.raises(ValueError, match="sketch_dim"):
+        VoGBuffer(8, 6, num_snapshots=2, dtype=torch.float16, sketch_dim=3, sketch_seed=1).load_state_dict(state)
+    # a checkpoint written before the option (no sketch keys) loads into an exact buffer
+    exact = VoGBuffer(8, 6, num_snapshots=2).state_dict()
+    del exact["sketch_dim"], exact["sketch_seed"]
+    VoGBuffer(8, 6, num_snapshots=2).load_state_dict(exact)
+
+
+def test_sketched_handler_state_bytes_fit_64_bytes_per_snapshot():
+    from alr_monai.algorithms.vog import vog_bytes_per_sample
+    from alr_monai.handlers import VoGHandler
+
+    num_samples, dim, k = 12, 5, 3
+    handler = VoGHandler(num_samples, 3, num_snapshots=k, dtype="float16", sketch_dim=2)
+    _feed_vog(handler, epochs=2, num_samples=num_samples, dim=dim)
+    assert handler.buffers[0]._snapshots.shape == (k, num_samples, 2)
+    buffers = vog_bytes_per_sample(dim + 1, k, 2, torch.float16, sketch_dim=2) * num_samples
+    assert handler.state_bytes() == buffers + num_samples * (2 * 4 + 8)
+    # the figure in the docs for the bundle's network (D = 128, K = 5, 2 peers, sketch_dim 8, float16)
+    per_sample = vog_bytes_per_sample(129, 5, 2, torch.float16, sketch_dim=8) + 2 * 4 + 8
+    assert per_sample == 194 and per_sample + 98 <= 64 * 5

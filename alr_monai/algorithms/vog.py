@@ -5,6 +5,9 @@ with respect to the last linear layer's parameters for its labelled class (weigh
 That gradient has a closed form from the forward pass already done for training,
 ``(softmax(logits)_y - 1) * [1, features]``, so no second pass over the data and no per-sample autograd is
 needed. VoG is the mean over gradient dimensions of the (population) standard deviation across the snapshots.
+
+For data sets too large to hold K x (D + 1) values per sample, :class:`VoGBuffer` can store a random
+projection of each gradient instead (``sketch_dim``): see :func:`sketch_matrix`.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["VoGBuffer", "last_layer_gradient", "normalise_per_class", "vog_bytes_per_sample"]
+__all__ = ["VoGBuffer", "last_layer_gradient", "normalise_per_class", "sketch_matrix", "vog_bytes_per_sample"]
 
 
 def last_layer_gradient(logits: Tensor, features: Tensor, labels: Tensor) -> Tensor:
@@ -48,6 +51,24 @@ def last_layer_gradient(logits: Tensor, features: Tensor, labels: Tensor) -> Ten
         return coeff * torch.cat([ones, features], dim=1)
 
 
+def sketch_matrix(dim: int, sketch_dim: int, seed: int = 0) -> Tensor:
+    """A fixed Gaussian projection from ``dim`` gradient values to ``sketch_dim`` (Johnson-Lindenstrauss).
+
+    Entries are i.i.d. N(0, 1/sketch_dim), drawn from a generator seeded with ``seed`` on the CPU, so every
+    process and every resume builds the same matrix. For any vector ``v``, ``E ||v @ R||^2 = ||v||^2``; since
+    the projection is linear, the summed variance of the projected snapshots estimates the summed variance of
+    the gradient dimensions (the trace of their covariance across epochs), with a relative spread of about
+    ``sqrt(2 / sketch_dim)`` per sample.
+
+    Returns:
+        float32 tensor of shape (dim, sketch_dim).
+    """
+    if dim < 1 or sketch_dim < 1:
+        raise ValueError(f"dim and sketch_dim must be >= 1, got {dim} and {sketch_dim}")
+    generator = torch.Generator().manual_seed(int(seed))
+    return torch.randn((dim, sketch_dim), generator=generator, dtype=torch.float32) / float(sketch_dim) ** 0.5
+
+
 class VoGBuffer:
     """Ring buffer of per-sample gradient snapshots (one per epoch) with cached VoG scores.
 
@@ -56,6 +77,11 @@ class VoGBuffer:
     slot. A sample missing from an epoch (e.g. a dropped last batch) simply has one snapshot fewer: its VoG is
     the std over the slots it was seen in, and NaN if it has fewer than two. A mask, rather than NaN fill, keeps
     stale values from K epochs ago out of the statistics without rewriting the whole slot each epoch.
+
+    With ``sketch_dim`` set, each gradient is projected by :func:`sketch_matrix` before it is stored, so a
+    snapshot holds ``sketch_dim`` values instead of D. The score is then ``sqrt(sum of the projected variances /
+    D)``: an estimate of the root mean square over the D dimensions of the std across snapshots, rather than their
+    mean (the two order samples alike; docs/BENCHMARKS.md "Memory" has the measured agreement).
 
     Usage per epoch: :meth:`record` for every batch, then :meth:`commit`. ``commit`` recomputes the scores over
     the last K committed snapshots and caches them, so :meth:`scores` during the next epoch is a cheap lookup
@@ -68,6 +94,9 @@ class VoGBuffer:
         num_snapshots: K, how many epochs of snapshots the variance is taken over (>= 2).
         dtype: storage dtype of the snapshots, float32 or float16 (or float64/bfloat16).
         device: where the buffer lives; CPU keeps GPU memory free for the networks.
+        sketch_dim: store a ``sketch_dim``-value random projection of each gradient instead of its D values
+            (None: exact). Must be below D to save anything.
+        sketch_seed: seed of the projection matrix.
     """
 
     def __init__(
@@ -77,6 +106,8 @@ class VoGBuffer:
         num_snapshots: int = 5,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
+        sketch_dim: int | None = None,
+        sketch_seed: int = 0,
     ) -> None:
         if num_samples < 1 or dim < 1:
             raise ValueError(f"num_samples and dim must be >= 1, got {num_samples} and {dim}")
@@ -89,7 +120,17 @@ class VoGBuffer:
         self.num_snapshots = int(num_snapshots)
         self.dtype = dtype
         self.device = torch.device(device)
-        self._snapshots = torch.zeros((num_snapshots, num_samples, dim), dtype=dtype, device=self.device)
+        if sketch_dim is not None and not 1 <= int(sketch_dim) < self.dim:
+            raise ValueError(
+                f"sketch_dim must be in [1, {self.dim}) for gradients of {self.dim} values, got {sketch_dim}"
+            )
+        self.sketch_dim = None if sketch_dim is None else int(sketch_dim)
+        self.sketch_seed = int(sketch_seed)
+        self._sketch = None if self.sketch_dim is None else sketch_matrix(self.dim, self.sketch_dim, self.sketch_seed)
+        if self._sketch is not None:
+            self._sketch = self._sketch.to(self.device)
+        stored_dim = self.dim if self.sketch_dim is None else self.sketch_dim
+        self._snapshots = torch.zeros((num_snapshots, num_samples, stored_dim), dtype=dtype, device=self.device)
         self._seen = torch.zeros((num_snapshots, num_samples), dtype=torch.bool, device=self.device)
         self._position = 0
         self._num_committed = 0
@@ -128,7 +169,11 @@ class VoGBuffer:
             return
         if int(indices.min()) < 0 or int(indices.max()) >= self.num_samples:
             raise IndexError(f"sample indices must be in [0, {self.num_samples}), got {indices.min()}..{indices.max()}")
-        self._snapshots[self._position, indices] = grads.detach().to(device=self.device, dtype=self.dtype)
+        grads = grads.detach()
+        if self._sketch is not None:
+            # projected in float32 on the gradients' device: only sketch_dim values per sample cross to the buffer
+            grads = grads.to(torch.float32) @ self._sketch.to(grads.device)
+        self._snapshots[self._position, indices] = grads.to(device=self.device, dtype=self.dtype)
         self._seen[self._position, indices] = True
 
     def commit(self) -> None:
@@ -166,7 +211,10 @@ class VoGBuffer:
             safe_counts = counts.clamp_min(1.0)
             mean = (values * weights).sum(dim=0) / safe_counts
             variance = (((values - mean) ** 2) * weights).sum(dim=0) / safe_counts
-            chunk_scores = variance.sqrt().mean(dim=1)
+            if self._sketch is None:
+                chunk_scores = variance.sqrt().mean(dim=1)
+            else:  # summed projected variance ~ summed variance over the D gradient dims
+                chunk_scores = (variance.sum(dim=1) / self.dim).sqrt()
             scores[start:stop] = torch.where(counts.squeeze(1) >= 2, chunk_scores, float("nan"))
         return scores
 
@@ -186,6 +234,8 @@ class VoGBuffer:
             "position": self._position,
             "num_committed": self._num_committed,
             "scores": self._scores,
+            "sketch_dim": 0 if self.sketch_dim is None else self.sketch_dim,
+            "sketch_seed": self.sketch_seed,
         }
 
     def load_state_dict(self, state_dict: dict[str, Tensor | int]) -> None:
@@ -207,6 +257,13 @@ class VoGBuffer:
             raise ValueError(
                 f"VoGBuffer state_dict has (num_samples, dim, num_snapshots) = {found}, this buffer has {expected}"
             )
+        # checkpoints written before the sketch option hold exact snapshots
+        sketch = (int(state_dict.get("sketch_dim", 0)) or None, int(state_dict.get("sketch_seed", 0)))
+        if sketch[0] != self.sketch_dim or (sketch[0] is not None and sketch[1] != self.sketch_seed):
+            raise ValueError(
+                f"VoGBuffer state_dict has (sketch_dim, sketch_seed) = {sketch}, this buffer has "
+                f"({self.sketch_dim}, {self.sketch_seed}); set vog#sketch_dim as in the run that wrote it"
+            )
         snapshots, seen, scores = state_dict["snapshots"], state_dict["seen"], state_dict["scores"]
         shapes = {
             "snapshots": (tuple(snapshots.shape), tuple(self._snapshots.shape)),
@@ -227,16 +284,22 @@ class VoGBuffer:
 
 
 def vog_bytes_per_sample(
-    dim: int, num_snapshots: int = 5, num_peers: int = 2, dtype: torch.dtype = torch.float32
+    dim: int,
+    num_snapshots: int = 5,
+    num_peers: int = 2,
+    dtype: torch.dtype = torch.float32,
+    sketch_dim: int | None = None,
 ) -> int:
     """Bytes per training sample held by ``num_peers`` :class:`VoGBuffer` objects.
 
-    Per peer: K snapshots of ``dim`` values (``dim`` = D + 1 for :func:`last_layer_gradient`), K bool ``seen``
-    flags and one float32 cached score. For the bundle's network (D = 128), K = 5 and 2 peers that is
-    2 x (5 x 129 x 4 + 5 + 4) = 5178 bytes in float32 and 2598 bytes in float16.
+    Per peer: K snapshots of ``dim`` values (``dim`` = D + 1 for :func:`last_layer_gradient`; ``sketch_dim``
+    values when sketched), K bool ``seen`` flags and one float32 cached score. For the bundle's network
+    (D = 128), K = 5 and 2 peers that is 2 x (5 x 129 x 4 + 5 + 4) = 5178 bytes in float32, 2598 bytes in float16
+    and 2 x (5 x 8 x 2 + 5 + 4) = 178 bytes with ``sketch_dim`` 8 in float16.
     """
     itemsize = torch.empty((), dtype=dtype).element_size()
-    return num_peers * (num_snapshots * dim * itemsize + num_snapshots + 4)
+    stored = dim if sketch_dim is None else sketch_dim
+    return num_peers * (num_snapshots * stored * itemsize + num_snapshots + 4)
 
 
 def normalise_per_class(scores: Tensor, labels: Tensor, num_classes: int, eps: float = 1e-8) -> Tensor:

@@ -18,6 +18,7 @@ from alr_monai.handlers.resume import (
 )
 from alr_monai.handlers.selection import SmallLossSelectionHandler
 from alr_monai.handlers.selection_metrics import SelectionMetricsHandler
+from alr_monai.handlers.stability import LearningRateScheduleHandler, WeightAverageHandler
 from alr_monai.handlers.tensorboard import TensorBoardScalars, tensorboard_tag
 from alr_monai.handlers.vog import VoGHandler
 
@@ -41,6 +42,7 @@ __all__ = [
     "EngineBestMetric",
     "EpochLossMeter",
     "EpochSummaryPrinter",
+    "LearningRateScheduleHandler",
     "MetricsJSONWriter",
     "NoiseRateEstimateHandler",
     "PrototypeDistanceHandler",
@@ -52,6 +54,7 @@ __all__ = [
     "TensorBoardImageHandler",
     "TensorBoardScalars",
     "VoGHandler",
+    "WeightAverageHandler",
     "handler_defined_elsewhere",
     "latest_checkpoint",
     "tensorboard_tag",

@@ -38,6 +38,10 @@ class VoGHandler:
             per-sample state never takes accelerator memory (1 GB of GPU memory at 50k samples in float32); each
             batch's gradients (B x (D + 1) per peer) are copied there, and the scores handed to the selection are
             moved back to the batch's device. None keeps the buffers on the features' device.
+        sketch_dim: keep a ``sketch_dim``-value random projection of each gradient instead of its D + 1 values
+            (:func:`~alr_monai.algorithms.vog.sketch_matrix`); None keeps the exact gradients. The bundle's
+            default is 8 in float16: 178 bytes of buffers per sample instead of 5178 (exact, float32), with the
+            same phase-1 results within seed noise (docs/BENCHMARKS.md "Memory").
 
     Memory (per training sample, D = penultimate feature size, P peers, K = ``num_snapshots``): the snapshots
     P x K x (D + 1) x 4 bytes (2 in float16), the ``seen`` flags P x K bytes, the cached raw and oriented scores
@@ -45,6 +49,7 @@ class VoGHandler:
     float32, 2614 in float16 (see :meth:`state_bytes`). VoG is the std over a sliding window of the last K
     epochs, so every value in the window must be kept to drop the oldest one exactly: K x (D + 1) values per peer
     is the floor for the exact statistic (a running Welford mean/variance cannot forget the oldest epoch).
+    ``sketch_dim`` m replaces D + 1 by m in that formula (m = 8, float16: 194 bytes per sample in all).
     Scoring at each epoch end works in chunks of 4096 samples, so its float32 temporaries do not grow with N.
     """
 
@@ -59,6 +64,7 @@ class VoGHandler:
         dtype: str = "float32",
         start_epoch: int | None = None,
         buffer_device: str | torch.device | None = "cpu",
+        sketch_dim: int | None = None,
     ) -> None:
         if keep not in VOG_KEEP:
             raise ValueError(f"keep must be one of {VOG_KEEP}, got {keep!r}")
@@ -75,6 +81,7 @@ class VoGHandler:
         self.dtype = getattr(torch, dtype)
         self.start_epoch = start_epoch
         self.buffer_device = None if buffer_device is None else torch.device(buffer_device)
+        self.sketch_dim = None if sketch_dim in (None, 0) else int(sketch_dim)
         self.buffers: list[VoGBuffer] = []
         self.labels = torch.full((num_samples,), -1, dtype=torch.long)
         self._oriented: list[torch.Tensor] = []
@@ -88,10 +95,13 @@ class VoGHandler:
     def _ensure_buffers(self, num_peers: int, dim: int, device: torch.device) -> None:
         if not self.buffers:
             where = device if self.buffer_device is None else self.buffer_device
-            self.buffers = [
-                VoGBuffer(self.num_samples, dim, self.num_snapshots, dtype=self.dtype, device=where)
-                for _ in range(num_peers)
-            ]
+            self.buffers = [self._new_buffer(dim, where) for _ in range(num_peers)]
+
+    def _new_buffer(self, dim: int, device: torch.device) -> VoGBuffer:
+        # every peer's buffer projects with the same matrix: their scores stay comparable
+        return VoGBuffer(
+            self.num_samples, dim, self.num_snapshots, dtype=self.dtype, device=device, sketch_dim=self.sketch_dim
+        )
 
     def _on_losses(self, engine: Engine) -> None:
         output = engine.state.output
@@ -169,7 +179,7 @@ class VoGHandler:
             # The feature size comes from the saved buffer; VoGBuffer.load_state_dict checks the rest. A
             # checkpoint loaded with map_location="cuda" must not pull the buffer onto the GPU.
             device = sub["snapshots"].device if self.buffer_device is None else self.buffer_device
-            buffer = VoGBuffer(self.num_samples, int(sub["dim"]), self.num_snapshots, dtype=self.dtype, device=device)
+            buffer = self._new_buffer(int(sub["dim"]), device)
             buffer.load_state_dict(sub)
             buffers.append(buffer)
         self.buffers = buffers
