@@ -366,7 +366,9 @@ def main() -> None:
     parser.add_argument(
         "--nproc", type=int, default=1, help="compare 1 with this many processes on the first size (alr train --nproc)"
     )
-    parser.add_argument("--epochs", type=int, default=1, help="epochs of the --nproc comparison")
+    parser.add_argument(
+        "--epochs", type=int, default=3, help="epochs of the --nproc comparison (the selection first cuts at epoch 3)"
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:

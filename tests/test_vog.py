@@ -338,6 +338,10 @@ def test_sketched_handler_state_bytes_fit_64_bytes_per_snapshot():
     assert handler.buffers[0]._snapshots.shape == (k, num_samples, 2)
     buffers = vog_bytes_per_sample(dim + 1, k, 2, torch.float16, sketch_dim=2) * num_samples
     assert handler.state_bytes() == buffers + num_samples * (2 * 4 + 8)
+    # a gradient no longer than the sketch stays exact (5 + 1 values, sketch 6)
+    short = VoGHandler(num_samples, 3, num_snapshots=k, sketch_dim=6)
+    _feed_vog(short, epochs=1, num_samples=num_samples, dim=dim)
+    assert short.buffers[0].sketch_dim is None and short.buffers[0]._snapshots.shape == (k, num_samples, dim + 1)
     # the figure in the docs for the bundle's network (D = 128, K = 5, 2 peers, sketch_dim 8, float16)
     per_sample = vog_bytes_per_sample(129, 5, 2, torch.float16, sketch_dim=8) + 2 * 4 + 8
     assert per_sample == 194 and per_sample + 98 <= 64 * 5

@@ -39,7 +39,8 @@ class VoGHandler:
             batch's gradients (B x (D + 1) per peer) are copied there, and the scores handed to the selection are
             moved back to the batch's device. None keeps the buffers on the features' device.
         sketch_dim: keep a ``sketch_dim``-value random projection of each gradient instead of its D + 1 values
-            (:func:`~alr_monai.algorithms.vog.sketch_matrix`); None keeps the exact gradients. The bundle's
+            (:func:`~alr_monai.algorithms.vog.sketch_matrix`); None, or a gradient of at most ``sketch_dim``
+            values, keeps the exact gradients. The bundle's
             default is 8 in float16: 178 bytes of buffers per sample instead of 5178 (exact, float32), with the
             same phase-1 results within seed noise (docs/BENCHMARKS.md "Memory").
 
@@ -98,9 +99,11 @@ class VoGHandler:
             self.buffers = [self._new_buffer(dim, where) for _ in range(num_peers)]
 
     def _new_buffer(self, dim: int, device: torch.device) -> VoGBuffer:
-        # every peer's buffer projects with the same matrix: their scores stay comparable
+        # Every peer's buffer projects with the same matrix, so their scores stay comparable. A gradient no longer
+        # than the sketch is kept exact: projecting it would save nothing.
+        sketch_dim = self.sketch_dim if self.sketch_dim is not None and self.sketch_dim < dim else None
         return VoGBuffer(
-            self.num_samples, dim, self.num_snapshots, dtype=self.dtype, device=device, sketch_dim=self.sketch_dim
+            self.num_samples, dim, self.num_snapshots, dtype=self.dtype, device=device, sketch_dim=sketch_dim
         )
 
     def _on_losses(self, engine: Engine) -> None:
