@@ -79,7 +79,7 @@ def train(
         **overrides: bundle keys, e.g. max_epochs=5 or "vog#mix_ratio"=0.1.
     """
     check_overrides(overrides, ("train", "manifest") if manifest else ("train",), "train", strict=False)
-    if _launch_processes(nproc):
+    if _launch_processes(nproc, overrides.get("device")):
         return
     if manifest and not Path(manifest).is_file():
         raise FileNotFoundError(
@@ -120,9 +120,19 @@ def relabel(run_dir: str = "runs/alr", mode: str = "simulation", nproc: int = 1,
         nproc: processes to recalibrate with (torchrun; rank 0 alone queries and applies the answers).
         **overrides: e.g. "relabel#acquisition"="margin", "relabel#round_budget"=50, "relabel#num_rounds"=3.
     """
-    if _launch_processes(nproc):
+    if _launch_processes(nproc, _run_device(run_dir, overrides)):
         return
     _relabel(run_dir, mode, overrides, "relabel")
+
+
+def _run_device(run_dir: str, overrides: dict[str, Any]) -> str | None:
+    """The ``device`` given now, else the one phase 1 was given (run_config.json), else None (the default)."""
+    if "device" in overrides:
+        return overrides["device"]
+    try:
+        return load_run_config(run_dir)["overrides"].get("device")
+    except (FileNotFoundError, ValueError):  # reported properly once the relabel command reads it
+        return None
 
 
 def query(run_dir: str = "runs/alr", **overrides):
@@ -184,9 +194,10 @@ def _relabel_locked(run_path: Path, run_dir: str, mode: str, overrides: dict[str
 _ARGV: list[str] = []  # the command line main() runs, which --nproc relaunches under torchrun
 
 
-def _launch_processes(nproc: int) -> bool:
+def _launch_processes(nproc: int, device: str | None = None) -> bool:
     """With ``nproc`` > 1 outside torchrun: rerun this command under torchrun with ``nproc`` processes and return
-    True once they finish; False means "run here" (one process, or already one of torchrun's processes).
+    True once they finish; False means "run here" (one process, or already one of torchrun's processes, which
+    joins the process group with the backend for ``device``: gloo for "cpu" even where GPUs exist).
 
     Raises:
         UsageError: ``nproc`` is not a positive integer.
@@ -197,7 +208,7 @@ def _launch_processes(nproc: int) -> bool:
     if "WORLD_SIZE" in os.environ:  # one of torchrun's processes: join the group before anything is written
         from alr_monai.distributed import init_distributed
 
-        init_distributed()
+        init_distributed(device=device)
         return False
     if nproc == 1:
         return False

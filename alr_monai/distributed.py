@@ -31,6 +31,7 @@ __all__ = [
     "barrier",
     "broadcast_object",
     "convert_to_global_batchnorm",
+    "backend_for",
     "device_for_rank",
     "gather_objects",
     "gather_rows",
@@ -80,11 +81,24 @@ def broadcast_object(obj: Any, source: int = 0) -> Any:
     return holder[0]
 
 
-def init_distributed(backend: str | None = None) -> bool:
+def backend_for(device: str | torch.device | None = None) -> str:
+    """The process-group backend for the training device: NCCL for CUDA, gloo for the CPU.
+
+    Args:
+        device: the configured device; None means "CUDA if available", as :func:`device_for_rank` reads it. A
+            CPU device gets gloo even on a machine with GPUs (NCCL cannot reduce CPU tensors).
+    """
+    if device is None:
+        return "nccl" if torch.cuda.is_available() else "gloo"
+    return "nccl" if torch.device(device).type == "cuda" else "gloo"
+
+
+def init_distributed(backend: str | None = None, device: str | torch.device | None = None) -> bool:
     """Join the process group torchrun describes in the environment; nothing when not under torchrun.
 
     Args:
-        backend: "gloo" or "nccl"; default NCCL when CUDA is available, else gloo.
+        backend: "gloo" or "nccl"; default :func:`backend_for` ``device``.
+        device: the device training will use (e.g. the ``--device`` a user gave).
 
     Returns:
         True when this process is part of a process group afterwards.
@@ -95,8 +109,7 @@ def init_distributed(backend: str | None = None) -> bool:
         return True
     if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
         return False
-    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
-    dist.init_process_group(backend=backend)
+    dist.init_process_group(backend=backend or backend_for(device))
     return True
 
 

@@ -208,3 +208,25 @@ def test_alr_train_and_relabel_with_two_processes(tmp_path):
     state = json.loads((run / "relabel" / "state.json").read_text())
     assert state["round"] == 1 and state["budget_spent"] == 10
     assert len(list((run / "tensorboard").glob("events.*"))) == 2  # one per phase
+
+
+def test_the_backend_follows_the_configured_device_not_the_machine(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert distributed.backend_for(None) == "nccl"
+    assert distributed.backend_for("cuda:1") == "nccl"
+    # --device cpu on a GPU machine: NCCL cannot reduce CPU tensors, so gloo
+    assert distributed.backend_for("cpu") == "gloo"
+    assert distributed.backend_for(torch.device("cpu")) == "gloo"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert distributed.backend_for(None) == "gloo"
+
+
+def test_relabel_processes_join_with_the_device_phase_1_was_given(tmp_path):
+    from alr_monai.cli import _run_device
+
+    (tmp_path / "run_config.json").write_text(
+        json.dumps({"config_files": [], "overrides": {"device": "cpu"}, "relabel": {}}), encoding="utf-8"
+    )
+    assert _run_device(str(tmp_path), {}) == "cpu"
+    assert _run_device(str(tmp_path), {"device": "cuda:0"}) == "cuda:0"
+    assert _run_device(str(tmp_path / "missing"), {}) is None
