@@ -202,6 +202,14 @@ KEYS: tuple[Key, ...] = (
     Key("batch_size", TRAIN, "train", "int", "training batch size (phase 1 and recalibration)", minimum=1),
     Key("learning_rate", TRAIN, "train", "float", "Adam learning rate of phase 1", minimum=0),
     Key(
+        "tensorboard_image_interval",
+        TRAIN,
+        "train",
+        "int",
+        "draw TensorBoard's per-class charts and confusion matrix every N epochs (and at the last)",
+        minimum=1,
+    ),
+    Key(
         "stability#lr_schedule",
         TRAIN,
         "train",

