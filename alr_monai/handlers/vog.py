@@ -40,9 +40,9 @@ class VoGHandler:
             moved back to the batch's device. None keeps the buffers on the features' device.
         sketch_dim: keep a ``sketch_dim``-value random projection of each gradient instead of its D + 1 values
             (:func:`~alr_monai.algorithms.vog.sketch_matrix`); None, or a gradient of at most ``sketch_dim``
-            values, keeps the exact gradients. The bundle's
-            default is 8 in float16: 178 bytes of buffers per sample instead of 5178 (exact, float32), with the
-            same phase-1 results within seed noise (docs/BENCHMARKS.md "Memory").
+            values, keeps the exact gradients. The bundle's default is 8 in float16: 178 bytes of buffers per
+            sample instead of 5178 (exact, float32), with the same phase-1 results within seed noise
+            (docs/BENCHMARKS.md "Memory").
 
     Memory (per training sample, D = penultimate feature size, P peers, K = ``num_snapshots``): the snapshots
     P x K x (D + 1) x 4 bytes (2 in float16), the ``seen`` flags P x K bytes, the cached raw and oriented scores
