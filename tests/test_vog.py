@@ -345,3 +345,15 @@ def test_sketched_handler_state_bytes_fit_64_bytes_per_snapshot():
     # the figure in the docs for the bundle's network (D = 128, K = 5, 2 peers, sketch_dim 8, float16)
     per_sample = vog_bytes_per_sample(129, 5, 2, torch.float16, sketch_dim=8) + 2 * 4 + 8
     assert per_sample == 194 and per_sample + 98 <= 64 * 5
+
+
+def test_sketched_handler_projects_the_float32_gradient_before_storing_it_in_float16():
+    from alr_monai.algorithms.vog import sketch_matrix
+    from alr_monai.handlers import VoGHandler
+
+    handler = VoGHandler(12, 3, num_snapshots=2, dtype="float16", sketch_dim=2)
+    output = _feed_vog(handler, epochs=1).state.output  # the epoch's last batch, stored in slot 0
+    for peer, buffer in enumerate(handler.buffers):
+        grads = last_layer_gradient(output["logits"][peer], output["features"][peer], output["label"])
+        expected = (grads @ sketch_matrix(6, 2)).to(torch.float16)
+        assert torch.equal(buffer._snapshots[0, output["index"]], expected)

@@ -114,9 +114,7 @@ class VoGHandler:
         self._ensure_buffers(len(logits), features[0].shape[1] + 1, features[0].device)
         buffer_index = index.to(self.buffers[0].device)
         for buffer, peer_logits, peer_features in zip(self.buffers, logits, features, strict=True):
-            grads = last_layer_gradient(peer_logits.float(), peer_features.float(), labels)
-            # Cast before the copy to the buffer's device: half the transfer in float16, same stored values.
-            buffer.record(buffer_index, grads.to(self.dtype))
+            buffer.record(buffer_index, last_layer_gradient(peer_logits.float(), peer_features.float(), labels))
         self.labels[index.cpu()] = labels.cpu()
         if self.active(engine):
             output["scores"]["vog"] = [scores[buffer_index].to(batch_device) for scores in self._oriented]
