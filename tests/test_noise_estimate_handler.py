@@ -14,6 +14,7 @@ from torch import nn
 from alr_monai.data.medmnist import BLOODMNIST_CLASSES
 from alr_monai.engines import CoTeachingTrainer
 from alr_monai.handlers import NoiseRateEstimateHandler, SmallLossSelectionHandler
+from alr_monai.handlers.noise_rate import separable_balanced_accuracy
 from alr_monai.networks import PeerEnsemble
 
 REPO = Path(__file__).resolve().parents[1]
@@ -119,6 +120,19 @@ def test_untrained_model_triggers_a_warning(caplog):
     with caplog.at_level("WARNING", logger="alr_monai.handlers.noise_rate"):
         estimator._estimate_from_validation()
     assert "does not yet separate the classes" in caplog.text
+
+
+def test_separability_bar_is_a_seventh_of_the_way_from_chance_to_perfect():
+    assert separable_balanced_accuracy(8) == pytest.approx(0.25)  # twice chance, as it always was for 8 classes
+    assert separable_balanced_accuracy(2) == pytest.approx(4 / 7)  # twice chance would demand a perfect model
+    selection = SmallLossSelectionHandler(NUM_SAMPLES, 2, ["a", "b"])
+    binary = NoiseRateEstimateHandler(selection, 2)
+    labels = torch.tensor([0] * 10 + [1] * 10)
+    # recall 0.7 on each class: balanced accuracy 0.70, which "twice chance" (1.0) used to refuse
+    predicted = torch.cat([torch.tensor([0] * 7 + [1] * 3), torch.tensor([1] * 7 + [0] * 3)])
+    assert binary._classes_separable(nn.functional.one_hot(predicted, 2).float(), labels)
+    predicted = torch.cat([torch.tensor([0] * 5 + [1] * 5), torch.tensor([1] * 6 + [0] * 4)])  # 0.55: not yet
+    assert not binary._classes_separable(nn.functional.one_hot(predicted, 2).float(), labels)
 
 
 def test_default_method_logs_no_per_class_keys():

@@ -51,6 +51,16 @@ def _eval_pass(network: torch.nn.Module, loader: Iterable, with_features: bool) 
     return out
 
 
+def separable_balanced_accuracy(num_classes: int) -> float:
+    """The validation balanced accuracy a model needs before its validation-calibrated noise estimate is trusted.
+
+    A seventh of the way from chance (1/C) to perfect: twice chance for 8 classes, as before, and 0.57 for a
+    binary task, where "twice chance" would demand a perfect model and so never trusted the estimate.
+    """
+    chance = 1.0 / num_classes
+    return chance + (1.0 - chance) / 7.0
+
+
 def _class_means(values: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float]:
     """Mean of ``values`` over the samples of each label (NaN for a label no sample has)."""
     return [float(values[labels == c].mean()) if (labels == c).any() else math.nan for c in range(num_classes)]
@@ -74,8 +84,10 @@ class NoiseRateEstimateHandler:
         third of a training epoch's compute for the training set plus one validation pass, once per run.
         The global estimate is the class-size-weighted mean of the per-class rates; the per-class rates are
         kept in ``class_estimates`` and logged as ``noise_rate_estimate/<class>``. When the model's validation
-        balanced accuracy at the estimate epoch is under twice chance (it does not yet tell the classes apart,
-        so every class looks alike), a warning says so and the per-class loss mixture estimates instead.
+        balanced accuracy at the estimate epoch has not covered a seventh of the way from chance to perfect (it
+        does not yet tell the classes apart, so every class looks alike), a warning says so and the per-class loss
+        mixture estimates instead. A seventh is twice chance for 8 classes and 0.57 for 2, where twice chance
+        would be a perfect score.
         The per-class estimates (clipped to ``max_rate``) also become the trainer's ``class_forget_rates``,
         which a per-class selection policy cuts at.
 
@@ -213,11 +225,13 @@ class NoiseRateEstimateHandler:
         predicted = probs.argmax(1)
         recalls = [float((predicted[labels == c] == c).double().mean()) for c in present]
         balanced = sum(recalls) / max(len(recalls), 1)
-        if balanced < 2.0 / self.num_classes:
+        needed = separable_balanced_accuracy(self.num_classes)
+        if balanced < needed:
             self.logger.warning(
                 f"noise rate estimate ({self.method}): validation balanced accuracy at epoch {self.estimate_epoch} is "
-                f"{balanced:.2f}, under twice chance; the model does not yet separate the classes, so the per-class "
-                "loss mixture (gmm) estimates instead (estimate later: noise_estimate#estimate_epoch)"
+                f"{balanced:.2f}, under {needed:.2f} (a seventh of the way from chance to perfect); the model does "
+                "not yet separate the classes, so the per-class loss mixture (gmm) estimates instead (estimate "
+                "later: noise_estimate#estimate_epoch)"
             )
             return False
         return True
