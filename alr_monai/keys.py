@@ -42,6 +42,7 @@ ACQUISITIONS = ("random", "entropy", "least_confidence", "margin", "bald", "core
 RECIPES = ("coteaching", "trusted")
 MODEL_CHOICES = ("best", "tolerant")
 UNQUERIED_RULES = ("drop", "pseudo_label")
+QUOTA_MODES = ("off", "given", "predicted")
 CONSENSUS_RULES = ("majority", "unanimous")
 LR_SCHEDULES = ("constant", "cosine")
 MODES = ("simulation", "interactive")
@@ -544,8 +545,9 @@ KEYS: tuple[Key, ...] = (
         "relabel#class_quota",
         RELABEL,
         "relabel",
-        "bool",
-        "split each round's budget over the given classes in proportion to their share of the pool",
+        "str",
+        "split each round's budget over classes: the pool's given labels by their share, or the predicted labels evenly",
+        choices=QUOTA_MODES,
     ),
     Key(
         "relabel#readers",

@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from alr_monai.algorithms.acquisition import find_last_linear
-from alr_monai.relabel.acquire import acquire
+from alr_monai.relabel.acquire import acquire, quota_mode
 
 OFFSET = 100  # dataset indices differ from pool positions, so a mix-up shows
 
@@ -73,6 +73,22 @@ def test_uncertainty_acquisitions_pick_the_expected_samples(method, expected_pos
         assert picked.predicted_probabilities[rank] == pytest.approx(float(row.max()), abs=1e-5)
     assert network.modes and not any(network.modes), "scores must come from eval-mode inference"
     assert network.training, "the network's mode is restored"
+
+
+def test_predicted_class_quota_spreads_the_budget_over_the_predicted_classes():
+    # The model predicts class 0 for every pool sample but I (position 4, predicted 1): entropy alone takes the
+    # two most uncertain class-0 samples; the even quota over predicted classes takes one of each.
+    network = TableNet(log_probs(PROBS), 4)
+    assert acquire("entropy", network, pool_loader(len(PROBS)), 2, "cpu").indices == [OFFSET + 2, OFFSET + 1]
+    picked = acquire("entropy", network, pool_loader(len(PROBS)), 2, "cpu", class_quota="predicted")
+    assert picked.indices == [OFFSET + 2, OFFSET + 4]
+    assert picked.predicted_labels == [0, 1]
+
+
+def test_quota_mode_reads_the_old_switch_and_refuses_unknown_modes():
+    assert quota_mode(True) == "given" and quota_mode(False) == "off" and quota_mode("predicted") == "predicted"
+    with pytest.raises(ValueError, match="class_quota must be one of"):
+        quota_mode("predict")
 
 
 def test_uncertainty_scores_have_the_documented_values():

@@ -14,6 +14,7 @@ from alr_monai.algorithms.acquisition import (
     class_quotas,
     enable_mc_dropout,
     entropy,
+    even_quotas,
     find_last_linear,
     kcenter_greedy,
     least_confidence,
@@ -181,11 +182,24 @@ def test_class_quotas_follow_the_pool_shares_with_largest_remainders():
     assert class_quotas(classes, 50) == {0: 6, 1: 3, 2: 1}  # never more than a class has
 
 
+def test_even_quotas_fill_like_water_and_give_small_remainders_to_the_smaller_indices():
+    classes = torch.tensor([0] * 6 + [1] * 3 + [2] * 1)
+    assert even_quotas(classes, 5) == {0: 2, 1: 2, 2: 1}
+    assert even_quotas(classes, 7) == {0: 3, 1: 3, 2: 1}  # class 2 has one sample: its unused share goes on
+    assert even_quotas(classes, 4) == {0: 2, 1: 1, 2: 1}  # one left over: to class 0
+    assert even_quotas(classes, 50) == {0: 6, 1: 3, 2: 1}
+    assert even_quotas(classes, 0) == {0: 0, 1: 0, 2: 0}
+
+
 def test_per_class_selection_looks_at_a_class_whose_scores_are_all_low():
     scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.1, 0.05])
     classes = torch.tensor([0, 0, 0, 0, 1, 1])
     assert select_top(scores, 3).tolist() == [0, 1, 2]
     picked = select_top_per_class(scores, classes, 3)
     assert picked.tolist() == [0, 1, 4]  # class 1 holds a third of the pool, so it gets one pick, best first
+    assert select_top_per_class(scores, classes, 4).tolist() == [0, 1, 2, 4]  # in proportion: 3 + 1
+    assert select_top_per_class(scores, classes, 4, split="even").tolist() == [0, 1, 4, 5]  # evenly: 2 + 2
     with pytest.raises(ValueError, match="must match"):
         select_top_per_class(scores, classes[:3], 2)
+    with pytest.raises(ValueError, match="unknown quota split"):
+        select_top_per_class(scores, classes, 2, split="inverse")

@@ -69,6 +69,9 @@ def test_choices_match_the_modules_that_enforce_them():
     from alr_monai.data.datasets import CACHE_POLICIES
 
     assert keys.AUGMENT_ON == AUGMENT_ON and keys.CACHE_POLICIES == CACHE_POLICIES
+    from alr_monai.relabel.acquire import QUOTA_MODES
+
+    assert keys.QUOTA_MODES == QUOTA_MODES
 
 
 @pytest.mark.parametrize(

@@ -17,13 +17,16 @@ from torch import Tensor, nn
 
 __all__ = [
     "ACQUISITION_NAMES",
+    "CLASS_QUOTAS",
     "EMBEDDING_ACQUISITIONS",
     "LABEL_ACQUISITIONS",
     "MC_ACQUISITIONS",
     "SCORE_FUNCTIONS",
     "add_dropout_before_last_linear",
     "bald",
+    "class_quotas",
     "enable_mc_dropout",
+    "even_quotas",
     "entropy",
     "find_last_linear",
     "kcenter_greedy",
@@ -32,6 +35,7 @@ __all__ = [
     "margin",
     "random_scores",
     "select_top",
+    "select_top_per_class",
 ]
 
 _DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
@@ -164,14 +168,50 @@ def class_quotas(classes: Tensor, budget: int) -> dict[int, int]:
     return {int(v): int(q) for v, q in zip(values, quotas, strict=True)}
 
 
-def select_top_per_class(scores: Tensor, classes: Tensor, budget: int) -> Tensor:
-    """Like :func:`select_top`, but each class (e.g. the pool's given labels) gets a quota of the budget in
-    proportion to its share of the pool (:func:`class_quotas`) and fills it with its own highest scores, so a
-    class whose samples score low is still looked at. Picks are returned highest score first."""
+def even_quotas(classes: Tensor, budget: int) -> dict[int, int]:
+    """Split ``budget`` as evenly as the classes in ``classes`` allow: a class with fewer members than its share
+    takes them all and its unused share goes to the others (water-filling); a remainder too small to share goes
+    one each to the smaller class indices. No class gets more than it has."""
+    values, counts = torch.unique(classes, return_counts=True)
+    budget = min(int(budget), int(counts.sum()))
+    quotas = torch.zeros_like(counts)
+    remaining = budget
+    while remaining > 0:
+        open_classes = quotas < counts
+        share = remaining // int(open_classes.sum())
+        if share == 0:
+            quotas[torch.nonzero(open_classes).flatten()[:remaining]] += 1
+            break
+        added = torch.clamp(counts - quotas, max=share) * open_classes
+        quotas += added
+        remaining -= int(added.sum())
+    return {int(v): int(q) for v, q in zip(values, quotas, strict=True)}
+
+
+CLASS_QUOTAS: dict[str, Callable[[Tensor, int], dict[int, int]]] = {
+    "proportional": class_quotas,
+    "even": even_quotas,
+}
+"""How :func:`select_top_per_class` splits a budget over classes."""
+
+
+def select_top_per_class(scores: Tensor, classes: Tensor, budget: int, split: str = "proportional") -> Tensor:
+    """Like :func:`select_top`, but each class gets a quota of the budget and fills it with its own highest
+    scores, so a class whose samples score low is still looked at. Picks are returned highest score first.
+
+    Args:
+        scores: shape (N,).
+        classes: shape (N,), the class each sample counts towards (e.g. its given or its predicted label).
+        budget: how many to pick; clipped to N.
+        split: ``"proportional"`` (each class's share of ``classes``, :func:`class_quotas`) or ``"even"``
+            (the same for every class present, :func:`even_quotas`).
+    """
     if classes.shape != scores.shape:
         raise ValueError(f"classes {tuple(classes.shape)} and scores {tuple(scores.shape)} must match")
+    if split not in CLASS_QUOTAS:
+        raise ValueError(f"unknown quota split {split!r}; choose one of {list(CLASS_QUOTAS)}")
     picked = []
-    for value, quota in class_quotas(classes, budget).items():
+    for value, quota in CLASS_QUOTAS[split](classes, budget).items():
         members = torch.nonzero(classes == value).flatten()
         picked.append(members[select_top(scores[members], quota)])
     if not picked:

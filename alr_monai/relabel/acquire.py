@@ -26,6 +26,21 @@ from alr_monai.algorithms.acquisition import (
 )
 from alr_monai.evaluation import predict
 
+QUOTA_MODES: tuple[str, ...] = ("off", "given", "predicted")
+"""``relabel#class_quota``: no quota; the pool's given labels, in proportion to their counts; the model's
+predicted labels, evenly."""
+
+
+def quota_mode(value: str | bool | None) -> str:
+    """``value`` as one of :data:`QUOTA_MODES`; true and false (the key was a switch before) mean given and off."""
+    if value is None or value is False:
+        return "off"
+    if value is True:
+        return "given"
+    if value not in QUOTA_MODES:
+        raise ValueError(f"class_quota must be one of {list(QUOTA_MODES)}, got {value!r}")
+    return value
+
 
 @dataclass
 class Acquisition:
@@ -78,7 +93,7 @@ def acquire(
     labelled_loader: Iterable | None = None,
     mc_samples: int = 10,
     generator: torch.Generator | None = None,
-    class_quota: bool = False,
+    class_quota: str | bool = "off",
 ) -> Acquisition:
     """Pick up to ``budget`` pool samples for the expert.
 
@@ -94,12 +109,14 @@ def acquire(
         mc_samples: stochastic passes for BALD.
         generator: RNG for "random" and for BALD's dropout masks (seeded by the caller per round, so a resumed
             run picks the same samples). The global RNG is left as it was.
-        class_quota: split the budget over the pool's labels (the given labels of unanswered samples) in
-            proportion to their counts, each filled by its own top scores (not for coreset, which spreads its
-            picks by embedding already).
+        class_quota: split the budget over classes, each share filled by its own top scores (not for coreset,
+            which spreads its picks by embedding already): ``"given"`` over the pool's given labels in proportion
+            to their counts; ``"predicted"`` evenly over the labels the model predicts for the pool, so that the
+            classes balanced accuracy weighs equally get equal attention however rare they are; ``"off"``.
     """
     if method not in ACQUISITION_NAMES:
         raise ValueError(f"unknown acquisition {method!r}; choose one of {list(ACQUISITION_NAMES)}")
+    class_quota = quota_mode(class_quota)
     # Scoring leaves the global RNG (dropout during training, DataLoader seeds) exactly as it found it.
     with torch.random.fork_rng(devices=_cuda_devices(device)):
         return _acquire(
@@ -128,8 +145,10 @@ def _acquire(
             scores = label_quality(probs, outputs["labels"])
         else:
             scores = SCORE_FUNCTIONS[method](probs, generator=generator)
-        if class_quota:
+        if class_quota == "given":
             positions = select_top_per_class(scores, outputs["labels"], budget)
+        elif class_quota == "predicted":
+            positions = select_top_per_class(scores, predicted, budget, split="even")
         else:
             positions = select_top(scores, budget)
     positions = positions.long()

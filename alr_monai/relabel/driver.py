@@ -27,7 +27,7 @@ from alr_monai.algorithms.stability import (
 )
 from alr_monai.distributed import is_main_process
 from alr_monai.evaluation import evaluate_loader, predict
-from alr_monai.relabel.acquire import acquire
+from alr_monai.relabel.acquire import acquire, quota_mode
 from alr_monai.relabel.expert import OracleExpert
 from alr_monai.relabel.readers import ADJUDICATOR, ReaderSettings, submit_reader_answers, write_reader_settings
 from alr_monai.relabel.state import RoundState, apply_answers_file, open_state, start_round
@@ -174,9 +174,11 @@ class RelabelDriver:
         min_lr_fraction: the cosine schedule's final rate as a fraction of ``learning_rate``.
         unqueried: "drop" or "pseudo_label" (see above).
         pseudo_label_threshold: the predicted probability a pseudo-label needs.
-        class_quota: each round's budget is split over the pool's given labels in proportion to their counts
-            (the pool is what phase 1 cut from each class at its estimated noise rate, so these are the estimated
-            noisy counts per class), each share filled by the acquisition's top scores within the class.
+        class_quota: ``"off"``; ``"given"``: each round's budget is split over the pool's given labels in
+            proportion to their counts (the pool is what phase 1 cut from each class at its estimated noise rate,
+            so these are the estimated noisy counts per class); ``"predicted"``: split evenly over the classes the
+            model predicts for the pool. Each share is filled by the acquisition's top scores within the class
+            (:func:`~alr_monai.relabel.acquire.quota_mode` also takes the old true/false).
         readers: readers per round (> 1: each answers, ``consensus`` decides, disagreements are adjudicated;
             see :mod:`alr_monai.relabel.readers`). In simulation each reader is an oracle with its own errors.
         consensus: "majority" or "unanimous".
@@ -221,7 +223,7 @@ class RelabelDriver:
         min_lr_fraction: float = 0.0,
         unqueried: str = "drop",
         pseudo_label_threshold: float = 0.9,
-        class_quota: bool = False,
+        class_quota: str | bool = "off",
         readers: int = 1,
         consensus: str = "majority",
     ) -> None:
@@ -289,7 +291,7 @@ class RelabelDriver:
         self.min_lr_fraction = float(min_lr_fraction)
         self.weight_average = WeightAverage(network, ema_decay) if ema_decay > 0 else None
         self.unqueried = unqueried
-        self.class_quota = bool(class_quota)
+        self.class_quota = quota_mode(class_quota)
         self.reader_settings = ReaderSettings(int(readers), consensus)
         self.pseudo_label_threshold = float(pseudo_label_threshold)
         # the label each suspected, unqueried sample trains with this round (-1 = not trained on)
