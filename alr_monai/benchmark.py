@@ -498,6 +498,40 @@ def _comparison_markdown(rows: Sequence[dict], rounds: int) -> str:
         "",
         markdown_table(header, table),
     ]
+    return "\n".join(lines) + "\n" + _versus_best_markdown(rows, rounds)
+
+
+def _versus_best_markdown(rows: Sequence[dict], rounds: int, method: str = "ours") -> str:
+    """After the last round: ``method`` with each acquisition minus the best final model of any other method and
+    acquisition on the same seed (the strictest baseline a user could have picked with hindsight)."""
+    final = {
+        (r["method"], _setting(r), r["seed"], r["acquisition"]): _num(r["test_balanced_accuracy"])
+        for r in rows
+        if int(_num(r["round"])) == rounds
+    }
+    others = sorted({key[0] for key in final} - {method})
+    if not others or not any(key[0] == method for key in final):
+        return ""
+    acquisitions = sorted({key[3] for key in final if key[0] == method})
+    table = []
+    for setting in sorted({key[1] for key in final if key[0] == method}):
+        cells = [_setting_label(*setting)]
+        for acquisition in acquisitions:
+            differences = []
+            for seed in sorted({key[2] for key in final if key[:2] == (method, setting)}):
+                rivals = [value for key, value in final.items() if key[0] != method and key[1:3] == (setting, seed)]
+                if (method, setting, seed, acquisition) in final and rivals:
+                    differences.append(final[(method, setting, seed, acquisition)] - max(rivals))
+            cells.append(f"{_mean_std(differences)} (n = {len(differences)})" if differences else "n/a")
+        table.append(cells)
+    header = ["noise", *(f"{method} ({a}) minus the best other run" for a in acquisitions)]
+    lines = [
+        "",
+        f"After round {rounds}, {method}'s test balanced accuracy minus the best of {', '.join(others)} with any "
+        "acquisition on the same seed (paired by seed, mean ± std):",
+        "",
+        markdown_table(header, table),
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -93,6 +93,11 @@ def test_results_csv_has_every_cell_round_and_finite_numbers(benchmark_run):
             assert int(row["labels_spent"]) == 8 and 0.0 <= float(row["yield"]) <= 1.0
 
 
+def _final_rows(out: Path) -> list[dict]:
+    with open(out / "results.csv", newline="") as handle:
+        return [row for row in csv.DictReader(handle) if row["round"] == "1"]
+
+
 def test_summary_table_and_plots(benchmark_run):
     out, _ = benchmark_run
     table = (out / "results.md").read_text()
@@ -122,6 +127,16 @@ def test_summary_table_and_plots(benchmark_run):
     assert header in comparisons
     assert "| coteaching | symmetric 0.4 | 0.000 |" in comparisons  # co-teaching against itself
     assert len([line for line in comparisons.splitlines() if line.startswith(("| ce", "| ours"))]) == 4
+    versus = comparisons.split("minus the best of ce, coteaching with any acquisition")[1]
+    assert "| noise | ours (entropy) minus the best other run | ours (random) minus the best other run |" in versus
+    rows = {r["method"] + r["acquisition"] + r["noise_rate"]: r for r in _final_rows(out)}
+    best = max(
+        float(rows[m + a + "0.4"]["test_balanced_accuracy"])
+        for m in ("ce", "coteaching")
+        for a in ("entropy", "random")
+    )
+    expected = float(rows["oursentropy0.4"]["test_balanced_accuracy"]) - best
+    assert f"| symmetric 0.4 | {expected:.3f} (n = 1) |" in versus
     for name in (
         "clean_recall_noise0.6.png",
         "test_balanced_accuracy_vs_labels_noise0.6.png",
