@@ -513,15 +513,19 @@ def _versus_best_markdown(rows: Sequence[dict], rounds: int, method: str = "ours
     if not others or not any(key[0] == method for key in final):
         return ""
     acquisitions = sorted({key[3] for key in final if key[0] == method})
+    best_rival: dict[tuple, float] = {}  # (setting, seed) -> the best final model of any other method
+    for (name, setting, seed, _), value in final.items():
+        if name != method:
+            best_rival[(setting, seed)] = max(value, best_rival.get((setting, seed), -math.inf))
     table = []
     for setting in sorted({key[1] for key in final if key[0] == method}):
         cells = [_setting_label(*setting)]
         for acquisition in acquisitions:
-            differences = []
-            for seed in sorted({key[2] for key in final if key[:2] == (method, setting)}):
-                rivals = [value for key, value in final.items() if key[0] != method and key[1:3] == (setting, seed)]
-                if (method, setting, seed, acquisition) in final and rivals:
-                    differences.append(final[(method, setting, seed, acquisition)] - max(rivals))
+            differences = [
+                value - best_rival[(setting, seed)]
+                for (name, at, seed, acquired), value in sorted(final.items())
+                if (name, at, acquired) == (method, setting, acquisition) and (setting, seed) in best_rival
+            ]
             cells.append(f"{_mean_std(differences)} (n = {len(differences)})" if differences else "n/a")
         table.append(cells)
     header = ["noise", *(f"{method} ({a}) minus the best other run" for a in acquisitions)]

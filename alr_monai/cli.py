@@ -532,7 +532,8 @@ def benchmark(
     """Run or resume a benchmark matrix (finished cells are not rerun); writes results.csv, results.md, plots.
 
     Args:
-        preset: a matrix in configs/benchmarks (full, small, noise0.6, phase1_noise0.6, peers, cleanlab_small) or any .json path.
+        preset: the name of a matrix in configs/benchmarks (e.g. full, long_tail, rounds_matrix,
+            rounds_breastmnist) or any .json path.
         out: output folder.
         data: any MedMNIST-layout .npz (default: the preset's, else the embedded subset).
         imbalance_ratio: long-tail the training split of data to this ratio, e.g. 20.
