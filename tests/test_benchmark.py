@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from alr_monai.benchmark import RESULT_COLUMNS, _shard_cells, run_benchmark
+from alr_monai.benchmark import RESULT_COLUMNS, _shard_cells, _versus_best_markdown, run_benchmark
 
 
 def _tiny_npz(path: Path, seed: int = 0) -> Path:
@@ -127,8 +127,8 @@ def test_summary_table_and_plots(benchmark_run):
     assert header in comparisons
     assert "| coteaching | symmetric 0.4 | 0.000 |" in comparisons  # co-teaching against itself
     assert len([line for line in comparisons.splitlines() if line.startswith(("| ce", "| ours"))]) == 4
-    versus = comparisons.split("minus the best of ce, coteaching with any acquisition")[1]
-    assert "| noise | ours (entropy) minus the best other run | ours (random) minus the best other run |" in versus
+    versus = comparisons.split("minus the other methods' (ce, coteaching, any acquisition)")[1]
+    assert "| noise | best other configuration (mean) | ours (entropy) minus it | ours (random) minus it |" in versus
     rows = {r["method"] + r["acquisition"] + r["noise_rate"]: r for r in _final_rows(out)}
     best = max(
         float(rows[m + a + "0.4"]["test_balanced_accuracy"])
@@ -136,13 +136,42 @@ def test_summary_table_and_plots(benchmark_run):
         for a in ("entropy", "random")
     )
     expected = float(rows["oursentropy0.4"]["test_balanced_accuracy"]) - best
-    assert f"| symmetric 0.4 | {expected:.3f} (n = 1) |" in versus
+    # one seed: the best configuration is that seed's best run, so both columns agree
+    assert f"| {expected:.3f} | " in versus.split("| symmetric 0.4 |")[1].splitlines()[0]
+    assert f"| {expected:.3f} (n = 1) |" in versus.split("| symmetric 0.4 |")[1].splitlines()[0]
     for name in (
         "clean_recall_noise0.6.png",
         "test_balanced_accuracy_vs_labels_noise0.6.png",
         "yield_vs_labels_noise0.4.png",
     ):
         assert (out / name).stat().st_size > 1000
+
+
+def test_versus_best_pairs_by_seed_against_the_best_configuration_and_each_seeds_best_run():
+    def row(method: str, acquisition: str, seed: int, accuracy: float) -> dict:
+        return {
+            "method": method,
+            "noise_kind": "pairflip",
+            "noise_rate": "0.3",
+            "seed": str(seed),
+            "acquisition": acquisition,
+            "round": "5",
+            "test_balanced_accuracy": str(accuracy),
+        }
+
+    # co-teaching + entropy is the best configuration on average (0.80); CE + random wins seed 1 alone (0.90)
+    rows = [
+        *(row("coteaching", "entropy", s, a) for s, a in enumerate((0.80, 0.75, 0.85))),
+        *(row("ce", "random", s, a) for s, a in enumerate((0.70, 0.90, 0.70))),
+        *(row("ours", "entropy", s, a) for s, a in enumerate((0.82, 0.78, 0.86))),
+        {**row("ours", "entropy", 0, 0.10), "round": "4"},  # an earlier round is ignored
+    ]
+    line = _versus_best_markdown(rows, rounds=5).split("| pairflip 0.3 |")[1].splitlines()[0]
+    cells = [cell.strip() for cell in line.strip(" |").split("|")]
+    assert cells[0] == "coteaching + entropy (0.800)"
+    assert cells[1] == "0.020 ± 0.010"  # 0.02, 0.03, 0.01
+    assert cells[2] == "-0.030 ± 0.078 (n = 3)"  # 0.02, -0.12, 0.01
+    assert _versus_best_markdown([r for r in rows if r["method"] == "ours"], rounds=5) == ""
 
 
 def test_rerun_resumes_without_retraining(benchmark_run):
