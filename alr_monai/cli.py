@@ -1019,6 +1019,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         if check_argv(args) is None:
             return
         fire.Fire(COMMANDS, command=args, name="alr")
+        if "WORLD_SIZE" in os.environ:  # one of torchrun's processes, done: free the DDP peers, leave the group
+            from alr_monai.distributed import shutdown_distributed
+
+            shutdown_distributed()
     except SystemExit:
         raise
     except KeyboardInterrupt:

@@ -15,6 +15,7 @@ Outside ``torchrun`` every function here is the one-process identity: rank 0 of 
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -42,6 +43,7 @@ __all__ = [
     "main_process_summary_writer",
     "per_process_batch_size",
     "rank",
+    "shutdown_distributed",
     "world_size",
 ]
 
@@ -111,6 +113,20 @@ def init_distributed(backend: str | None = None, device: str | torch.device | No
         return False
     dist.init_process_group(backend=backend or backend_for(device))
     return True
+
+
+def shutdown_distributed() -> None:
+    """Free what held the process group, then leave the group on every rank together (if one is joined).
+
+    The engines and their ``DistributedDataParallel`` peers sit in reference cycles that only the garbage
+    collector frees. Collected here, they let go of the group while the interpreter is whole; left to
+    interpreter shutdown, objects that gloo's threads still reference die with it and can abort the process.
+    """
+    gc.collect()
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    dist.barrier()  # no rank tears down its end of a connection another rank still waits on
+    dist.destroy_process_group()
 
 
 def device_for_rank(device: str | torch.device | None = None) -> torch.device:

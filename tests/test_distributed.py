@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,11 @@ def _train_one_epoch(rank: int, world: int, port: int, out: str) -> None:
     if world > 1:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         dist.init_process_group("gloo", rank=rank, world_size=world)
+    _train_and_save(rank, world, out)  # its engine and DDP peers are garbage once it returns
+    distributed.shutdown_distributed()
+
+
+def _train_and_save(rank: int, world: int, out: str) -> None:
     torch.manual_seed(0)
     network = PeerEnsemble(_tiny_peer, num_peers=2)
     optimizer = torch.optim.Adam(network.parameters(), lr=0.01)
@@ -113,9 +119,6 @@ def _train_one_epoch(rank: int, world: int, port: int, out: str) -> None:
             },
             out,
         )
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
 
 
 def test_two_processes_select_and_record_what_one_process_does_on_the_same_global_batch(tmp_path):
@@ -175,6 +178,23 @@ def test_global_batch_norm_without_a_group_is_batch_norm():
     with distributed.global_batchnorm_sync(converted):
         torch.testing.assert_close(converted(x), plain(x))
     assert set(converted.state_dict()) == set(plain.state_dict())
+
+
+def test_shutdown_frees_the_engines_holding_the_group_then_leaves_it(tmp_path):
+    distributed.shutdown_distributed()  # outside a group: nothing to leave
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        wrapped = torch.nn.parallel.DistributedDataParallel(nn.Linear(2, 2))
+        cycle: dict = {"peer": wrapped}
+        cycle["self"] = cycle  # as an Ignite engine and its bound handlers hold each other
+        alive = weakref.ref(wrapped)
+        del wrapped, cycle
+        distributed.shutdown_distributed()
+        assert alive() is None  # collected while the group still existed
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def _alr(*args: str, cwd: Path) -> subprocess.CompletedProcess:
