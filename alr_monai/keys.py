@@ -34,7 +34,7 @@ __all__ = [
 # Choices of enumerations, kept here so help needs no torch import; tests check them against the modules.
 NOISE_KINDS = ("symmetric", "pairflip")
 TRUSTED_RULES = ("any", "all", "class_cut")
-NOISE_ESTIMATION_METHODS = ("gmm", "confident_joint_val", "confusion_inversion", "prototype_matching")
+NOISE_ESTIMATION_METHODS = ("gmm", "confident_joint_val", "confusion_inversion", "prototype_matching", "ensemble")
 RANK_BY = ("loss", "prototype", "loss+prototype")
 VOG_KEEP = ("low", "high")
 VOG_DTYPES = ("float32", "float16")
@@ -376,6 +376,15 @@ KEYS: tuple[Key, ...] = (
         choices=TRUSTED_RULES,
     ),
     Key(
+        "imbalance#logit_adjustment",
+        TRAIN,
+        "train",
+        "float",
+        "tau of the logit-adjusted loss against the given labels' class prior (0 = plain cross-entropy)",
+        minimum=0,
+        maximum=3,
+    ),
+    Key(
         "noise_estimate#estimate_epoch",
         TRAIN,
         "train",
@@ -385,6 +394,24 @@ KEYS: tuple[Key, ...] = (
     ),
     Key("noise_estimate#method", TRAIN, "train", "str", "noise-rate estimator", choices=NOISE_ESTIMATION_METHODS),
     Key("noise_estimate#per_class", TRAIN, "train", "bool", "estimate a noise rate per given class"),
+    Key(
+        "noise_estimate#latest_epoch",
+        TRAIN,
+        "train",
+        "int?",
+        "estimate once validation balanced accuracy stops rising (by < 0.02 an epoch), at the latest after this "
+        "epoch; null = at estimate_epoch",
+        minimum=1,
+    ),
+    Key(
+        "noise_estimate#disagreement_tolerance",
+        TRAIN,
+        "train",
+        "float",
+        "ensemble: a class whose estimators span more than this is cut at the lower estimate",
+        minimum=0,
+        maximum=1,
+    ),
     Key(
         "selection#per_class",
         TRAIN,
@@ -514,6 +541,16 @@ KEYS: tuple[Key, ...] = (
         choices=RECIPES,
     ),
     Key("relabel#class_balanced", RELABEL, "relabel", "bool", "class-balanced sampling during recalibration"),
+    Key(
+        "relabel#logit_adjustment",
+        RELABEL,
+        "relabel",
+        "float",
+        "tau of the logit-adjusted loss in recalibration (default: phase 1's imbalance#logit_adjustment)",
+        minimum=0,
+        maximum=3,
+        shown_default="imbalance#logit_adjustment",
+    ),
     Key("relabel#learning_rate", RELABEL, "relabel", "float", "Adam learning rate of recalibration", minimum=0),
     Key(
         "relabel#lr_schedule",

@@ -56,7 +56,7 @@ def test_choices_match_the_modules_that_enforce_them():
     from alr_monai.handlers.vog import VOG_KEEP
 
     assert set(keys.ACQUISITIONS) == set(ACQUISITION_NAMES)
-    assert keys.NOISE_ESTIMATION_METHODS == NOISE_ESTIMATION_METHODS + VALIDATION_METHODS
+    assert keys.NOISE_ESTIMATION_METHODS == NOISE_ESTIMATION_METHODS + VALIDATION_METHODS + ("ensemble",)
     assert keys.NOISE_KINDS == NOISE_KINDS
     assert keys.MODES == MODES and keys.RECIPES == RECIPES
     assert keys.MODEL_CHOICES == MODEL_CHOICES and keys.LR_SCHEDULES == LR_SCHEDULES

@@ -14,7 +14,7 @@ from torch import nn
 from alr_monai.data.medmnist import BLOODMNIST_CLASSES
 from alr_monai.engines import CoTeachingTrainer
 from alr_monai.handlers import NoiseRateEstimateHandler, SmallLossSelectionHandler
-from alr_monai.handlers.noise_rate import separable_balanced_accuracy
+from alr_monai.handlers.noise_rate import _eval_pass, separable_balanced_accuracy
 from alr_monai.networks import PeerEnsemble
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,7 +118,7 @@ def test_untrained_model_triggers_a_warning(caplog):
         val_loader=_batches(val_true, val_images),
     )
     with caplog.at_level("WARNING", logger="alr_monai.handlers.noise_rate"):
-        estimator._estimate_from_validation()
+        estimator._estimate_from_validation(_eval_pass(network, _batches(val_true, val_images), False))
     assert "does not yet separate the classes" in caplog.text
 
 

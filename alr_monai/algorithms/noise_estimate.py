@@ -12,17 +12,22 @@ with samples of the same given label.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from sklearn.mixture import GaussianMixture
 from torch import Tensor
 
 __all__ = [
+    "ENSEMBLE_METHODS",
     "NOISE_ESTIMATION_METHODS",
     "VALIDATION_METHODS",
+    "combine_estimates",
     "confident_joint_val_rates",
     "confusion_inversion_rates",
     "estimate_noise_rate",
+    "expert_corrected_rates",
     "gmm_clean_probability",
     "noise_rate_from_clean_probability",
     "prototype_matching_rates",
@@ -375,3 +380,104 @@ def confident_joint_val_rates(
         if row.any():
             rates[i] = 1.0 - float((assigned[row] == i).double().mean())
     return _fill_missing(rates, torch.bincount(given, minlength=num_classes)).clamp(0.0, 1.0)
+
+
+# Several estimators, one decision. Each estimator above fails in its own way: the loss mixture splits a class
+# whose clean and wrong losses overlap about in half; the validation-calibrated ones read the network rather than
+# the labels while the network is weak, and memorisation pulls them towards 0 late in training. Where they agree,
+# the common value is safe; where they disagree, the rate of that class is unknown and the cut should be mild.
+ENSEMBLE_METHODS: tuple[str, ...] = ("prototype_matching", "confident_joint_val", "confusion_inversion", "gmm")
+
+
+def combine_estimates(estimates: dict[str, Tensor], tolerance: float = 0.15) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-class noise rates from several estimators: their median, cautious where they disagree.
+
+    A class whose estimators span more than ``tolerance`` (max - min) takes the LOWER of its median and its
+    second-lowest estimate: it is cut less, so its clean samples survive an estimate nobody can vouch for; the
+    rounds' answers correct it later (:func:`expert_corrected_rates`). NaN estimates are ignored.
+
+    Args:
+        estimates: estimator name -> (C,) per-class rates.
+        tolerance: the spread above which a class is cut cautiously.
+
+    Returns:
+        ``(rates, spread, cautious)``: (C,) float64 combined rates, (C,) spread (max - min over the estimators,
+        NaN where fewer than two exist), and a (C,) boolean mask of the classes cut cautiously.
+    """
+    if not estimates:
+        raise ValueError("no estimates to combine")
+    stacked = torch.stack([torch.as_tensor(v, dtype=torch.float64).reshape(-1) for v in estimates.values()])
+    finite = torch.isfinite(stacked)
+    num_classes = stacked.shape[1]
+    rates = torch.full((num_classes,), float("nan"), dtype=torch.float64)
+    spread = torch.full((num_classes,), float("nan"), dtype=torch.float64)
+    cautious = torch.zeros(num_classes, dtype=torch.bool)
+    for c in range(num_classes):
+        values = torch.sort(stacked[finite[:, c], c]).values
+        if values.numel() == 0:
+            continue
+        rates[c] = (
+            values.median() if values.numel() % 2 else values[values.numel() // 2 - 1 : values.numel() // 2 + 1].mean()
+        )
+        if values.numel() >= 2:
+            spread[c] = values[-1] - values[0]
+            if float(spread[c]) > tolerance:
+                cautious[c] = True
+                rates[c] = min(float(rates[c]), float(values[1]))
+    return rates, spread, cautious
+
+
+def expert_corrected_rates(
+    prior_rates: Sequence[float] | Tensor,
+    class_sizes: Sequence[int] | Tensor,
+    pool_sizes: Sequence[int] | Tensor,
+    pool_answered: Sequence[int] | Tensor,
+    pool_wrong: Sequence[int] | Tensor,
+    trusted_answered: Sequence[int] | Tensor,
+    trusted_wrong: Sequence[int] | Tensor,
+    prior_strength: float = 10.0,
+) -> Tensor:
+    """Each given class's noise rate corrected by the expert's answers (a Beta-binomial update per part).
+
+    A given class splits into the suspected pool (not trusted by phase 1) and the trusted set. The expert's
+    answers on randomly drawn members of each part measure that part's wrong share; each part's prior is what
+    the phase-1 estimate implies (the pool takes the wrong labels the trusted set's cut did not remove). With
+    ``k`` answers of which ``w`` were wrong, a part's rate is ``(w + s * prior) / (k + s)`` for prior strength
+    ``s``, so a handful of answers moves it a little and many answers decide it. The class's rate is the
+    size-weighted mean of its two parts.
+
+    Only answers on RANDOM draws belong here: acquisition-ranked queries over-sample the doubtful cases, and
+    their wrong share is not the pool's.
+
+    Args:
+        prior_rates: (C,) phase-1 estimates per given class.
+        class_sizes: (C,) training samples per given class.
+        pool_sizes: (C,) of them in the suspected pool (the rest are trusted).
+        pool_answered, pool_wrong: (C,) random pool answers and how many of them changed the label (or
+            excluded the sample).
+        trusted_answered, trusted_wrong: (C,) random audit answers on trusted samples and how many were wrong.
+        prior_strength: pseudo-answers the phase-1 estimate is worth within each part.
+
+    Returns:
+        (C,) float64 corrected rates in [0, 1].
+    """
+    prior = torch.as_tensor(prior_rates, dtype=torch.float64).nan_to_num(0.0).clamp(0.0, 1.0)
+    size = torch.as_tensor(class_sizes, dtype=torch.float64)
+    pool = torch.as_tensor(pool_sizes, dtype=torch.float64)
+    trusted = (size - pool).clamp_min(0.0)
+    # what the phase-1 estimate implies per part: the trusted set's precision was assumed perfect, so every
+    # wrong label it expected sits in the pool (capped at the pool's size)
+    expected_wrong = prior * size
+    prior_pool = torch.where(pool > 0, (expected_wrong / pool.clamp_min(1.0)).clamp(0.0, 1.0), torch.zeros_like(pool))
+    prior_trusted = torch.zeros_like(prior)
+    k_pool = torch.as_tensor(pool_answered, dtype=torch.float64)
+    w_pool = torch.as_tensor(pool_wrong, dtype=torch.float64)
+    k_trusted = torch.as_tensor(trusted_answered, dtype=torch.float64)
+    w_trusted = torch.as_tensor(trusted_wrong, dtype=torch.float64)
+    if bool((w_pool > k_pool).any()) or bool((w_trusted > k_trusted).any()):
+        raise ValueError("more wrong answers than answers in some class")
+    s = float(prior_strength)
+    pool_rate = (w_pool + s * prior_pool) / (k_pool + s)
+    trusted_rate = (w_trusted + s * prior_trusted) / (k_trusted + s)
+    rates = (pool * pool_rate + trusted * trusted_rate) / size.clamp_min(1.0)
+    return torch.where(size > 0, rates, prior).clamp(0.0, 1.0)

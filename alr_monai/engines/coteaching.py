@@ -13,7 +13,6 @@ from contextlib import nullcontext
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from ignite.engine import Engine, EventEnum, Events
 from ignite.metrics import Metric
 from monai.engines import Trainer
@@ -22,6 +21,7 @@ from monai.utils.enums import CommonKeys as Keys
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim import Optimizer
 
+from alr_monai.algorithms.losses import logit_adjusted_cross_entropy
 from alr_monai.algorithms.policy import SelectionPolicy
 from alr_monai.algorithms.selection import forget_rate_schedule
 from alr_monai.distributed import (
@@ -79,6 +79,10 @@ class CoTeachingTrainer(Trainer):
         amp: automatic mixed precision on CUDA.
         selection_policy: decides the kept samples from the batch's named scores; default: one small-loss cut
             over the batch with no other criterion (plain Co-teaching).
+        class_log_prior: (C,) log prior of the GIVEN training labels, for ``logit_adjustment``.
+        logit_adjustment: tau of the logit-adjusted loss (Menon et al. 2021): every peer's per-sample loss, for
+            selection and for the update alike, is the cross-entropy of ``logits + tau * class_log_prior``; the
+            network's plain logits then aim at balanced accuracy. 0 (default) is plain cross-entropy.
         distributed: train across the processes of ``torch.distributed`` (None: whenever a process group of
             more than one process exists). Each peer becomes its own ``DistributedDataParallel`` module, its batch
             norms take global-batch statistics (:class:`~alr_monai.distributed.GlobalBatchNorm`), and the
@@ -111,6 +115,8 @@ class CoTeachingTrainer(Trainer):
         amp: bool = False,
         selection_policy: SelectionPolicy | None = None,
         distributed: bool | None = None,
+        class_log_prior: Sequence[float] | torch.Tensor | None = None,
+        logit_adjustment: float = 0.0,
     ) -> None:
         super().__init__(
             device=device,
@@ -132,6 +138,12 @@ class CoTeachingTrainer(Trainer):
             raise TypeError(f"network must be an alr_monai.networks.PeerEnsemble, got {type(network).__name__}")
         if forget_rate is not None and not 0.0 <= forget_rate < 1.0:
             raise ValueError(f"forget_rate must be in [0, 1) or None, got {forget_rate}")
+        if logit_adjustment < 0:
+            raise ValueError(f"logit_adjustment must be >= 0, got {logit_adjustment}")
+        if logit_adjustment > 0 and class_log_prior is None:
+            raise ValueError("logit_adjustment > 0 needs class_log_prior (the given labels' log class prior)")
+        self.class_log_prior = None if class_log_prior is None else torch.as_tensor(class_log_prior).float()
+        self.logit_adjustment = float(logit_adjustment)
         self.network = network
         self.optimizer = optimizer
         self.forget_rate = forget_rate
@@ -188,7 +200,10 @@ class CoTeachingTrainer(Trainer):
         with autocast, synchronised:
             logits = [peer(inputs) for peer in self._train_peers]
             features = [tap.pop() for tap in self._taps]
-            losses = [F.cross_entropy(out.float(), targets, reduction="none") for out in logits]
+            losses = [
+                logit_adjusted_cross_entropy(out.float(), targets, self.class_log_prior, self.logit_adjustment)
+                for out in logits
+            ]
 
         # The global batch (this rank's rows alone in one process): selection and per-sample state see it whole.
         count = len(self._train_peers)

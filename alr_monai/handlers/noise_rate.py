@@ -10,8 +10,10 @@ import torch
 from ignite.engine import Engine, Events
 
 from alr_monai.algorithms.noise_estimate import (
+    ENSEMBLE_METHODS,
     NOISE_ESTIMATION_METHODS,
     VALIDATION_METHODS,
+    combine_estimates,
     confident_joint_val_rates,
     confusion_inversion_rates,
     gmm_clean_probability,
@@ -59,6 +61,14 @@ def separable_balanced_accuracy(num_classes: int) -> float:
     """
     chance = 1.0 / num_classes
     return chance + (1.0 - chance) / 7.0
+
+
+def _balanced_accuracy(probs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:
+    """Mean recall over the classes present in ``labels`` of the argmax of ``probs``."""
+    present = [c for c in range(num_classes) if (labels == c).any()]
+    predicted = probs.argmax(1)
+    recalls = [float((predicted[labels == c] == c).double().mean()) for c in present]
+    return sum(recalls) / max(len(recalls), 1)
 
 
 def _class_means(values: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float]:
@@ -129,12 +139,16 @@ class NoiseRateEstimateHandler:
         val_loader: Iterable | None = None,
         true_labels: Sequence[int] | torch.Tensor | None = None,
         class_names: Sequence[str] | None = None,
+        latest_epoch: int | None = None,
+        plateau_delta: float = 0.02,
+        disagreement_tolerance: float = 0.15,
     ) -> None:
-        if method not in NOISE_ESTIMATION_METHODS + VALIDATION_METHODS:
-            raise ValueError(
-                f"unknown noise estimation method {method!r}; choose from {NOISE_ESTIMATION_METHODS + VALIDATION_METHODS}"
-            )
-        if method in VALIDATION_METHODS:
+        known = NOISE_ESTIMATION_METHODS + VALIDATION_METHODS + ("ensemble",)
+        if method not in known:
+            raise ValueError(f"unknown noise estimation method {method!r}; choose from {known}")
+        if latest_epoch is not None and latest_epoch < estimate_epoch:
+            raise ValueError(f"latest_epoch ({latest_epoch}) must be >= estimate_epoch ({estimate_epoch})")
+        if method in VALIDATION_METHODS + ("ensemble",) or latest_epoch is not None:
             missing = [
                 name
                 for name, value in (("network", network), ("train_loader", train_loader), ("val_loader", val_loader))
@@ -142,7 +156,7 @@ class NoiseRateEstimateHandler:
             ]
             if missing:
                 raise ValueError(
-                    f"noise estimation method {method!r} needs {', '.join(missing)} "
+                    f"noise estimation method {method!r} (or a latest_epoch) needs {', '.join(missing)} "
                     "(an eval-mode pass over the un-augmented training set and the expert-clean validation set)"
                 )
         if class_names is not None and len(class_names) != num_classes:
@@ -159,8 +173,17 @@ class NoiseRateEstimateHandler:
         self.val_loader = val_loader
         self.true_labels = None if true_labels is None else torch.as_tensor(true_labels).long().reshape(-1)
         self.class_names = [str(c) for c in range(num_classes)] if class_names is None else list(class_names)
+        self.latest_epoch = latest_epoch
+        self.plateau_delta = plateau_delta
+        self.disagreement_tolerance = disagreement_tolerance
         self.estimate: float | None = None
         self.class_estimates: list[float] | None = None
+        # what each estimator said (ensemble), the epoch the estimate was made, the classes cut cautiously
+        self.estimator_rates: dict[str, list[float]] = {}
+        self.estimated_at: int | None = None
+        self.cautious_classes: list[str] = []
+        self.disagreement: float | None = None
+        self._last_val_balanced: float | None = None
         self._class_truth: list[float] | None = None
         self.logger = logging.getLogger(__name__)
 
@@ -181,29 +204,61 @@ class NoiseRateEstimateHandler:
             # a class absent from the training set has a NaN estimate: it has nothing to cut
             engine.class_forget_rates = torch.nan_to_num(rates, nan=0.0).clamp(0.0, self.max_rate)
 
-    def _estimate_from_validation(self) -> tuple[float, list[float]] | None:
-        with_features = self.method == "prototype_matching"
-        train = _eval_pass(self.network, self.train_loader, with_features)
-        val = _eval_pass(self.network, self.val_loader, with_features)
+    def _with_features(self) -> bool:
+        return self.method in ("prototype_matching", "ensemble")
+
+    def _uses_validation(self) -> bool:
+        return self.method in VALIDATION_METHODS + ("ensemble",) or self.latest_epoch is not None
+
+    def _ready(self, epoch: int, val: dict[str, torch.Tensor]) -> bool:
+        """Whether the network has learned enough to estimate: its validation balanced accuracy has reached
+        :func:`separable_balanced_accuracy` and stopped rising fast (by less than ``plateau_delta`` since the
+        last epoch), or ``latest_epoch`` has come. Without ``latest_epoch``, ``estimate_epoch`` decides alone."""
+        if self.latest_epoch is None:
+            return True
+        balanced = _balanced_accuracy(val["probs"], val["labels"], self.num_classes)
+        previous, self._last_val_balanced = self._last_val_balanced, balanced
+        if epoch >= self.latest_epoch:
+            return True
+        learned = balanced >= separable_balanced_accuracy(self.num_classes)
+        return learned and previous is not None and balanced - previous < self.plateau_delta
+
+    def _estimate_from_validation(self, val: dict[str, torch.Tensor]) -> tuple[float, list[float]] | None:
+        train = _eval_pass(self.network, self.train_loader, self._with_features())
         if train["index"].numel() != train["labels"].numel():
             raise KeyError("train_loader batches need an 'index' entry (each sample's position in the training set)")
         order = torch.argsort(train["index"])
         given = train["labels"][order]
         if not self._classes_separable(val["probs"], val["labels"]):
             return None
-        if self.method == "prototype_matching":
-            rates = prototype_matching_rates(
-                train["features"][:, order], given, val["features"], val["labels"], self.num_classes
-            )
-        elif self.method == "confusion_inversion":
-            rates = confusion_inversion_rates(
-                train["probs"][order], given, val["probs"], val["labels"], self.num_classes
-            )
+        methods = ENSEMBLE_METHODS if self.method == "ensemble" else (self.method,)
+        by_method: dict[str, torch.Tensor] = {}
+        for method in methods:
+            if method == "prototype_matching":
+                by_method[method] = prototype_matching_rates(
+                    train["features"][:, order], given, val["features"], val["labels"], self.num_classes
+                )
+            elif method == "confusion_inversion":
+                by_method[method] = confusion_inversion_rates(
+                    train["probs"][order], given, val["probs"], val["labels"], self.num_classes
+                )
+            elif method == "confident_joint_val":
+                by_method[method] = confident_joint_val_rates(
+                    train["probs"][order], given, val["probs"], val["labels"], self.num_classes
+                )
+            else:
+                by_method[method] = torch.tensor(self._estimate_from_losses()[1], dtype=torch.float64)
+        if self.method == "ensemble":
+            rates, spread, cautious = combine_estimates(by_method, self.disagreement_tolerance)
+            self.estimator_rates = {name: [float(r) for r in values] for name, values in by_method.items()}
+            self.disagreement = float(torch.nan_to_num(spread, nan=0.0).max())
+            self.cautious_classes = [
+                name for name, flag in zip(self.class_names, cautious.tolist(), strict=True) if flag
+            ]
         else:
-            rates = confident_joint_val_rates(
-                train["probs"][order], given, val["probs"], val["labels"], self.num_classes
-            )
+            rates = by_method[self.method]
         counts = torch.bincount(given, minlength=self.num_classes).double()
+        rates = torch.nan_to_num(rates, nan=0.0)
         overall = float((rates * counts).sum() / counts.sum().clamp_min(1.0))
         if self.true_labels is not None and len(self.true_labels) != len(given):
             raise ValueError(f"{len(self.true_labels)} true labels for {len(given)} training samples")
@@ -221,10 +276,7 @@ class NoiseRateEstimateHandler:
         # The validation-calibrated estimates assume the model tells the classes apart; a model that has learnt
         # nothing yet makes every class look alike and the estimate arbitrary (it read 0 everywhere on a tiny
         # 1-epoch run), so the handler falls back to the loss mixture then.
-        present = [c for c in range(self.num_classes) if (labels == c).any()]
-        predicted = probs.argmax(1)
-        recalls = [float((predicted[labels == c] == c).double().mean()) for c in present]
-        balanced = sum(recalls) / max(len(recalls), 1)
+        balanced = _balanced_accuracy(probs, labels, self.num_classes)
         needed = separable_balanced_accuracy(self.num_classes)
         if balanced < needed:
             self.logger.warning(
@@ -249,20 +301,18 @@ class NoiseRateEstimateHandler:
         return estimate, _class_means(1.0 - clean.double(), labels, self.num_classes)
 
     def __call__(self, engine: Engine) -> None:
-        if self.estimate is None and engine.state.epoch >= self.estimate_epoch:
-            found = self._estimate_from_validation() if self.method in VALIDATION_METHODS else None
-            self.estimate, self.class_estimates = found if found is not None else self._estimate_from_losses()
-            message = f"noise rate estimate after epoch {engine.state.epoch}: {self.estimate:.3f}"
-            if getattr(engine, "forget_rate", 0.0) is None:
-                self._hand_over(engine)
-                message += f" -> forget rate {engine.forget_rate:.3f}"
-            if self.true_rate is not None:
-                message += f" (simulation truth {self.true_rate:.3f})"
-            if self.class_estimates is not None:
-                message += "; per given class: " + ", ".join(
-                    f"{name} {rate:.2f}" for name, rate in zip(self.class_names, self.class_estimates, strict=True)
-                )
-            self.logger.info(message)
+        epoch = engine.state.epoch
+        if self.estimate is None and epoch >= self.estimate_epoch:
+            val = _eval_pass(self.network, self.val_loader, self._with_features()) if self._uses_validation() else None
+            if val is None or self._ready(epoch, val):
+                self._estimate(engine, val)
+        if self.estimated_at is not None:
+            engine.state.metrics["noise_estimate_epoch"] = self.estimated_at
+        if self.disagreement is not None:
+            engine.state.metrics["noise_estimate_disagreement"] = self.disagreement
+            engine.state.metrics["noise_estimate_cautious_classes"] = len(self.cautious_classes)
+        for method, rates in self.estimator_rates.items():
+            engine.state.metrics[f"noise_rate_estimate_{method}"] = self._weighted(rates)
         if self.estimate is not None:
             engine.state.metrics["noise_rate_estimate"] = self.estimate
         if self.class_estimates is not None:
@@ -279,12 +329,54 @@ class NoiseRateEstimateHandler:
             for name, rate in zip(self.class_names, class_rates.tolist(), strict=True):
                 engine.state.metrics[f"forget_rate/{name}"] = rate
 
+    def _weighted(self, rates: Sequence[float]) -> float:
+        """Class-size-weighted mean of per-class rates (the given labels' sizes)."""
+        counts = torch.bincount(self.selection.labels[self.selection.seen], minlength=self.num_classes).double()
+        values = torch.nan_to_num(torch.tensor(list(rates), dtype=torch.float64), nan=0.0)
+        return float((values * counts).sum() / counts.sum().clamp_min(1.0))
+
+    def _estimate(self, engine: Engine, val: dict[str, torch.Tensor] | None) -> None:
+        epoch = engine.state.epoch
+        uses_val = self.method in VALIDATION_METHODS + ("ensemble",)
+        found = self._estimate_from_validation(val) if uses_val and val is not None else None
+        self.estimate, self.class_estimates = found if found is not None else self._estimate_from_losses()
+        self.estimated_at = epoch
+        message = f"noise rate estimate after epoch {epoch}: {self.estimate:.3f}"
+        if getattr(engine, "forget_rate", 0.0) is None:
+            self._hand_over(engine)
+            message += f" -> forget rate {engine.forget_rate:.3f}"
+        if self.true_rate is not None:
+            message += f" (simulation truth {self.true_rate:.3f})"
+        if self.class_estimates is not None:
+            message += "; per given class: " + ", ".join(
+                f"{name} {rate:.2f}" for name, rate in zip(self.class_names, self.class_estimates, strict=True)
+            )
+        self.logger.info(message)
+        if self.cautious_classes:
+            self.logger.warning(
+                f"noise rate estimators disagree by up to {self.disagreement:.2f} (> "
+                f"{self.disagreement_tolerance:.2f}) on {', '.join(self.cautious_classes)}: those classes are cut "
+                "at the lower estimate, so the trusted set may hold more wrong labels there; the rounds' answers "
+                "measure it (per estimator: "
+                + "; ".join(f"{m} {self._weighted(r):.2f}" for m, r in self.estimator_rates.items())
+                + ")"
+            )
+
     def state_dict(self) -> dict:
         state = {"estimate": -1.0 if self.estimate is None else float(self.estimate)}
         if self.class_estimates is not None:
             state["class_estimates"] = torch.tensor(self.class_estimates, dtype=torch.float64)
         if self._class_truth is not None:
             state["class_truth"] = torch.tensor(self._class_truth, dtype=torch.float64)
+        state["estimated_at"] = -1 if self.estimated_at is None else int(self.estimated_at)
+        state["last_val_balanced"] = -1.0 if self._last_val_balanced is None else float(self._last_val_balanced)
+        state["disagreement"] = -1.0 if self.disagreement is None else float(self.disagreement)
+        state["cautious_classes"] = torch.tensor(
+            [self.class_names.index(name) for name in self.cautious_classes], dtype=torch.long
+        )
+        state["estimator_rates"] = {
+            name: torch.tensor(rates, dtype=torch.float64) for name, rates in self.estimator_rates.items()
+        }
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -295,3 +387,16 @@ class NoiseRateEstimateHandler:
         self.class_estimates = None if class_estimates is None else [float(r) for r in class_estimates]
         class_truth = state_dict.get("class_truth")
         self._class_truth = None if class_truth is None else [float(r) for r in class_truth]
+        # checkpoints written before the ensemble and the adaptive estimate epoch lack these keys
+        estimated_at = int(state_dict.get("estimated_at", -1))
+        self.estimated_at = None if estimated_at < 0 else estimated_at
+        if self.estimated_at is None and self.estimate is not None:
+            self.estimated_at = self.estimate_epoch
+        last = float(state_dict.get("last_val_balanced", -1.0))
+        self._last_val_balanced = None if last < 0 else last
+        disagreement = float(state_dict.get("disagreement", -1.0))
+        self.disagreement = None if disagreement < 0 else disagreement
+        self.cautious_classes = [self.class_names[int(i)] for i in state_dict.get("cautious_classes", [])]
+        self.estimator_rates = {
+            name: [float(r) for r in rates] for name, rates in state_dict.get("estimator_rates", {}).items()
+        }
