@@ -542,6 +542,25 @@ KEYS: tuple[Key, ...] = (
     ),
     Key("relabel#class_balanced", RELABEL, "relabel", "bool", "class-balanced sampling during recalibration"),
     Key(
+        "relabel#audit_per_class",
+        RELABEL,
+        "relabel",
+        "int",
+        "random audit in the first round: this many samples of each given class from the trusted set and from the "
+        "pool (within the budget); the answers correct each class's noise rate and re-cut the trusted set (0 = off)",
+        minimum=0,
+        fixed_in_rounds=True,
+    ),
+    Key(
+        "relabel#audit_prior_strength",
+        RELABEL,
+        "relabel",
+        "float",
+        "pseudo-answers phase 1's per-class estimate is worth against the audit's answers",
+        minimum=0,
+        fixed_in_rounds=True,
+    ),
+    Key(
         "relabel#logit_adjustment",
         RELABEL,
         "relabel",

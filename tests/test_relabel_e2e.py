@@ -485,3 +485,25 @@ def test_rounds_write_tensorboard_with_labels_spent_as_the_step(simulated_run):
     assert {"recalibration/loss", "recalibration/loss_peer0", "recalibration/learning_rate"} <= set(tags["scalars"])
     assert [e.step for e in events.Scalars("recalibration/loss")] == [1, 2]  # one per recalibration epoch
     assert {tag.split("/")[0] for tag in tags["scalars"]} <= {"relabel", "recalibration"}
+
+
+# ------------------------------------------------------------------------------ issue 28: the audit and re-cut
+def test_audit_in_round_one_corrects_the_estimate_and_recuts_the_trusted_set(phase1_run, tmp_path):
+    run_dir = copy_run(phase1_run, tmp_path)
+    cli.relabel(str(run_dir), **{**ROUNDS, "relabel#audit_per_class": 1})
+    state = load_state(run_dir)
+    assert state.round == 2 and state.budget_spent == 2 * BUDGET  # the audit counts within the budget
+    draws = json.loads((run_dir / "relabel" / "audit_draws.json").read_text())
+    assert draws["round"] == 1 and draws["trusted"] and draws["pool"]
+    _, query = rows_of(run_dir / "relabel" / "queries" / "round_1.csv")
+    queried = {row["id"] for row in query}
+    ids = state.ids
+    trusted_ids = phase1_trusted_ids(phase1_run)
+    # the audit's trusted draws were asked (phase 1 trusted them, so no acquisition would have)
+    assert {ids[i] for i in draws["trusted"]} <= queried and {ids[i] for i in draws["trusted"]} <= trusted_ids
+    assert {ids[i] for i in draws["pool"]} <= queried
+    metrics = state.history[-1]["metrics"]
+    for key in ("noise_estimate", "noise_estimate_class_mae", "noise_estimate_phase1_class_mae", "trusted_precision"):
+        assert math.isfinite(metrics[key]), key
+    _, query2 = rows_of(run_dir / "relabel" / "queries" / "round_2.csv")
+    assert not {row["id"] for row in query2} & queried  # nobody is asked twice

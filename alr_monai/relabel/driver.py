@@ -30,6 +30,7 @@ from alr_monai.evaluation import evaluate_loader, predict
 from alr_monai.relabel.acquire import acquire, quota_mode
 from alr_monai.relabel.expert import OracleExpert
 from alr_monai.relabel.readers import ADJUDICATOR, ReaderSettings, submit_reader_answers, write_reader_settings
+from alr_monai.relabel.recut import TrustedRecut
 from alr_monai.relabel.state import RoundState, apply_answers_file, open_state, start_round
 from alr_monai.tables import format_cell, markdown_table
 from alr_monai.utils import atomic_torch_save, atomic_write_csv, atomic_write_text
@@ -226,6 +227,7 @@ class RelabelDriver:
         class_quota: str | bool = "off",
         readers: int = 1,
         consensus: str = "majority",
+        recut: TrustedRecut | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -294,6 +296,8 @@ class RelabelDriver:
         self.class_quota = quota_mode(class_quota)
         self.reader_settings = ReaderSettings(int(readers), consensus)
         self.pseudo_label_threshold = float(pseudo_label_threshold)
+        # the round-1 audit and the trusted set re-cut at the expert-corrected rates (off: phase 1's cut stands)
+        self.recut = recut if recut is not None and recut.enabled else None
         # the label each suspected, unqueried sample trains with this round (-1 = not trained on)
         self.pseudo_labels = torch.full((len(self.ids),), -1, dtype=torch.long)
         # the incumbent: the weights a round must match (best so far for "best"), their score, its standard error
@@ -426,7 +430,9 @@ class RelabelDriver:
             if not rows:
                 self.logger.info(f"round {round_index}: the pool is empty, nothing to ask")
                 return RoundOutcome.EMPTY
-            start_round(self.state_path, query_path, round_index, rows)
+            # with the audit and re-cut, a round may ask samples phase 1 trusted (the audit) or no longer trusts
+            scope = "pool" if self.recut is None else "unanswered"
+            start_round(self.state_path, query_path, round_index, rows, scope=scope)
             self.logger.info(f"round {round_index}: wrote {len(rows)} queries to {query_path}")
             self._write_query_page(round_index, query_path)
         elif not query_path.with_suffix(".html").exists():  # a crash, or an older version, left the round without one
@@ -511,6 +517,58 @@ class RelabelDriver:
         )
         return state
 
+    def _answered(self, state: RoundState) -> list[bool]:
+        return [source != "given" for source in state.source]
+
+    def trusted_mask(self, state: RoundState) -> list[bool]:
+        """What recalibration trains on: phase 1's trusted set plus every answer, or, once the audit's answers
+        are in (``recut``), each class's lowest-loss share at its expert-corrected rate plus every answer."""
+        if self.recut is None:
+            return list(state.trusted)
+        return self.recut.trusted_mask(state.current_labels, self._answered(state))
+
+    def pool(self, state: RoundState) -> list[int]:
+        """The samples the acquisition may ask about: untrusted (after any re-cut), unanswered, not excluded."""
+        if self.recut is None or state.pool_scope == "unverified":
+            return state.pool_indices()
+        trusted = self.trusted_mask(state)
+        return [
+            i
+            for i, (t, label, source) in enumerate(zip(trusted, state.current_labels, state.source, strict=True))
+            if not t and label >= 0 and source == "given"
+        ]
+
+    def _audit_rows(self, state: RoundState, round_index: int) -> list[dict]:
+        """The audit's random draw (first asking round only, with ``recut``), as query rows."""
+        if self.recut is None:
+            return []
+        answerable = [
+            label >= 0 and source == "given" for label, source in zip(state.current_labels, state.source, strict=True)
+        ]
+        drawn = self.recut.draw(answerable, round_index)
+        if not drawn:
+            return []
+        outputs = predict(self.network, self._loader(drawn), self.device)
+        probabilities = torch.softmax(outputs["logits"].float(), 1)
+        confidence, predicted = probabilities.max(1)
+        by_index = {int(i): k for k, i in enumerate(outputs["index"].tolist())}
+        self.logger.info(
+            f"round {round_index}: {len(drawn)} of the budget go to a random audit ({self.recut.per_class} per given "
+            "class from the trusted set and from the pool); their answers correct each class's noise rate"
+        )
+        return [
+            {
+                "id": self.ids[i],
+                "image": self.image_paths[i] if self.image_paths else "",
+                "given_label": state.current_labels[i],
+                "predicted_label": int(predicted[by_index[i]]),
+                "predicted_probability": float(confidence[by_index[i]]),
+                "score": float("nan"),  # drawn at random, not ranked
+                "patient_id": self.patient_ids[i] if self.patient_ids else "",
+            }
+            for i in drawn
+        ]
+
     def query_rows(self, state: RoundState, round_index: int) -> list[dict]:
         """Rank the pool with the current model and return the round's query rows; [] if no pool.
 
@@ -518,9 +576,12 @@ class RelabelDriver:
         (patients in the order of their best-ranked image, images within a patient by rank), so the expert
         sees each patient once. The acquisition still decides which samples are asked.
         """
-        pool = state.pool_indices()
-        if not pool:
-            return []
+        audit = self._audit_rows(state, round_index)
+        audited = {row["id"] for row in audit}
+        pool = [i for i in self.pool(state) if self.ids[i] not in audited]
+        budget = max(self.round_budget - len(audit), 0)
+        if not pool or budget == 0:
+            return audit
         pool_loader = self._loader(pool)
         trusted = [i for i, t in enumerate(state.trusted) if t]
         labelled_loader = self._loader(trusted) if self.acquisition == "coreset" and trusted else None
@@ -529,7 +590,7 @@ class RelabelDriver:
             self.acquisition,
             self.network,
             pool_loader,
-            min(self.round_budget, len(pool)),
+            min(budget, len(pool)),
             self.device,
             labelled_loader=labelled_loader,
             mc_samples=self.mc_samples,
@@ -549,6 +610,7 @@ class RelabelDriver:
                     "patient_id": self.patient_ids[index] if self.patient_ids else "",
                 }
             )
+        rows = audit + rows
         if self.group_by_patient:
             rows = [rows[k] for k in patient_grouped_order([row["patient_id"] for row in rows])]
         return rows
@@ -565,7 +627,8 @@ class RelabelDriver:
         active = [i for i, label in enumerate(state.current_labels) if label >= 0]
         labels = list(state.current_labels)
         if self.recipe == "trusted":
-            indices = [i for i in active if state.trusted[i]]
+            trusted = self.trusted_mask(state)
+            indices = [i for i in active if trusted[i]]
             forget_rate = 0.0
             if self.unqueried == "pseudo_label":
                 pool = state.pool_indices()
@@ -742,12 +805,18 @@ class RelabelDriver:
         position = {sample_id: i for i, sample_id in enumerate(self.ids)}
         answered = [position[i] for i in queried if state.source[position[i]] in ("expert", "oracle", "excluded")]
         errors_found = sum(self.given_labels[i] != truth[i] for i in answered)
-        pool = state.pool_indices()
+        pool = self.pool(state)
         pool_noise = sum(self.given_labels[i] != truth[i] for i in pool) / len(pool) if pool else float("nan")
         current_noise = sum(
             state.current_labels[i] != truth[i] for i in range(len(truth)) if state.current_labels[i] >= 0
         ) / max(sum(label >= 0 for label in state.current_labels), 1)
         metrics = {"errors_found": int(errors_found), "pool_noise_rate": pool_noise, "label_noise_rate": current_noise}
+        if self.recut is not None:
+            metrics.update(self.recut.simulation_metrics(state.current_labels, self._answered(state), truth))
+            trusted = self.trusted_mask(state)
+            kept = [i for i, t in enumerate(trusted) if t and state.current_labels[i] >= 0]
+            if kept:
+                metrics["trusted_precision"] = sum(state.current_labels[i] == truth[i] for i in kept) / len(kept)
         pseudo = self._pseudo_labelled(state)
         if pseudo:
             metrics["pseudo_label_accuracy"] = sum(int(self.pseudo_labels[i]) == truth[i] for i in pseudo) / len(pseudo)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,9 @@ class Phase1Outputs:
         trusted: phase 1's clean selection.
         class_names: class names by index.
         forget_rate: the forget rate phase 1 ended with (its noise-rate estimate, or the configured rate).
+        losses: each sample's phase-1 loss (selection.csv's mean over peers; NaN where blank).
+        class_rates: the per-given-class rates phase 1 cut at (``forget_rate/<class>`` in metrics.json; the
+            global forget rate for every class where phase 1 cut once over the batch).
     """
 
     output_dir: Path
@@ -61,6 +64,8 @@ class Phase1Outputs:
     trusted: list[bool]
     class_names: list[str]
     forget_rate: float
+    losses: list[float] = field(default_factory=list)
+    class_rates: list[float] = field(default_factory=list)
 
 
 def _not_run(path: Path) -> FileNotFoundError:
@@ -77,6 +82,12 @@ def phase1_forget_rate(output_dir: str | Path) -> float:
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise Phase1Mismatch(f"{path}: not a phase-1 metrics file (no last.train section: {error})") from error
     return float(metrics.get("forget_rate", 0.0) or 0.0)
+
+
+def phase1_class_rates(output_dir: str | Path, class_names: Sequence[str], forget_rate: float) -> list[float]:
+    """The per-given-class rates phase 1 ended cutting at (``forget_rate/<class>``), else ``forget_rate`` each."""
+    metrics = json.loads((Path(output_dir) / "metrics.json").read_text())["last"]["train"]
+    return [float(metrics.get(f"forget_rate/{name}", forget_rate)) for name in class_names]
 
 
 def load_phase1_model(network: torch.nn.Module, path: str | Path, device=None) -> torch.nn.Module:
@@ -126,7 +137,7 @@ def _read_selection(output_dir: Path, items: Sequence[Mapping[str, Any]], class_
         raise Phase1Mismatch(
             f"{path}: phase 1 trained on {len(rows)} samples, this run loaded {len(items)}. {_SAME_SETTINGS}"
         )
-    ids, given, trusted = [], [], []
+    ids, given, trusted, losses = [], [], [], []
     for position, (row, item) in enumerate(zip(rows, items, strict=True)):
         where = f"{path} row {position + 2}"  # the header is row 1
         sample_id, loaded_id = row["id"], str(item["id"])
@@ -152,7 +163,11 @@ def _read_selection(output_dir: Path, items: Sequence[Mapping[str, Any]], class_
         ids.append(sample_id)
         given.append(label)
         trusted.append(row["trusted"] == "1")
-    return ids, given, trusted
+        try:
+            losses.append(float(row.get("loss") or "nan"))
+        except ValueError:
+            raise Phase1Mismatch(f"{where} (id {sample_id!r}): loss must be a number, got {row['loss']!r}") from None
+    return ids, given, trusted, losses
 
 
 def _check_noise(output_dir: Path, ids: Sequence[str], given: Sequence[int], true_labels: Sequence[int]) -> None:
@@ -207,7 +222,10 @@ def read_phase1(
     """
     output_dir = Path(output_dir)
     names = _check_classes(output_dir, class_names)
-    ids, given, trusted = _read_selection(output_dir, items, names)
+    ids, given, trusted, losses = _read_selection(output_dir, items, names)
     if true_labels is not None:
         _check_noise(output_dir, ids, given, [int(t) for t in true_labels])
-    return Phase1Outputs(output_dir, ids, given, trusted, names, phase1_forget_rate(output_dir))
+    forget_rate = phase1_forget_rate(output_dir)
+    return Phase1Outputs(
+        output_dir, ids, given, trusted, names, forget_rate, losses, phase1_class_rates(output_dir, names, forget_rate)
+    )

@@ -139,7 +139,7 @@ def rebuild_state(
     while (relabel_dir / QUERIES_DIR / f"round_{round_index}.csv").is_file():
         query_ids = _query_ids(relabel_dir / QUERIES_DIR / f"round_{round_index}.csv")
         try:
-            state.begin_round(round_index, query_ids)
+            state.begin_round(round_index, query_ids, scope="unanswered")
         except RoundError as error:
             raise RoundError(f"cannot recover: replaying round {round_index}: {error}") from error
         answers_path = relabel_dir / ANSWERS_DIR / f"round_{round_index}.csv"
@@ -189,10 +189,10 @@ def rebuild_state(
     state = copy.deepcopy(snapshots[applied])
     next_round = applied + 1
     if next_round < len(snapshots):  # its answers exist but were not (fully) applied: the run applies them next
-        state.begin_round(next_round, snapshots[next_round].queried[str(next_round)])
+        state.begin_round(next_round, snapshots[next_round].queried[str(next_round)], scope="unanswered")
         notes.append(f"round {next_round} is pending; answers/round_{next_round}.csv is applied when the run goes on")
     elif pending is not None:  # pending round == len(snapshots): queried, no answers yet
-        state.begin_round(next_round, pending[1])
+        state.begin_round(next_round, pending[1], scope="unanswered")
         notes.append(f"round {next_round} is pending: its query waits for answers")
 
     metrics = _round_metrics(relabel_dir)

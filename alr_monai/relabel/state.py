@@ -233,10 +233,12 @@ class RoundState:
         """The number of the round to query next (or the pending one)."""
         return self.round + 1
 
-    def begin_round(self, round_index: int, ids: Sequence[str], replace: bool = False) -> None:
+    def begin_round(self, round_index: int, ids: Sequence[str], replace: bool = False, scope: str = "pool") -> None:
         """Mark ``ids`` as the query of the pending round ``round_index`` (in memory; call :meth:`save`).
 
         Beginning the same pending round with the same ids again is a no-op, so a rerun after a crash is fine.
+        ``scope`` "pool" asks only pool samples (:meth:`pool_indices`); "unanswered" any sample not yet answered
+        nor excluded, trusted ones too (the random audit of the trusted set, and a trusted set re-cut since).
 
         Raises:
             RoundError: ``round_index`` is not the next round, the ids are empty, repeated, unknown or outside
@@ -253,7 +255,12 @@ class RoundState:
         unknown = [i for i in ids if i not in index]
         if unknown:
             raise RoundError(f"round {round_index}: unknown ids {unknown[:5]}")
-        pool = set(self.pool_indices())
+        if scope not in ("pool", "unanswered"):
+            raise ValueError(f"scope must be 'pool' or 'unanswered', got {scope!r}")
+        if scope == "pool":
+            pool = set(self.pool_indices())
+        else:
+            pool = {i for i, source in enumerate(self.source) if source == "given"}
         outside = [i for i in ids if index[i] not in pool]
         if outside:
             raise RoundError(
@@ -567,6 +574,7 @@ def start_round(
     rows: Sequence[Mapping[str, object]],
     rng_state: Any = None,
     overwrite: bool = False,
+    scope: str = "pool",
 ) -> RoundState:
     """Record a round's query in the state and write the query CSV for the expert.
 
@@ -581,6 +589,7 @@ def start_round(
         rows: query rows as for :func:`~alr_monai.relabel.expert.write_query_file`, most informative first.
         rng_state: if not None, stored in the state with the pending round (e.g. the advanced RNG state).
         overwrite: replace a different pending query and its file.
+        scope: which samples may be asked (:meth:`RoundState.begin_round`).
 
     Returns:
         The saved state.
@@ -591,7 +600,7 @@ def start_round(
         ids = [str(row["id"]) for row in rows]
         if state.pending_round == round_index and state.queried.get(str(round_index)) == ids and query_path.exists():
             return state
-        state.begin_round(round_index, ids, replace=overwrite)
+        state.begin_round(round_index, ids, replace=overwrite, scope=scope)
         if rng_state is not None:
             state.rng_state = rng_state
         write_query_file(query_path, rows, state.class_names, overwrite=overwrite)
