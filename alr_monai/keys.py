@@ -38,7 +38,16 @@ NOISE_ESTIMATION_METHODS = ("gmm", "confident_joint_val", "confusion_inversion",
 RANK_BY = ("loss", "prototype", "loss+prototype")
 VOG_KEEP = ("low", "high")
 VOG_DTYPES = ("float32", "float16")
-ACQUISITIONS = ("random", "entropy", "least_confidence", "margin", "bald", "coreset", "label_quality")
+ACQUISITIONS = (
+    "random",
+    "entropy",
+    "least_confidence",
+    "margin",
+    "bald",
+    "coreset",
+    "label_quality",
+    "suspect_entropy",
+)
 RECIPES = ("coteaching", "trusted")
 MODEL_CHOICES = ("best", "tolerant")
 UNQUERIED_RULES = ("drop", "pseudo_label")

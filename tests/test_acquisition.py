@@ -86,6 +86,7 @@ def test_random_scores_reproducible_and_registry_consistent():
         "bald",
         "coreset",
         "label_quality",
+        "suspect_entropy",
     }
 
 
@@ -203,3 +204,20 @@ def test_per_class_selection_looks_at_a_class_whose_scores_are_all_low():
         select_top_per_class(scores, classes[:3], 2)
     with pytest.raises(ValueError, match="unknown quota split"):
         select_top_per_class(scores, classes, 2, split="inverse")
+
+
+def test_suspect_entropy_asks_where_the_model_doubts_the_label_and_does_not_know_the_answer():
+    from alr_monai.algorithms.acquisition import suspect_entropy
+
+    probs = torch.tensor(
+        [
+            [0.5, 0.5, 0.0, 0.0],  # unsure between 0 and 1, given 0: half suspicious
+            [0.0, 1.0, 0.0, 0.0],  # sure it is 1, given 0: suspicious but no uncertainty left (label quality's pick)
+            [0.25, 0.25, 0.25, 0.25],  # knows nothing, given 2
+            [1.0, 0.0, 0.0, 0.0],  # agrees with its label 0
+        ]
+    )
+    labels = torch.tensor([0, 0, 2, 0])
+    scores = suspect_entropy(probs, labels)
+    assert scores.tolist() == pytest.approx([0.5 * 0.5, 0.0, 1.0 * 0.75, 0.0])
+    assert int(scores.argmax()) == 2

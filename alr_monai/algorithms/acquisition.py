@@ -36,6 +36,7 @@ __all__ = [
     "random_scores",
     "select_top",
     "select_top_per_class",
+    "suspect_entropy",
 ]
 
 _DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
@@ -86,6 +87,20 @@ def label_quality(probs: Tensor, labels: Tensor) -> Tensor:
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= probs.shape[1]):
         raise ValueError(f"labels must be class indices in [0, {probs.shape[1]})")
     return 1.0 - probs.gather(1, labels[:, None]).squeeze(1)
+
+
+def suspect_entropy(probs: Tensor, labels: Tensor) -> Tensor:
+    """Uncertainty weighted by label suspicion: ``H(p) / log C * (1 - p_given)`` -> (N,), in [0, 1].
+
+    Entropy alone spends labels on samples the model is unsure about whatever their label says; label quality
+    alone on samples whose true class the model already predicts (the expert's answer then teaches it little).
+    The product asks where both hold: the model doubts the given label AND does not know the answer yet, which
+    is where, with a weak network, an answer both fixes a label and teaches the model something.
+    """
+    _check_probs(probs)
+    num_classes = probs.shape[1]
+    normalised = _entropy_last_dim(probs) / torch.log(torch.tensor(float(max(num_classes, 2))))
+    return normalised.clamp(0.0, 1.0) * label_quality(probs, labels)
 
 
 def bald(mc_probs: Tensor) -> Tensor:
@@ -143,7 +158,7 @@ Only "random" uses the generator. "bald" is not here because it needs (T, N, C) 
 
 MC_ACQUISITIONS: tuple[str, ...] = ("bald",)
 EMBEDDING_ACQUISITIONS: tuple[str, ...] = ("coreset",)
-LABEL_ACQUISITIONS: tuple[str, ...] = ("label_quality",)
+LABEL_ACQUISITIONS: tuple[str, ...] = ("label_quality", "suspect_entropy")
 ACQUISITION_NAMES: tuple[str, ...] = (
     *SCORE_FUNCTIONS,
     *MC_ACQUISITIONS,

@@ -23,6 +23,7 @@ from alr_monai.algorithms.acquisition import (
     label_quality,
     select_top,
     select_top_per_class,
+    suspect_entropy,
 )
 from alr_monai.evaluation import predict
 
@@ -143,6 +144,8 @@ def _acquire(
             scores = bald(_mc_probabilities(network, pool_loader, device, mc_samples, generator))
         elif method == "label_quality":
             scores = label_quality(probs, outputs["labels"])
+        elif method == "suspect_entropy":
+            scores = suspect_entropy(probs, outputs["labels"])
         else:
             scores = SCORE_FUNCTIONS[method](probs, generator=generator)
         if class_quota == "given":
