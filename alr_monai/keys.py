@@ -58,6 +58,7 @@ MODES = ("simulation", "interactive")
 INTENSITIES = ("minmax", "none")
 AUGMENT_ON = ("batch", "sample")
 CACHE_POLICIES = ("memory", "disk", "none")
+SAMPLERS = ("shuffle", "class_balanced")
 
 
 class KeyError_(ValueError):
@@ -383,6 +384,14 @@ KEYS: tuple[Key, ...] = (
         "str",
         "trusted set after the last epoch: kept by any peer, by all peers, or each given class's lowest-loss share (class_cut)",
         choices=TRUSTED_RULES,
+    ),
+    Key(
+        "imbalance#sampler",
+        TRAIN,
+        "train",
+        "str",
+        "phase-1 batches: shuffle every sample once an epoch, or draw class-balanced (with replacement)",
+        choices=SAMPLERS,
     ),
     Key(
         "imbalance#logit_adjustment",

@@ -210,6 +210,25 @@ def _png_bytes(figure: Any) -> bytes:
     return stream.getvalue()
 
 
+def _estimator_facts(train: dict) -> list[str]:
+    """The ensemble's estimators and their disagreement (noise_estimate#method ensemble), when phase 1 ran it."""
+    prefix = "noise_rate_estimate_"
+    estimators = {k[len(prefix) :]: v for k, v in train.items() if k.startswith(prefix)}
+    if not estimators:
+        return []
+    line = "noise estimators: " + ", ".join(f"{name} {_fmt(value)}" for name, value in estimators.items())
+    if "noise_estimate_epoch" in train:
+        line += f" (after epoch {int(train['noise_estimate_epoch'])})"
+    cautious = int(train.get("noise_estimate_cautious_classes", 0))
+    if cautious:
+        line += (
+            f"; they disagree by up to {_fmt(train.get('noise_estimate_disagreement'))}, so {cautious} class(es) "
+            "were cut at the lower estimate: the trusted set may hold more wrong labels there (an audit, "
+            "relabel#audit_per_class, measures it)"
+        )
+    return [line]
+
+
 def _sections(run_dir: Path) -> list[tuple]:
     """The report as a list of blocks: ("h1"|"h2"|"p"|"banner", text), ("list", [text]), ("table", header,
     rows), ("image", caption, file name), ("links", [(label, path)]); rendered to markdown and to HTML."""
@@ -233,6 +252,7 @@ def _sections(run_dir: Path) -> list[tuple]:
     if summary["noise_rate_true"] is not None:
         estimate_line += f" (simulation truth {_fmt(summary['noise_rate_true'])})"
     facts.append(estimate_line + f"; final forget rate {_fmt(summary['forget_rate'])}")
+    facts += _estimator_facts(metrics.get("last", {}).get("train", {}))
     trusted_line = f"trusted (selected as clean): {_fmt(summary['kept_fraction'])} of the training set"
     if summary["selection_precision"] is not None:
         trusted_line += (

@@ -66,9 +66,10 @@ def test_choices_match_the_modules_that_enforce_them():
     assert keys.CONSENSUS_RULES == CONSENSUS_RULES
     assert keys.TRUSTED_RULES == TRUSTED_RULES and keys.VOG_KEEP == VOG_KEEP
     from alr_monai.data.augment import AUGMENT_ON
-    from alr_monai.data.datasets import CACHE_POLICIES
+    from alr_monai.data.datasets import CACHE_POLICIES, SAMPLERS
 
     assert keys.AUGMENT_ON == AUGMENT_ON and keys.CACHE_POLICIES == CACHE_POLICIES
+    assert keys.SAMPLERS == SAMPLERS
     from alr_monai.relabel.acquire import QUOTA_MODES
 
     assert keys.QUOTA_MODES == QUOTA_MODES

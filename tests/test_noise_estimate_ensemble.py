@@ -181,3 +181,45 @@ def test_trainer_with_logit_adjustment_uses_the_adjusted_loss():
             optimizer=torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1),
             logit_adjustment=1.0,
         )
+
+
+def test_class_balanced_sampler_sees_classes_equally_and_reproducibly():
+    from alr_monai.data.datasets import ClassBalancedSampler, build_train_sampler
+
+    labels = [0] * 90 + [1] * 10
+    dataset = list(range(100))
+    sampler = build_train_sampler("class_balanced", dataset, labels, seed=3)
+    assert isinstance(sampler, ClassBalancedSampler)
+    sampler.set_epoch(2)
+    draw = list(sampler)
+    assert len(draw) == 100 and list(sampler) == draw  # the same epoch draws the same order (resume)
+    rare = sum(labels[i] == 1 for i in draw)
+    assert 30 <= rare <= 70  # about half, not a tenth
+    sampler.set_epoch(3)
+    assert list(sampler) != draw
+    # two processes split one draw
+    halves = [build_train_sampler("class_balanced", dataset, labels, num_replicas=2, rank=r, seed=3) for r in (0, 1)]
+    for half in halves:
+        half.set_epoch(2)
+    assert sorted(list(halves[0]) + list(halves[1])) == sorted(draw)
+    assert sorted(build_train_sampler("shuffle", dataset, labels)) == dataset
+    with pytest.raises(ValueError, match="imbalance#sampler"):
+        build_train_sampler("oversample", dataset, labels)
+    with pytest.raises(ValueError, match="labels for a dataset"):
+        ClassBalancedSampler(dataset, labels[:5])
+
+
+def test_report_names_the_estimators_and_their_disagreement():
+    from alr_monai.report import _estimator_facts
+
+    assert _estimator_facts({"noise_rate_estimate": 0.4}) == []
+    train = {
+        "noise_rate_estimate_prototype_matching": 0.5,
+        "noise_rate_estimate_gmm": 0.2,
+        "noise_estimate_epoch": 6,
+        "noise_estimate_disagreement": 0.3,
+        "noise_estimate_cautious_classes": 2,
+    }
+    (line,) = _estimator_facts(train)
+    assert "prototype_matching 0.500" in line and "gmm 0.200" in line and "after epoch 6" in line
+    assert "2 class(es) were cut at the lower estimate" in line

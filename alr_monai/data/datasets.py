@@ -6,12 +6,21 @@ import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from monai.data import CacheDataset, Dataset, PersistentDataset
+import torch
+from monai.data import CacheDataset, Dataset, DistributedSampler, PersistentDataset
 from monai.data.utils import pickle_hashing
 
-__all__ = ["CACHE_POLICIES", "build_dataset", "pin_memory_for"]
+__all__ = [
+    "CACHE_POLICIES",
+    "SAMPLERS",
+    "ClassBalancedSampler",
+    "build_dataset",
+    "build_train_sampler",
+    "pin_memory_for",
+]
 
 CACHE_POLICIES = ("memory", "disk", "none")
+SAMPLERS = ("shuffle", "class_balanced")
 
 
 def _transform_hash(transforms: object) -> bytes:
@@ -71,3 +80,61 @@ def pin_memory_for(pin_memory: bool, device: str | object) -> bool:
     import torch
 
     return bool(pin_memory) and torch.device(str(device)).type == "cuda" and torch.cuda.is_available()
+
+
+class ClassBalancedSampler(torch.utils.data.DistributedSampler):
+    """Draws each epoch's indices with replacement, each sample weighted by 1 / (size of its GIVEN class).
+
+    Every class is then seen about equally often, so a rare class's gradient is not drowned by the common ones
+    (``imbalance#sampler class_balanced``). A ``DistributedSampler`` subclass because MONAI's workflows call
+    ``set_epoch`` on those: epoch ``e`` draws with seed ``seed + e``, so a resumed run sees the same order as an
+    uninterrupted one, and each of ``num_replicas`` processes takes every ``num_replicas``-th index of one draw.
+
+    Args:
+        dataset: the training dataset (only its length is used).
+        labels: the given label of every sample, by position.
+        num_replicas: processes sharing the draw.
+        rank: this process's share.
+        seed: base seed.
+    """
+
+    def __init__(
+        self,
+        dataset: torch.utils.data.Dataset,
+        labels: Sequence[int],
+        num_replicas: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
+        labels_t = torch.as_tensor(list(labels), dtype=torch.long)
+        if len(labels_t) != len(dataset):
+            raise ValueError(f"{len(labels_t)} labels for a dataset of {len(dataset)} samples")
+        if len(labels_t) and int(labels_t.min()) < 0:
+            raise ValueError("class-balanced sampling needs a class index (>= 0) for every sample")
+        counts = torch.bincount(labels_t)
+        self.weights = 1.0 / counts[labels_t].double()
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        draw = torch.multinomial(self.weights, self.total_size, replacement=True, generator=generator)
+        return iter(draw[self.rank : self.total_size : self.num_replicas].tolist())
+
+
+def build_train_sampler(
+    kind: str,
+    dataset: torch.utils.data.Dataset,
+    labels: Sequence[int],
+    num_replicas: int = 1,
+    rank: int = 0,
+    seed: int = 0,
+) -> torch.utils.data.DistributedSampler:
+    """Phase 1's sampler (``imbalance#sampler``): "shuffle" (every sample once an epoch, shuffled by seed and
+    epoch) or "class_balanced" (:class:`ClassBalancedSampler`)."""
+    if kind == "shuffle":
+        return DistributedSampler(
+            dataset, even_divisible=False, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed
+        )
+    if kind == "class_balanced":
+        return ClassBalancedSampler(dataset, labels, num_replicas=num_replicas, rank=rank, seed=seed)
+    raise ValueError(f"imbalance#sampler must be one of {SAMPLERS}, got {kind!r}")
