@@ -35,6 +35,8 @@ METHOD_PRESETS = {
     "paper_recipe": ["paper_recipe"],
     "ours": [],
     "cleanlab": ["ce"],
+    # our selection (train.json alone) inside, then the CE recipe refitted on its trusted set: the rounds are CE's
+    "ours_refit": ["ce"],
 }
 RESULT_COLUMNS = [
     "method",
@@ -129,6 +131,8 @@ def _phase1_done(run_dir: Path, method: str = "") -> bool:
         return False
     metrics = json.loads(path.read_text())
     # the cleanlab peer writes its selection and metrics after the final model's test evaluation
+    if method == "ours_refit":  # the refit writes its section after the refitted model's test evaluation
+        return "refit" in metrics
     return "test" in metrics and (method != "cleanlab" or "cleanlab" in metrics)
 
 
@@ -205,6 +209,10 @@ def run_benchmark(
                     fold_epochs=config.get("cleanlab_fold_epochs"),
                     log=lambda message, label=label: print(f"{label}: {message}", flush=True),
                 )
+            elif method == "ours_refit":
+                from alr_monai.refit import run_refit
+
+                run_refit(files, overrides, log=lambda message, label=label: print(f"{label}: {message}", flush=True))
             else:
                 run_workflow(files, overrides)
             _log_time(out, method, kind, rate, seed, "phase1", time.time() - step_started)

@@ -220,3 +220,61 @@ def test_cells_whose_folders_are_gone_keep_their_results_rows_and_are_not_rerun(
     with open(out / "results.csv", newline="") as a, open(copy / "results.csv", newline="") as b:
         assert list(csv.DictReader(a)) == list(csv.DictReader(b))
     assert (copy / "results.md").read_text() == (out / "results.md").read_text()
+
+
+# ------------------------------------------------------------------ issue 28 item 5: ours_refit
+@pytest.fixture(scope="module")
+def refit_benchmark(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("refit")
+    data = _tiny_npz(root / "tiny.npz")
+    preset = root / "preset.json"
+    preset.write_text(
+        json.dumps(
+            {
+                "noise_settings": [["symmetric", 0.4]],
+                "seeds": [0],
+                "methods": ["ours_refit"],
+                "max_epochs": 2,
+                "acquisitions": ["entropy"],
+                "rounds": 1,
+                "budget": 8,
+                "recalibration_epochs": 1,
+                "overrides": {
+                    "coteaching#num_gradual": 1,
+                    "noise_estimate#estimate_epoch": 1,
+                    "vog#num_snapshots": 2,
+                    "batch_size": 32,
+                    "network_factory#block_inplanes": [4, 8, 8, 8],
+                    "imbalance#logit_adjustment": 1.0,
+                },
+            }
+        )
+    )
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = run_benchmark(preset, root / "out", data=str(data))
+    finally:
+        torch.set_num_threads(previous)
+    return out
+
+
+def test_refit_trains_on_the_selections_trusted_set_and_rounds_run_on_it(refit_benchmark):
+    run_dir = refit_benchmark / "ours_refit" / "symmetric0.4" / "seed0"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    selection = json.loads((run_dir / "selection" / "metrics.json").read_text())
+    with open(run_dir / "selection.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    with open(run_dir / "selection" / "selection.csv", newline="") as handle:
+        assert rows == list(csv.DictReader(handle))  # the pool of the rounds is what our selection suspected
+    trusted = sum(row["trusted"] == "1" for row in rows)
+    assert metrics["refit"]["num_trusted"] == trusted and metrics["refit"]["num_samples"] == len(rows) == 96
+    assert 0 < trusted < 96
+    assert metrics["last"]["train"]["selection_precision"] == selection["last"]["train"]["selection_precision"]
+    assert "balanced_accuracy" in metrics["test"]
+    # the refitted model is one network (the CE recipe), from scratch: not the selection's two peers
+    state = torch.load(run_dir / "models" / "model.pt", weights_only=True)
+    assert not any(key.startswith("peers.1.") for key in state)
+    with open(refit_benchmark / "results.csv", newline="") as handle:
+        results = [row for row in csv.DictReader(handle) if row["method"] == "ours_refit"]
+    assert {row["round"] for row in results} == {"0", "1"}
