@@ -35,6 +35,8 @@ BLOODMNIST_CLASSES = [
     "neutrophil",
     "platelet",
 ]
+# BreastMNIST's label 1 is "normal or benign"; one word each, as answers files take class names
+BREASTMNIST_CLASSES = ["malignant", "benign"]
 
 
 @dataclass
@@ -208,7 +210,14 @@ def load_medmnist(
         raise ValueError(f"{path}: the splits' images differ in layout (2D/3D, channels): {shapes}")
     num_classes = int(max(int(s.labels.max()) for s in splits.values())) + 1
     is_blood = path == EMBEDDED_BLOODMNIST or (path.name.startswith("bloodmnist") and num_classes == 8)
-    source_names = list(BLOODMNIST_CLASSES) if is_blood else [str(c) for c in range(num_classes)]
+    is_breast = path.name.startswith("breastmnist") and num_classes == 2
+    source_names = (
+        list(BLOODMNIST_CLASSES)
+        if is_blood
+        else list(BREASTMNIST_CLASSES)
+        if is_breast
+        else [str(c) for c in range(num_classes)]
+    )
     if class_map is not None:
         splits, num_classes, source_names = _map_classes(splits, class_map, num_classes, source_names, path)
     if imbalance_ratio is not None or max_per_class is not None:
