@@ -87,7 +87,8 @@ def train(
             "(`alr manifest build ROOT --out m.csv` makes one from a folder per class)"
         )
     run_dir = Path(output_dir)
-    files = phase1_files(preset, bool(manifest))
+    given_labels = bool(manifest) and coerce_literal(overrides.get("noisy_label_column")) is not None
+    files = phase1_files(preset, bool(manifest), given_labels)
     overrides = {"output_dir": str(run_dir), **overrides}
     if manifest:
         overrides["manifest_path"] = str(Path(manifest).resolve())

@@ -462,6 +462,14 @@ KEYS: tuple[Key, ...] = (
         "strlist?",
         "class names in index order; null = inferred from the labels",
     ),
+    Key(
+        "noisy_label_column",
+        MANIFEST,
+        "manifest",
+        "str?",
+        "a column of real noisy labels to train on, the label column being the truth (noise kind given: noise.csv, "
+        "simulation metrics, alr relabel's oracle); null = train on label",
+    ),
     Key("image_size", MANIFEST, "manifest", "shape", "every image is resized to this shape (spatial_dims entries)"),
     Key(
         "in_channels",

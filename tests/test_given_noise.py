@@ -127,3 +127,65 @@ def test_given_without_noisy_labels_is_a_clear_error(one_thread, tmp_path, capsy
         code = exit_.code
     assert code == 2
     assert "train_labels_noisy" in capsys.readouterr().err
+
+
+def _png_manifest(root: Path, imagefile_png, noisy_value=None) -> tuple[Path, dict, dict]:
+    """A manifest of 24 PNGs (16 train, 4 val, 4 test) with a label column (the truth) and label_noisy, where
+    4 training labels are flipped; returns (manifest, truth by id, noisy label by id)."""
+    rng = np.random.default_rng(0)
+    rows, truth, noisy = [], {}, {}
+    for i in range(24):
+        label = ("abnormal", "normal")[i % 2]
+        pixels = (rng.integers(0, 100, size=(20, 20)) + (150 if label == "abnormal" else 0)).astype(np.uint8)
+        imagefile_png(root / f"img{i}.png", pixels)
+        split = "train" if i < 16 else "val" if i < 20 else "test"
+        given = ("normal" if label == "abnormal" else "abnormal") if split == "train" and i % 4 == 1 else label
+        if noisy_value is not None and i == 3:
+            given = noisy_value
+        rows.append([f"s{i}", f"img{i}.png", label, given, split])
+        if split == "train":
+            truth[f"s{i}"], noisy[f"s{i}"] = label, given
+    path = root / "m.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "image", "label", "label_noisy", "split"])
+        writer.writerows(rows)
+    return path, truth, noisy
+
+
+def test_given_through_a_manifest_column(one_thread, tmp_path, imagefile_png):
+    manifest, truth, noisy = _png_manifest(tmp_path / "data", imagefile_png)
+    run_dir = tmp_path / "run"
+    tiny = tmp_path / "tiny.json"
+    tiny.write_text(json.dumps({"network_factory#block_inplanes": [4, 8, 8, 8], "batch_size": 4}))
+    argv = ["train", "--manifest", str(manifest), "--output_dir", str(run_dir), "--preset", str(tiny)]
+    cli.main([*argv, "--noisy_label_column", "label_noisy", "--max_epochs", "1", "--image_size", "[16,16]"])
+    names = json.loads((run_dir / "classes.json").read_text())["class_names"]
+    noise = {r["id"]: r for r in _rows(run_dir / "noise.csv")}
+    assert set(noise) == set(truth)
+    assert all(names[int(noise[i]["true_label"])] == truth[i] for i in truth)
+    assert all(names[int(noise[i]["noisy_label"])] == noisy[i] for i in truth)
+    # trained on the noisy column
+    selection = {r["id"]: names[int(r["given_label"])] for r in _rows(run_dir / "selection.csv")}
+    assert selection == noisy
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["last"]["train"]["noise_rate_true"] == pytest.approx(4 / 16)
+    # the simulated oracle answers from the label column
+    budget = ["--relabel#round_budget", "6", "--relabel#num_rounds", "1", "--relabel#recalibration_epochs", "1"]
+    cli.main(["relabel", "--run_dir", str(run_dir), *budget])
+    audit = _rows(run_dir / "relabel" / "audit.csv")
+    assert len(audit) == 6
+    assert all(row["new_label"] == truth[row["id"]] for row in audit)
+
+
+def test_given_manifest_column_errors_name_the_row(one_thread, tmp_path, imagefile_png, capsys):
+    manifest, _, _ = _png_manifest(tmp_path / "data", imagefile_png, noisy_value="unsure")
+    argv = ["train", "--manifest", str(manifest), "--output_dir", str(tmp_path / "run"), "--max_epochs", "1"]
+    for column, message in (
+        ("label_noisy", "row 5: label_noisy 'unsure' is not a class"),
+        ("second", "no column 'second'"),
+    ):
+        with pytest.raises(SystemExit) as stop:
+            cli.main([*argv, "--noisy_label_column", column, "--image_size", "[16,16]"])
+        assert stop.value.code == 2
+        assert message in capsys.readouterr().err
