@@ -150,8 +150,13 @@ def run_benchmark(
     data: str | None = None,
     imbalance_ratio: float | None = None,
     shard: str | None = None,
+    data_dir: str | Path | None = None,
 ) -> Path:
     """Run (or resume) every cell of a preset and write results.csv, results.md and the plots into ``out``.
+
+    A suite preset (one with ``cells``, :mod:`alr_monai.benchmark_suite`) runs each data cell as a matrix of its
+    own in ``out/<cell>`` and adds the suite's tables; its cells name their data, so ``data`` and
+    ``imbalance_ratio`` are refused there and ``data_dir`` locates the cells' relative data paths.
 
     Args:
         preset: benchmark preset JSON.
@@ -161,9 +166,17 @@ def run_benchmark(
         shard: "K/N" runs only the K-th (K = 1..N) of N interleaved parts of the cells (see ``_shard_cells``),
             so N processes or machines can share one ``out``; the tables always cover every finished cell, so a
             last run without a shard (which finds everything done) writes the complete results.
+        data_dir: suite presets only: the folder of the cells' relative data paths.
     """
+    from alr_monai.benchmark_suite import is_suite, run_suite
     from alr_monai.workflow import bundle_file, preset_files, relabel_files, run_workflow
 
+    if is_suite(json.loads(Path(preset).read_text())):
+        if data is not None or imbalance_ratio is not None:
+            raise ValueError(f"{preset}: a suite names each cell's data; pass --data_dir for relative data paths")
+        return run_suite(preset, out, shard, data_dir)
+    if data_dir is not None:
+        raise ValueError(f"{preset}: --data_dir is for suite presets (with cells); pass the data file as --data")
     config = load_preset(preset)
     out = Path(out)
     data = data if data is not None else config.get("data")

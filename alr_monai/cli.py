@@ -87,7 +87,8 @@ def train(
             "(`alr manifest build ROOT --out m.csv` makes one from a folder per class)"
         )
     run_dir = Path(output_dir)
-    files = phase1_files(preset, bool(manifest))
+    given_labels = bool(manifest) and coerce_literal(overrides.get("noisy_label_column")) is not None
+    files = phase1_files(preset, bool(manifest), given_labels)
     overrides = {"output_dir": str(run_dir), **overrides}
     if manifest:
         overrides["manifest_path"] = str(Path(manifest).resolve())
@@ -528,6 +529,7 @@ def benchmark(
     data: str | None = None,
     imbalance_ratio: float | None = None,
     shard: str | None = None,
+    data_dir: str | None = None,
 ):
     """Run or resume a benchmark matrix (finished cells are not rerun); writes results.csv, results.md, plots.
 
@@ -539,10 +541,12 @@ def benchmark(
         imbalance_ratio: long-tail the training split of data to this ratio, e.g. 20.
         shard: "K/N" to run the K-th of N interleaved parts of the cells, so N processes share out (then
             run once without a shard to write the complete tables).
+        data_dir: suite presets (suite, suite_tiny): the folder their cells' data files are in, e.g.
+            ../shared/data (cells without a file use the embedded subset).
     """
     from alr_monai.benchmark import run_benchmark
 
-    run_benchmark(benchmark_preset_file(preset), out, data, imbalance_ratio, shard)
+    run_benchmark(benchmark_preset_file(preset), out, data, imbalance_ratio, shard, data_dir)
 
 
 class Manifest:

@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 # Choices of enumerations, kept here so help needs no torch import; tests check them against the modules.
-NOISE_KINDS = ("symmetric", "pairflip")
+NOISE_KINDS = ("symmetric", "pairflip", "confusion", "instance", "given")
 TRUSTED_RULES = ("any", "all", "class_cut")
 NOISE_ESTIMATION_METHODS = ("gmm", "confident_joint_val", "confusion_inversion", "prototype_matching", "ensemble")
 RANK_BY = ("loss", "prototype", "loss+prototype")
@@ -343,8 +343,26 @@ KEYS: tuple[Key, ...] = (
         TRAIN,
         "train",
         "str",
-        "injected noise: symmetric (any other class) or pairflip (the next class)",
+        "injected noise: symmetric (any other class), pairflip (the next class), confusion (between classes a "
+        "model confuses), instance (image-dependent, Xia et al. 2020), or given (the data's own noisy labels: "
+        "the .npz array train_labels_noisy; noise_rate is ignored)",
         choices=NOISE_KINDS,
+    ),
+    Key(
+        "simulation#confusion_matrix",
+        TRAIN,
+        "train",
+        "str?",
+        "noise kind confusion: a C x C confusion matrix file (.csv such as evaluation_test_confusion.csv, .json, "
+        ".npy); null = the out-of-fold confusions of a softmax regression fitted on the training images",
+    ),
+    Key(
+        "max_per_class",
+        TRAIN,
+        "train",
+        "int?",
+        "cap on the largest training class (the long tail, if any, runs from it); val and test are not capped",
+        minimum=1,
     ),
     Key("simulation#noise_seed", TRAIN, "train", "int", "seed of the injected noise", shown_default="seed", minimum=0),
     Key(
@@ -488,6 +506,14 @@ KEYS: tuple[Key, ...] = (
         "manifest",
         "strlist?",
         "class names in index order; null = inferred from the labels",
+    ),
+    Key(
+        "noisy_label_column",
+        MANIFEST,
+        "manifest",
+        "str?",
+        "a column of real noisy labels to train on, the label column being the truth (noise kind given: noise.csv, "
+        "simulation metrics, alr relabel's oracle); null = train on label",
     ),
     Key("image_size", MANIFEST, "manifest", "shape", "every image is resized to this shape (spatial_dims entries)"),
     Key(

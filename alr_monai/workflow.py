@@ -116,11 +116,16 @@ def benchmark_preset_file(preset: str) -> Path:
     raise FileNotFoundError(f"benchmark preset {preset!r} not found; available: {available} or a .json path")
 
 
-def phase1_files(presets: str | Sequence[str] | None = None, manifest: bool = False) -> list[str]:
-    """Config files of phase 1: train.json, the manifest overlay when training on a manifest, then presets."""
+def phase1_files(
+    presets: str | Sequence[str] | None = None, manifest: bool = False, given_labels: bool = False
+) -> list[str]:
+    """Config files of phase 1: train.json, the manifest overlay when training on a manifest (and the overlay of
+    its real noisy labels, ``given_labels``, when a noisy-label column is set), then presets."""
     files = [bundle_file("train.json")]
     if manifest:
         files.append(bundle_file("train_manifest.json"))
+        if given_labels:
+            files.append(bundle_file("train_manifest_given.json"))
     return files + preset_files(presets)
 
 

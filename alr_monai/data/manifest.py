@@ -590,3 +590,33 @@ def _dicom_patient_id(file_path: Path) -> str:
     except Exception:  # an unreadable file is reported by load_manifest; the import itself should not fail
         return ""
     return str(dataset.get("PatientID", "") or "").strip()
+
+
+def noisy_column_labels(manifest: Manifest, column: str, split: str = "train") -> list[int]:
+    """The class indices of a second label column of ``split``'s rows: real noisy labels (noise kind ``given``).
+
+    Its values are class names as in ``label`` (the truth, which sets the classes). Every bad row is reported.
+
+    Raises:
+        ManifestError: the column is missing, or a row's value is empty or not a class, naming the file and row.
+    """
+    records = manifest.select(split)
+    if records and column not in records[0]["extra"]:
+        columns = sorted(records[0]["extra"])
+        raise ManifestError(
+            [f"{manifest.path} row 1: no column {column!r} (noisy_label_column) of noisy labels; extra columns: {columns}"],
+            manifest.path,
+        )
+    lookup = manifest.class_to_index()
+    problems, labels = [], []
+    for record in records:
+        value = record["extra"][column].strip()
+        if value not in lookup:
+            problems.append(
+                f"{manifest.path} row {record['row']}: {column} {value!r} is not a class of the label column "
+                f"({', '.join(manifest.class_names)})"
+            )
+        labels.append(lookup.get(value, -1))
+    if problems:
+        raise ManifestError(problems, manifest.path)
+    return labels

@@ -4,6 +4,9 @@ The official files hold ``{train,val,test}_images`` (N, H, W) or (N, H, W, 3) ui
 or (N,). MedMNIST-3D files hold (N, D, H, W) volumes with no channel axis (28 or 64 on a side): they are read as
 single-channel 3D images (``spatial_dims`` 3), not as D channels. The embedded demo set ships as the 2D layout
 compressed with xz (``.npz.xz``).
+
+A file may also hold ``train_labels_noisy`` (N,) beside ``train_labels``: real noisy labels (a second annotation
+pass, say) that noise kind ``given`` trains on, ``train_labels`` being the truth the simulated expert answers from.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from pathlib import Path
 import numpy as np
 
 SPLITS = ("train", "val", "test")
+# the array of real noisy training labels that noise kind "given" trains on
+NOISY_LABELS_ARRAY = "train_labels_noisy"
 
 EMBEDDED_DIR = Path(__file__).resolve().parent / "embedded"
 EMBEDDED_BLOODMNIST = EMBEDDED_DIR / "bloodmnist_lt20.npz.xz"
@@ -30,15 +35,24 @@ BLOODMNIST_CLASSES = [
     "neutrophil",
     "platelet",
 ]
+# BreastMNIST's label 1 is "normal or benign"; one word each, as answers files take class names
+BREASTMNIST_CLASSES = ["malignant", "benign"]
 
 
 @dataclass
 class MedMNISTSplit:
-    """One split held in memory: images uint8 (N, H, W[, C]), labels int64 (N,), ids str."""
+    """One split held in memory: images uint8 (N, H, W[, C]), labels int64 (N,), ids str; ``noisy_labels``
+    (N,) the file's real noisy labels, where it has them (training split only)."""
 
     images: np.ndarray
     labels: np.ndarray
     ids: list[str]
+    noisy_labels: np.ndarray | None = None
+
+    def subset(self, keep: np.ndarray) -> MedMNISTSplit:
+        """The samples at positions ``keep``, with their ids and noisy labels."""
+        noisy = None if self.noisy_labels is None else self.noisy_labels[keep]
+        return MedMNISTSplit(self.images[keep], self.labels[keep], [self.ids[i] for i in keep], noisy)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -145,6 +159,8 @@ def load_medmnist(
     imbalance_ratio: float | None = None,
     seed: int = 0,
     class_names: list[str] | None = None,
+    class_map: list[int | None] | None = None,
+    max_per_class: int | None = None,
 ) -> MedMNISTData:
     """Load a MedMNIST-layout file into memory.
 
@@ -152,7 +168,14 @@ def load_medmnist(
         path: ``.npz`` or ``.npz.xz``; None means the embedded long-tailed BloodMNIST demo subset.
         imbalance_ratio: if given, long-tail the TRAINING split to this ratio (val and test stay as released).
         seed: seed of the long-tail draw.
-        class_names: names by index; defaults to BloodMNIST's names for the embedded set, else "0", "1", ...
+        class_names: names by index (after ``class_map``); defaults to BloodMNIST's names for the embedded set,
+            else "0", "1", ...; with a ``class_map``, the source names of each new class joined by "+".
+        class_map: the new class of each source class (by source index), None to drop the class's samples from
+            every split: ``[0, 0, 0, 1, 0, 0, 0, 0]`` makes BloodMNIST binary (class 3 against the rest), ``[0, 1,
+            None]`` keeps two of three classes. Applied before long-tailing.
+        max_per_class: cap on the training images of the largest class after the mapping; with
+            ``imbalance_ratio`` the long tail runs from this cap (n_max), without it every class is capped. Val and
+            test are not capped. For the few-images regime of the benchmark suite.
 
     Returns:
         The splits with ids ``<split>_<original position>`` so they stay stable under subsampling.
@@ -175,18 +198,64 @@ def load_medmnist(
             )
         layouts.add(layout)
         splits[split] = MedMNISTSplit(images, labels, [f"{split}_{i}" for i in range(len(labels))])
+    if NOISY_LABELS_ARRAY in arrays:
+        noisy = arrays[NOISY_LABELS_ARRAY].reshape(-1).astype(np.int64)
+        if len(noisy) != len(splits["train"]):
+            raise ValueError(
+                f"{path}: {NOISY_LABELS_ARRAY} holds {len(noisy)} labels for {len(splits['train'])} training images"
+            )
+        splits["train"].noisy_labels = noisy
     if len(layouts) != 1:
         shapes = {split: splits[split].images.shape for split in SPLITS}
         raise ValueError(f"{path}: the splits' images differ in layout (2D/3D, channels): {shapes}")
     num_classes = int(max(int(s.labels.max()) for s in splits.values())) + 1
-    if imbalance_ratio is not None:
+    is_blood = path == EMBEDDED_BLOODMNIST or (path.name.startswith("bloodmnist") and num_classes == 8)
+    is_breast = path.name.startswith("breastmnist") and num_classes == 2
+    source_names = (
+        list(BLOODMNIST_CLASSES)
+        if is_blood
+        else list(BREASTMNIST_CLASSES)
+        if is_breast
+        else [str(c) for c in range(num_classes)]
+    )
+    if class_map is not None:
+        splits, num_classes, source_names = _map_classes(splits, class_map, num_classes, source_names, path)
+    if imbalance_ratio is not None or max_per_class is not None:
         train = splits["train"]
-        keep = long_tail_indices(train.labels, imbalance_ratio, seed, num_classes)
-        splits["train"] = MedMNISTSplit(train.images[keep], train.labels[keep], [train.ids[i] for i in keep])
+        keep = long_tail_indices(train.labels, imbalance_ratio or 1.0, seed, num_classes, n_max=max_per_class)
+        splits["train"] = train.subset(keep)
     spatial_dims, in_channels = layouts.pop()
     if class_names is None:
-        is_blood = path == EMBEDDED_BLOODMNIST or (path.name.startswith("bloodmnist") and num_classes == 8)
-        class_names = list(BLOODMNIST_CLASSES) if is_blood else [str(c) for c in range(num_classes)]
+        class_names = source_names
     if len(class_names) != num_classes:
         raise ValueError(f"{path}: {num_classes} classes in the labels but {len(class_names)} class names given")
     return MedMNISTData(splits, num_classes, in_channels, str(path), list(class_names), spatial_dims)
+
+
+def _map_classes(
+    splits: dict[str, MedMNISTSplit],
+    class_map: list[int | None],
+    num_classes: int,
+    source_names: list[str],
+    path: Path,
+) -> tuple[dict[str, MedMNISTSplit], int, list[str]]:
+    """Every split with its classes mapped by ``class_map`` (see :func:`load_medmnist`), the new class count and
+    the new classes' names (their source names joined by "+")."""
+    if len(class_map) != num_classes:
+        raise ValueError(f"{path}: class_map has {len(class_map)} entries for the file's {num_classes} classes")
+    targets = sorted({int(t) for t in class_map if t is not None})
+    if len(targets) < 2 or targets != list(range(len(targets))):
+        raise ValueError(f"{path}: class_map {class_map} must map onto classes 0..K-1 with K >= 2 (None drops one)")
+    lookup = np.array([-1 if t is None else int(t) for t in class_map], dtype=np.int64)
+    names = ["+".join(source_names[c] for c in range(num_classes) if lookup[c] == k) for k in targets]
+    mapped = {}
+    for split, data in splits.items():
+        labels = lookup[data.labels]
+        keep = np.flatnonzero(labels >= 0)
+        part = data.subset(keep)
+        part.labels = labels[keep]
+        if part.noisy_labels is not None:
+            # -1 where the noisy label's class is dropped; noise kind "given" refuses those, the others ignore them
+            part.noisy_labels = lookup[part.noisy_labels]
+        mapped[split] = part
+    return mapped, len(targets), names
