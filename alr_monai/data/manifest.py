@@ -198,9 +198,17 @@ def image_extension(path: str | os.PathLike[str], extensions: Iterable[str] | No
 
 
 def image_kind(path: str | os.PathLike[str]) -> ImageKind | None:
-    """Returns which library reads ``path`` (``"dicom"``, ``"nifti"`` or ``"pil"``), or None if unsupported."""
+    """Returns which library reads ``path`` (``"dicom"``, ``"nifti"`` or ``"pil"``), or None if unsupported.
+
+    The extension decides; a path without a known extension is ``"dicom"`` when it is a DICOM series reference (a
+    folder of slices, or ``FOLDER#SERIES_UID``) or a file with the DICOM ``DICM`` marker (``IM0001`` from a PACS).
+    """
     ext = image_extension(path)
-    return IMAGE_EXTENSIONS[ext] if ext is not None else None
+    if ext is not None:
+        return IMAGE_EXTENSIONS[ext]
+    from alr_monai.data.dicom import has_dicom_preamble, is_series_ref
+
+    return "dicom" if is_series_ref(path) or has_dicom_preamble(path) else None
 
 
 def read_manifest_table(manifest_path: Path) -> list[list[str]]:
@@ -517,7 +525,21 @@ def _image_problem(image_path: Path, root: Path | None, check_images: bool) -> s
     kind = image_kind(image_path)
     if kind is None:
         supported = ", ".join(IMAGE_EXTENSIONS)
-        return f"unsupported file extension for {image_path.name!r} (supported: {supported})"
+        if image_extension(image_path) is None and not image_path.exists():
+            return f"image file or DICOM series folder not found: {image_path}"
+        return (
+            f"unsupported file extension for {image_path.name!r} (supported: {supported}, a DICOM series folder, "
+            "or a DICOM file without extension)"
+        )
+    from alr_monai.data.dicom import is_series_ref, series_files
+
+    if is_series_ref(image_path):
+        if check_images:
+            try:
+                series_files(image_path)  # headers only: one series, every slice readable
+            except ValueError as err:
+                return str(err)
+        return None
     if not image_path.exists():
         return f"image file not found: {image_path}"
     if not image_path.is_file():
@@ -542,10 +564,14 @@ def _read_error(image_path: Path, kind: ImageKind) -> str | None:
         elif kind == "dicom":
             import pydicom
 
+            from alr_monai.data.dicom import no_pixel_data_error, quiet_pydicom
+
             # defer_size keeps the pixel bytes on disk: we only need to know PixelData is there.
-            dataset = pydicom.dcmread(image_path, defer_size="1 KB")
+            with quiet_pydicom():
+                dataset = pydicom.dcmread(image_path, defer_size="1 KB")
             if "PixelData" not in dataset:
-                return "DICOM file has no PixelData"
+                error = no_pixel_data_error(image_path, dataset)
+                return f"{error.reason}; fix: {error.fix}"
         else:
             import nibabel
 
