@@ -154,7 +154,8 @@ class MedicalImageReader(ImageReader):
             with quiet_pydicom():
                 native = self._readers[kind].read(data, **kwargs)
             if kind == "dicom":
-                for name, dataset in zip(filenames, ensure_tuple(native), strict=False):
+                datasets = native if isinstance(native, (list, tuple)) else [native]
+                for name, dataset in zip(filenames, datasets, strict=False):
                     if "PixelData" not in dataset and "FloatPixelData" not in dataset:
                         raise no_pixel_data_error(name, dataset)
         except Exception as error:  # raised later by get_data: LoadImage would try its other readers and hide it
