@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,9 @@ __all__ = [
 ]
 
 SERIES_SEPARATOR = "#"
+_quiet_lock = threading.Lock()
+_quiet_depth = 0
+_saved_level = logging.NOTSET
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 _FIX_SERIES = "export the complete series again from the PACS"
 
@@ -87,13 +91,21 @@ def _candidate_files(folder: Path) -> list[Path]:
 def quiet_pydicom() -> Iterator[None]:
     """Silence pydicom's own logger (it logs an ERROR with a traceback for some unreadable files): every failure
     is reported once, by us, naming the file."""
+    global _quiet_depth, _saved_level
     logger = logging.getLogger("pydicom")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
+    # Decoding runs in threads: only the first to enter silences, only the last to leave restores.
+    with _quiet_lock:
+        if _quiet_depth == 0:
+            _saved_level = logger.level
+            logger.setLevel(logging.CRITICAL)
+        _quiet_depth += 1
     try:
         yield
     finally:
-        logger.setLevel(level)
+        with _quiet_lock:
+            _quiet_depth -= 1
+            if _quiet_depth == 0:
+                logger.setLevel(_saved_level)
 
 
 def _headers(files: list[Path], where: Path) -> list[tuple[Path, Any]]:

@@ -195,7 +195,8 @@ class MedicalImageReader(ImageReader):
             meta[FRAMES_META_KEY] = 1
             return img.native.array, meta
         try:
-            array, meta = self._readers[img.kind].get_data(img.native)
+            with quiet_pydicom():  # a failing decoder plugin logs a traceback; the error below names the file once
+                array, meta = self._readers[img.kind].get_data(img.native)
         except Exception as error:  # pixel data is decoded here, not in read()
             raise self._file_error(img.kind, img.filenames, error) from error
         array = np.asarray(array)
