@@ -522,7 +522,8 @@ def _geometry_transforms(
             raise ValueError(f"orientation {codes!r} applies to volumes only: set --spatial_dims 3 or drop it")
         if len(codes) != 3 or any(sum(c in pair for c in codes) != 1 for pair in ("LR", "AP", "SI")):
             raise ValueError(f"orientation {orientation!r} is not 3 axis codes such as 'RAS' or 'LPS'")
-        chain.append(Orientationd(keys=keys, axcodes=codes))
+        # Affines are RAS (MONAI readers and read_series), so the labels are given rather than read from meta.
+        chain.append(Orientationd(keys=keys, axcodes=codes, labels=(("L", "R"), ("P", "A"), ("I", "S"))))
     if spacing is not None:
         values = [float(v) for v in ensure_tuple(spacing)]
         if spatial_dims != 3:
