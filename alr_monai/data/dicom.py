@@ -270,7 +270,28 @@ def invert_monochrome1(array: np.ndarray, photometric: Any) -> np.ndarray:
 
 
 def no_pixel_data_error(path: str | os.PathLike[str], header: Any) -> ImageFileError:
-    """The error for a DICOM object that holds no image (an RT plan, a structured report, a DICOMDIR)."""
+    """The error for a DICOM file without pixel data: ``not an image`` for an object that never holds one (an RT
+    plan, a structured report, a DICOMDIR: no Rows/Columns), else ``truncated``.
+
+    A file cut short inside its compressed pixel data also reads without PixelData (pydicom drops the unfinished
+    element), and one cut before it still has an image header: both are reported as truncated.
+    """
+    try:
+        content = Path(path).read_bytes()
+    except OSError:
+        content = b""
+    if b"\xe0\x7f\x10\x00" in content or b"\x7f\xe0\x00\x10" in content:
+        return ImageFileError(
+            path, "truncated", "file is truncated: it ends inside its pixel data", "copy the file again from its source"
+        )
+    if header.get("Rows") and header.get("Columns"):
+        return ImageFileError(
+            path,
+            "truncated",
+            f"an image header ({header.get('Rows')} x {header.get('Columns')}) without pixel data: the file was cut "
+            "short or exported without its pixels",
+            "copy the file again from its source",
+        )
     modality = str(header.get("Modality", "") or "").strip() or "unknown modality"
     sop = header.get("SOPClassUID")
     name = getattr(sop, "name", "") if sop is not None else ""

@@ -582,7 +582,11 @@ def _dicom_entries(
             singles.append(_entry(path, file_id(path), folder))
             continue
         patient = str(header.get("PatientID", "") or "").strip()
-        if str(header.get("SOPClassUID", "")) == DICOMDIR_SOP_CLASS or "PixelData" not in header:
+        # No pixels and no image header: an SR, RT plan or DICOMDIR. A CT header without pixels keeps its row, for
+        # `alr manifest check` to name as truncated.
+        if str(header.get("SOPClassUID", "")) == DICOMDIR_SOP_CLASS or (
+            "PixelData" not in header and not header.get("Rows")
+        ):
             modality = str(header.get("Modality", "") or "").strip() or "no modality"
             skip(f"DICOM without pixel data ({modality}): not an image", path)
             continue
