@@ -209,7 +209,9 @@ def _order_and_spacing(headers: list[tuple[Path, Any]], where: Path) -> tuple[li
                 f"({distances[i]:.3f} mm along the slice normal): duplicated slices or two series in one folder",
                 _FIX_SERIES,
             )
-        spacing = float(np.median(steps))
+        # The most common step (ties: the smallest) is the spacing; a missing slice leaves one step twice as long.
+        rounded, counts = np.unique(np.round(steps, 2), return_counts=True)
+        spacing = float(np.median(steps[np.abs(steps - rounded[np.argmax(counts)]) <= 0.01]))
         off = np.abs(steps - spacing) > max(0.01, 0.01 * spacing)
         if off.any():
             i = int(np.argmax(off))

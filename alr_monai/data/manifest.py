@@ -655,14 +655,13 @@ def _image_problem(image_path: Path, root: Path | None, check_images: bool) -> s
             f"unsupported file extension for {image_path.name!r} (supported: {supported}, a DICOM series folder, "
             "or a DICOM file without extension)"
         )
-    from alr_monai.data.dicom import is_series_ref, series_files
+    from alr_monai.data.dicom import is_series_ref, series_stamp_files, split_series_ref
 
     if is_series_ref(image_path):
-        if check_images:
-            try:
-                series_files(image_path)  # headers only: one series, every slice readable
-            except ValueError as err:
-                return str(err)
+        # A series folder must hold DICOM files; whether they make one volume is for the decode (`check --decode`,
+        # training), which reports a broken series like any other bad image, droppable.
+        if not series_stamp_files(image_path):
+            return f"DICOM series folder {split_series_ref(image_path)[0]} holds no DICOM files (.dcm or 'DICM' marker)"
         return None
     if not image_path.exists():
         return f"image file not found: {image_path}"
