@@ -557,7 +557,7 @@ class Manifest:
         test: float = 0.15,
         seed: int = 0,
         patient_level: int | None = None,
-        series: bool = True,
+        per_file: bool = False,
     ):
         """Turn ROOT/<class>/<files> (.dcm .nii .nii.gz .png .jpg, DICOM without extension, DICOM series folders)
         into a manifest CSV.
@@ -571,14 +571,15 @@ class Manifest:
             seed: seed of the split with --split.
             patient_level: patient ids from this folder level below each class folder (1: ROOT/<class>/<PATIENT>/...);
                 default: the DICOM PatientID tag.
-            series: one row per DICOM series (its folder, read as one volume); false: one row per DICOM file.
+            per_file: one row per DICOM file, also for the slices of a series (default: one row per series, its
+                folder, read as one volume).
         """
         from alr_monai.data.manifest import build_manifest_from_folder, load_manifest
 
         if patient_level is not None and (isinstance(patient_level, bool) or not isinstance(patient_level, int)):
             raise UsageError(f"--patient_level {patient_level!r} is not accepted; expected an integer >= 1")
         skipped: dict[str, list[str]] = {}
-        path = build_manifest_from_folder(root, out, patient_level=patient_level, series=bool(series), skipped=skipped)
+        path = build_manifest_from_folder(root, out, patient_level=patient_level, series=not per_file, skipped=skipped)
         manifest = load_manifest(path, check_images=False)
         volumes = sum(1 for r in manifest.records if Path(r["image"].split("#")[0]).is_dir())
         patients = len({r["patient_id"] for r in manifest.records if r["patient_id"]})
