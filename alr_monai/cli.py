@@ -650,7 +650,8 @@ class Manifest:
         if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
             raise UsageError(f"--workers {workers!r} is not accepted; expected an integer >= 1")
         sequences = coerce_literal(overrides.get("sequences"))
-        manifest = load_manifest(path, class_names=classes, root=root, sequences=sequences)
+        # With --decode the decode is the check (as in training), so every bad file is reported in its style.
+        manifest = load_manifest(path, class_names=classes, root=root, sequences=sequences, check_images=not decode)
         counts = {name: 0 for name in manifest.class_names}
         for record in manifest.records:
             counts[record["label_name"]] += 1

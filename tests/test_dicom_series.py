@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import logging
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -366,8 +367,10 @@ def test_one_message_per_bad_file_no_pydicom_log(tmp_path, manifest_write_csv, c
         [{"id": "cut", "image": "cut.dcm", "label": "a"}, {"id": "ok", "image": "ok.dcm", "label": "a"}],
     )
     level = logging.getLogger("pydicom").level
-    with caplog.at_level(logging.DEBUG):
+    with caplog.at_level(logging.DEBUG), warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
         bad = check_images(load_manifest(path, check_images=False), build_image_transforms([5, 6], 1), progress=False)
+    assert not [w for w in shown if "pydicom" in w.filename], [str(w.message) for w in shown]
     assert [(b.id, b.kind) for b in bad] == [("cut", "truncated")]
     assert not [r for r in caplog.records if r.name.startswith("pydicom")], [r.getMessage() for r in caplog.records]
     assert logging.getLogger("pydicom").level == level  # restored after the check

@@ -171,6 +171,8 @@ def check_images(
     ):
         # Said once per file, it would bury the report: a 2D slice without orientation tags is normal.
         warnings.filterwarnings("ignore", message=".*ImageOrientationPatient", category=UserWarning)
+        # pydicom warns about a file it then fails on ("End of file reached ..."): our line names it once.
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
         futures = [pool.submit(decode, record) for record in records]
         for future in as_completed(futures):
             result = future.result()

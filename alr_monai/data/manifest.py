@@ -17,6 +17,7 @@ import csv
 import io
 import json
 import os
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -690,7 +691,8 @@ def _read_error(image_path: Path, kind: ImageKind) -> str | None:
             from alr_monai.data.dicom import no_pixel_data_error, quiet_pydicom
 
             # defer_size keeps the pixel bytes on disk: we only need to know PixelData is there.
-            with quiet_pydicom():
+            with quiet_pydicom(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a file pydicom warns about is reported below, once
                 dataset = pydicom.dcmread(image_path, defer_size="1 KB")
             if "PixelData" not in dataset:
                 error = no_pixel_data_error(image_path, dataset)
