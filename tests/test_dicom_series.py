@@ -271,11 +271,19 @@ def test_build_finds_series_extensionless_files_and_counts_what_it_skipped(tmp_p
     assert rows[f"normal/PAT9/mixed#{UID}.92"]["image"] == f"pacs/normal/PAT9/mixed#{UID}.92"
     assert rows["nodule/PAT7/IM0001"]["image"] == "pacs/nodule/PAT7/IM0001"
     manifest = load_manifest(tmp_path / "m.csv")
-    assert check_images(manifest, build_image_transforms([5, 6, 4], 1, spatial_dims=3), progress=False) == [
-        b
-        for b in check_images(manifest, build_image_transforms([5, 6, 4], 1, spatial_dims=3), progress=False)
-        if b.id == "nodule/PAT7/IM0001"
-    ]  # every series decodes as a volume; only the 2D X-ray is the wrong shape for a 3D pipeline
+    bad = check_images(manifest, build_image_transforms([5, 6, 4], 1, spatial_dims=3), progress=False)
+    # every series decodes as a volume; only the 2D X-ray is the wrong shape for a 3D pipeline
+    assert [(b.id, b.kind) for b in bad] == [("nodule/PAT7/IM0001", "wrong shape")]
+
+
+def test_inference_manifest_takes_series_folders(tmp_path, manifest_write_csv):
+    from alr_monai.inference import read_inference_items
+
+    write_series(tmp_path / "ser", VOLUME, series_uid=UID)
+    write_slice(tmp_path / "IM0001", VOLUME[..., 0])
+    path = manifest_write_csv(tmp_path / "new.csv", [{"id": "s", "image": "ser"}, {"id": "x", "image": "IM0001"}])
+    items = read_inference_items(path, None, ["a", "b"], False, None)
+    assert [Path(item["image"]).name for item in items] == ["ser", "IM0001"]
 
 
 def test_build_one_row_per_file_when_series_is_off(tmp_path):
