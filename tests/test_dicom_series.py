@@ -185,6 +185,18 @@ def test_monochrome1_is_inverted_in_2d_and_3d(tmp_path):
     np.testing.assert_allclose(a, 1.0 - b, atol=1e-6)
 
 
+def test_monochrome1_multiframe_volume_is_inverted(tmp_path):
+    from test_decode_check import write_multiframe_dicom
+
+    frames = np.moveaxis(VOLUME, -1, 0)  # (frames, rows, columns)
+    plain = _load(write_multiframe_dicom(tmp_path / "m2.dcm", frames))
+    path = write_multiframe_dicom(tmp_path / "m1.dcm", frames)
+    dataset = pydicom.dcmread(path)
+    dataset.PhotometricInterpretation = "MONOCHROME1"
+    dataset.save_as(path)
+    np.testing.assert_allclose(_load(path), plain.min() + plain.max() - plain)
+
+
 # --------------------------------------------------------------------------------------- spacing and orientation
 def test_spacing_resamples_volumes_before_the_resize(tmp_path, imagefile_nifti):
     from monai.transforms import Compose, Spacingd
