@@ -2,8 +2,9 @@
 
 A manifest has the required columns ``id``, ``image`` and ``label``, the optional columns ``patient_id`` and
 ``split``, and any number of extra columns, which are kept and passed through untouched. ``image`` is a path to a
-DICOM (``.dcm``), NIfTI (``.nii``, ``.nii.gz``), PNG or JPEG file, either absolute or relative to the folder that
-holds the manifest. Multi-sequence data stored one file per sequence (T1, T2, FLAIR, ...) names the columns that
+DICOM (``.dcm``, or no extension with the ``DICM`` marker), NIfTI (``.nii``, ``.nii.gz``), PNG or JPEG file, or to a
+DICOM series folder read as one volume (``FOLDER#SERIES_UID`` for one series of several; see
+:mod:`alr_monai.data.dicom`), either absolute or relative to the folder that holds the manifest. Multi-sequence data stored one file per sequence (T1, T2, FLAIR, ...) names the columns that
 hold the sequences' paths (``sequences``); their files are stacked as channels in that order.
 
 :func:`load_manifest` validates the whole file before anything is trained and reports every problem at once, so a
