@@ -554,9 +554,17 @@ class Manifest:
 
     @staticmethod
     def build(
-        root: str, out: str = "manifest.csv", split: bool = False, val: float = 0.15, test: float = 0.15, seed: int = 0
+        root: str,
+        out: str = "manifest.csv",
+        split: bool = False,
+        val: float = 0.15,
+        test: float = 0.15,
+        seed: int = 0,
+        patient_level: int | None = None,
+        per_file: bool = False,
     ):
-        """Turn ROOT/<class>/<files> (.dcm .nii .nii.gz .png .jpg) into a manifest CSV.
+        """Turn ROOT/<class>/<files> (.dcm .nii .nii.gz .png .jpg, DICOM without extension, DICOM series folders)
+        into a manifest CSV.
 
         Args:
             root: a folder with one subfolder per class.
@@ -565,12 +573,29 @@ class Manifest:
             val: validation share with --split.
             test: test share with --split.
             seed: seed of the split with --split.
+            patient_level: patient ids from this folder level below each class folder (1: ROOT/<class>/<PATIENT>/...);
+                default: the DICOM PatientID tag.
+            per_file: one row per DICOM file, also for the slices of a series (default: one row per series, its
+                folder, read as one volume).
         """
         from alr_monai.data.manifest import build_manifest_from_folder, load_manifest
 
-        path = build_manifest_from_folder(root, out)
+        if patient_level is not None and (isinstance(patient_level, bool) or not isinstance(patient_level, int)):
+            raise UsageError(f"--patient_level {patient_level!r} is not accepted; expected an integer >= 1")
+        skipped: dict[str, list[str]] = {}
+        path = build_manifest_from_folder(root, out, patient_level=patient_level, series=not per_file, skipped=skipped)
         manifest = load_manifest(path, check_images=False)
-        print(f"wrote {path}: {len(manifest.records)} images, classes {manifest.class_names}")
+        volumes = sum(1 for r in manifest.records if Path(r["image"].split("#")[0]).is_dir())
+        patients = len({r["patient_id"] for r in manifest.records if r["patient_id"]})
+        print(
+            f"wrote {path}: {len(manifest.records)} images"
+            + (f" ({volumes} DICOM series read as volumes)" if volumes else "")
+            + f", classes {manifest.class_names}, "
+            + (f"{patients} patients" if patients else "no patient ids (see --patient_level)")
+        )
+        for reason, files in sorted(skipped.items()):
+            examples = ", ".join(files[:3]) + (", ..." if len(files) > 3 else "")
+            print(f"  skipped {len(files)} file{'s' if len(files) != 1 else ''}: {reason} ({examples})")
         if split:
             Manifest.split(str(path), val=val, test=test, seed=seed)
 
@@ -620,7 +645,8 @@ class Manifest:
                 wrong-channel-count file with the reason and the fix.
             workers: with --decode, images decoded at once (default: min(2, CPU count)).
             **overrides: the training keys that shape the chain (with --decode): spatial_dims, image_size,
-                in_channels, intensity, channel_axis; and sequences (the columns of a row's sequence files).
+                in_channels, intensity, channel_axis, spacing, orientation; and sequences (the columns of a row's
+                sequence files).
         """
         from alr_monai.data.manifest import load_manifest
 
@@ -628,7 +654,8 @@ class Manifest:
         if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
             raise UsageError(f"--workers {workers!r} is not accepted; expected an integer >= 1")
         sequences = coerce_literal(overrides.get("sequences"))
-        manifest = load_manifest(path, class_names=classes, root=root, sequences=sequences)
+        # With --decode the decode is the check (as in training), so every bad file is reported in its style.
+        manifest = load_manifest(path, class_names=classes, root=root, sequences=sequences, check_images=not decode)
         counts = {name: 0 for name in manifest.class_names}
         for record in manifest.records:
             counts[record["label_name"]] += 1
@@ -659,6 +686,8 @@ def _decode_check(manifest: Any, workers: int | None, overrides: dict[str, Any])
         spatial_dims=spatial_dims,
         intensity=setting("intensity"),
         channel_axis=setting("channel_axis"),
+        spacing=setting("spacing"),
+        orientation=setting("orientation"),
     )
     bad = check_images(manifest, transform, workers=workers)
     if bad:

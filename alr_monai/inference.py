@@ -19,7 +19,8 @@ import torch
 from ignite.engine import Engine, Events
 
 from alr_monai.algorithms.metrics import classification_metrics
-from alr_monai.data.manifest import ManifestError, image_extension, read_manifest_table
+from alr_monai.data.dicom import is_series_ref
+from alr_monai.data.manifest import ManifestError, image_kind, read_manifest_table
 from alr_monai.utils import atomic_write_csv, atomic_write_json
 
 __all__ = [
@@ -351,11 +352,11 @@ def read_inference_items(
                 image_path = manifest.parent / image_path
             if not image:
                 problems.append(at(number, f"empty {name!r} path"))
-            elif image_extension(image_path) is None:
+            elif image_kind(image_path) is None:  # by extension; or a DICOM series folder, or DICOM by its marker
                 problems.append(
                     at(number, f"{name} {image!r} is not a supported type (.dcm, .nii, .nii.gz, .png, .jpg, .jpeg)")
                 )
-            elif not image_path.is_file():
+            elif not image_path.is_file() and not is_series_ref(image_path):
                 problems.append(at(number, f"{name} file {image_path} not found"))
             paths.append(str(image_path.resolve()))
         item: dict[str, Any] = {

@@ -73,7 +73,7 @@ class Key:
         name: the bundle key, ``#`` separating levels (``vog#mix_ratio``).
         config: the bundle config file that defines it (and its default).
         phase: ``train``, ``manifest`` or ``relabel`` (see the module docstring).
-        kind: value type: ``int``, ``float``, ``bool``, ``str``, ``intensity`` or ``shape``; ``?`` appended
+        kind: value type: ``int``, ``float``, ``bool``, ``str``, ``intensity``, ``shape`` or ``spacing``; ``?`` appended
             (``float?``) allows null.
         meaning: one line.
         choices: accepted values of an enumeration (empty = any value of ``kind``).
@@ -132,6 +132,11 @@ class Key:
                 and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v)
             ),
             "intensity": _intensity_ok,
+            "spacing": lambda v: (
+                isinstance(v, (list, tuple))
+                and len(v) == 3
+                and all(isinstance(x, numbers.Real) and not isinstance(x, bool) and x > 0 for x in v)
+            ),
         }[kind](value)
         if ok and self.choices and value not in self.choices:
             hint = closest(str(value), [str(c) for c in self.choices])
@@ -160,6 +165,7 @@ class Key:
             "strlist": "a list of names, e.g. \"['a','b']\"",
             "shape": 'a list of positive sizes, e.g. "[64,64]"',
             "intensity": "'minmax', 'none' or {'window': [center, width]}",
+            "spacing": 'three positive spacings in mm (x, y, z), e.g. "[1.0,1.0,2.0]"',
         }[self.kind.rstrip("?")]
         if self.minimum is not None and self.maximum is not None:
             words += f" in [{self.minimum:g}, {self.maximum:g}]"
@@ -539,6 +545,20 @@ KEYS: tuple[Key, ...] = (
         "int?",
         "NIfTI with a 4th axis (MR sequences, time points): read it as channels (3 or -1); null refuses such files",
         choices=(3, -1),
+    ),
+    Key(
+        "spacing",
+        MANIFEST,
+        "manifest",
+        "spacing?",
+        "volumes: resample to this voxel spacing in mm (x, y, z) before the resize; null keeps each volume's grid",
+    ),
+    Key(
+        "orientation",
+        MANIFEST,
+        "manifest",
+        "str?",
+        "volumes: reorient to these axis codes (e.g. 'RAS') before spacing and resize; null keeps the stored order",
     ),
     Key(
         "sequences",

@@ -151,6 +151,8 @@ def test_training_writes_the_model_metadata(trained: dict):
         "spatial_dims": len(spatial),
         "intensity": "minmax",
         "channel_axis": None,
+        "spacing": None,
+        "orientation": None,
     }
 
 

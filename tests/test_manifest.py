@@ -123,7 +123,7 @@ def _assert_one_problem(path: Path, row: int, reason: str, **kwargs) -> Manifest
         ("empty_image", 3, "image file is empty (0 bytes)"),
         ("corrupt_png", 3, "unreadable image"),
         ("corrupt_dicom", 3, "unreadable image"),
-        ("dicom_without_pixels", 3, "DICOM file has no PixelData"),
+        ("dicom_without_pixels", 3, "without pixel data"),
         ("corrupt_nifti", 3, "unreadable image"),
         ("unknown_label", 3, "label 'cat' is not in the class list"),
         ("empty_id", 3, "empty id"),

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from alr_monai.data.dicom import is_series_ref, quiet_pydicom, series_stamp_files
 from alr_monai.data.image_errors import ImageFileError, find_image_error
 from alr_monai.data.manifest import Manifest, ManifestError, image_input
 from alr_monai.distributed import is_main_process
@@ -164,11 +165,14 @@ def check_images(
     bad: list[BadImage] = []
     with (
         warnings.catch_warnings(),
+        quiet_pydicom(),  # one line per bad file (ours), not pydicom's logged traceback besides it
         tqdm(total=len(records), desc="decoding images", unit="image", file=sys.stderr, disable=not show) as bar,
         ThreadPoolExecutor(max_workers=workers, thread_name_prefix="alr-decode") as pool,
     ):
         # Said once per file, it would bury the report: a 2D slice without orientation tags is normal.
         warnings.filterwarnings("ignore", message=".*ImageOrientationPatient", category=UserWarning)
+        # pydicom warns about a file it then fails on ("End of file reached ..."): our line names it once.
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
         futures = [pool.submit(decode, record) for record in records]
         for future in as_completed(futures):
             result = future.result()
@@ -264,7 +268,11 @@ def _stamp(record: Mapping[str, Any]) -> list[list[int]] | None:
     """(size, modification time in ns) of each of the record's files; None when one cannot be read."""
     files = image_input(dict(record))
     try:
-        stats = [os.stat(f) for f in ([files] if isinstance(files, str) else files)]
+        paths: list[Any] = []
+        for f in [files] if isinstance(files, str) else files:
+            # A DICOM series changes when one of its slice files does, not when its folder's timestamp does.
+            paths.extend(series_stamp_files(f) if is_series_ref(f) else [f])
+        stats = [os.stat(f) for f in paths]
     except OSError:
         return None
     return [[st.st_size, st.st_mtime_ns] for st in stats]

@@ -10,6 +10,9 @@ checks raise it directly. ``kind`` sorts the failures for ``alr manifest check -
 * ``4D``: a NIfTI with a 4th axis (time points, sequences) and no channel axis named;
 * ``wrong shape``: a volume given to the 2D pipeline or an image to the 3D one;
 * ``wrong channels``: a channel count the network's ``in_channels`` cannot take;
+* ``broken series``: a DICOM series folder that is not one volume (a missing slice, several series, slices of
+  different size, orientation or spacing);
+* ``not an image``: a DICOM object without pixel data (RT plan, structured report) or a file that is not DICOM;
 * ``undecodable``: anything else the decoder refused.
 """
 
@@ -29,6 +32,8 @@ KINDS: tuple[str, ...] = (
     "4D",
     "wrong shape",
     "wrong channels",
+    "broken series",
+    "not an image",
     "undecodable",
 )
 
@@ -147,6 +152,13 @@ def classify_read_error(path: str | Path, error: BaseException, dicom: bool = Fa
         if syntax is not None:
             name, fix = syntax
             return ImageFileError(path, "missing decoder", f"no installed decoder for {name} pixel data ({first})", fix)
+    if dicom and any(type(inner).__name__ == "InvalidDicomError" for inner in _chain(error)):
+        return ImageFileError(
+            path,
+            "not an image",
+            f"not a DICOM file ({first})",
+            "replace it with the DICOM file from the PACS, or remove the row (or pass --drop_bad_images true)",
+        )
     if isinstance(error, EOFError) or _TRUNCATED.search(text):
         return ImageFileError(path, "truncated", f"file is truncated: {first}", "copy the file again from its source")
     return ImageFileError(path, "undecodable", f"cannot decode: {first}")

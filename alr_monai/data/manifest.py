@@ -2,8 +2,9 @@
 
 A manifest has the required columns ``id``, ``image`` and ``label``, the optional columns ``patient_id`` and
 ``split``, and any number of extra columns, which are kept and passed through untouched. ``image`` is a path to a
-DICOM (``.dcm``), NIfTI (``.nii``, ``.nii.gz``), PNG or JPEG file, either absolute or relative to the folder that
-holds the manifest. Multi-sequence data stored one file per sequence (T1, T2, FLAIR, ...) names the columns that
+DICOM (``.dcm``, or no extension with the ``DICM`` marker), NIfTI (``.nii``, ``.nii.gz``), PNG or JPEG file, or to a
+DICOM series folder read as one volume (``FOLDER#SERIES_UID`` for one series of several; see
+:mod:`alr_monai.data.dicom`), either absolute or relative to the folder that holds the manifest. Multi-sequence data stored one file per sequence (T1, T2, FLAIR, ...) names the columns that
 hold the sequences' paths (``sequences``); their files are stacked as channels in that order.
 
 :func:`load_manifest` validates the whole file before anything is trained and reports every problem at once, so a
@@ -17,12 +18,14 @@ import csv
 import io
 import json
 import os
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from alr_monai.data.classes import check_class_names, class_name_problems
+from alr_monai.data.dicom import SERIES_SEPARATOR
 from alr_monai.utils import atomic_write_json, atomic_write_text
 
 __all__ = [
@@ -198,9 +201,17 @@ def image_extension(path: str | os.PathLike[str], extensions: Iterable[str] | No
 
 
 def image_kind(path: str | os.PathLike[str]) -> ImageKind | None:
-    """Returns which library reads ``path`` (``"dicom"``, ``"nifti"`` or ``"pil"``), or None if unsupported."""
+    """Returns which library reads ``path`` (``"dicom"``, ``"nifti"`` or ``"pil"``), or None if unsupported.
+
+    The extension decides; a path without a known extension is ``"dicom"`` when it is a DICOM series reference (a
+    folder of slices, or ``FOLDER#SERIES_UID``) or a file with the DICOM ``DICM`` marker (``IM0001`` from a PACS).
+    """
     ext = image_extension(path)
-    return IMAGE_EXTENSIONS[ext] if ext is not None else None
+    if ext is not None:
+        return IMAGE_EXTENSIONS[ext]
+    from alr_monai.data.dicom import has_dicom_preamble, is_series_ref
+
+    return "dicom" if is_series_ref(path) or has_dicom_preamble(path) else None
 
 
 def read_manifest_table(manifest_path: Path) -> list[list[str]]:
@@ -420,55 +431,77 @@ def build_manifest_from_folder(
     root: str | Path,
     out: str | Path,
     extensions: Sequence[str] = (".dcm", ".nii", ".nii.gz", ".png", ".jpg", ".jpeg"),
+    patient_level: int | None = None,
+    series: bool = True,
+    skipped: dict[str, list[str]] | None = None,
 ) -> Path:
     """Writes a manifest CSV for a ``ROOT/<class>/<files>`` folder tree.
 
     Each immediate sub-folder of ``root`` is a class; image files are searched recursively inside it (extension
-    match is case-insensitive, hidden files and folders are skipped). Columns are ``id,image,label,patient_id``:
-    ``id`` is the path relative to ``root`` without extension, with ``/`` separators; ``image`` is relative to the
-    output CSV's folder when possible, else absolute; ``patient_id`` comes from the DICOM ``PatientID`` tag when
-    present, else empty. Rows are sorted by class then path, and the file is written atomically.
+    match is case-insensitive, hidden files and folders are skipped). With ``.dcm`` among the extensions, files
+    without an extension that carry the DICOM ``DICM`` marker (``IM0001`` from a PACS export) are DICOM too, and
+    DICOM objects without pixel data (structured reports, RT plans, DICOMDIR) are skipped. With ``series``, the
+    single-frame slices of one series (same ``SeriesInstanceUID``, each with a patient position and orientation,
+    at least two) become one row whose ``image`` is their folder (``FOLDER#SERIES_UID`` when the folder holds
+    several series): one volume per series, as CT and MR arrive.
+
+    Columns are ``id,image,label,patient_id``: ``id`` is the path relative to ``root`` without extension (a series:
+    its folder, plus ``#<UID>`` when the folder holds several), with ``/`` separators; ``image`` is relative to the
+    output CSV's folder when possible, else absolute; ``patient_id`` is the name of the folder ``patient_level``
+    levels below the class folder when given (``<class>/<SUBJECT>/{baseline,followup}.nii.gz`` with level 1 ->
+    ``SUBJECT``), else the DICOM ``PatientID`` tag when present, else empty. Rows are sorted by class then path,
+    and the file is written atomically.
 
     Args:
         root: the dataset folder.
         out: the manifest CSV to write; its parent folder is created if needed.
         extensions: image extensions to include (``".nii.gz"`` counts as one extension).
+        patient_level: take patient ids from this folder level below each class folder (1 = the class folder's
+            sub-folders); None: from the DICOM headers.
+        series: group the slices of a DICOM series into one row (False: one row per file).
+        skipped: if given, filled with why files were left out -> the files (relative to ``root``).
 
     Returns:
         The path of the written manifest.
 
     Raises:
-        ValueError: ``root`` is not a folder, has no class folders, holds no matching images, or two files would
-            get the same id (e.g. ``a/x.png`` and ``a/x.dcm``).
+        ValueError: ``root`` is not a folder, has no class folders, holds no matching images, two files would get
+            the same id (e.g. ``a/x.png`` and ``a/x.dcm``), or a file lies above ``patient_level``.
     """
     root_path = Path(root).expanduser().absolute()
     out_path = Path(out).expanduser().absolute()
     if not root_path.is_dir():
         raise ValueError(f"dataset root {root_path} is not a folder")
+    if patient_level is not None and (isinstance(patient_level, bool) or int(patient_level) < 1):
+        raise ValueError(
+            f"patient_level must be 1 or more (1 = the folders inside each class folder), got {patient_level!r}"
+        )
     wanted = _normalise_extensions(extensions)
     class_dirs = sorted(p for p in root_path.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise ValueError(f"no class folders under {root_path}: expected ROOT/<class>/<image files>")
+    left_out: dict[str, list[str]] = {} if skipped is None else skipped
 
     rows: list[dict[str, str]] = []
     id_source: dict[str, Path] = {}
     for class_dir in class_dirs:
-        for file_path in _find_images(class_dir, wanted):
-            relative = file_path.relative_to(root_path)
-            ext = image_extension(file_path, wanted)
-            assert ext is not None  # _find_images only yields matching files
-            sample_id = relative.as_posix()[: -len(ext)]
+        for entry in _scan_class_folder(class_dir, wanted, series, left_out, root_path):
+            sample_id, path = entry["id"], entry["path"]
             if sample_id in id_source:
-                raise ValueError(f"files {id_source[sample_id]} and {file_path} would both get id {sample_id!r}")
-            id_source[sample_id] = file_path
-            rows.append(
-                {
-                    "id": sample_id,
-                    "image": _path_for_csv(file_path, out_path.parent),
-                    "label": class_dir.name,
-                    "patient_id": _dicom_patient_id(file_path) if IMAGE_EXTENSIONS.get(ext) == "dicom" else "",
-                }
-            )
+                raise ValueError(f"files {id_source[sample_id]} and {path} would both get id {sample_id!r}")
+            id_source[sample_id] = path
+            if patient_level is not None:
+                folder_parts = entry["folder"].relative_to(class_dir).parts
+                if len(folder_parts) < int(patient_level):
+                    raise ValueError(
+                        f"{path} lies {len(folder_parts)} folder level(s) below its class folder {class_dir.name!r}, "
+                        f"so --patient_level {patient_level} names no patient folder for it"
+                    )
+                patient = folder_parts[int(patient_level) - 1]
+            else:
+                patient = entry["patient_id"]
+            image = _path_for_csv(path, out_path.parent) + (f"{SERIES_SEPARATOR}{entry['uid']}" if entry["uid"] else "")
+            rows.append({"id": sample_id, "image": image, "label": class_dir.name, "patient_id": patient})
     if not rows:
         raise ValueError(f"no image files with extensions {sorted(wanted)} in the class folders under {root_path}")
 
@@ -479,6 +512,107 @@ def build_manifest_from_folder(
     writer.writerows([r["id"], r["image"], r["label"], r["patient_id"]] for r in rows)
     _keeping_mode(out_path, lambda: atomic_write_text(out_path, buffer.getvalue()))
     return out_path
+
+
+def _scan_class_folder(
+    class_dir: Path, wanted: set[str], series: bool, left_out: dict[str, list[str]], root: Path
+) -> list[dict[str, Any]]:
+    """The rows of one class folder: ``{"id", "path", "uid", "folder", "patient_id"}`` sorted by id; files left
+    out are added to ``left_out`` by reason."""
+    dicom_wanted = ".dcm" in wanted
+    entries: list[dict[str, Any]] = []
+
+    def skip(reason: str, path: Path) -> None:
+        left_out.setdefault(reason, []).append(path.relative_to(root).as_posix())
+
+    for dirpath, dirnames, filenames in os.walk(class_dir):
+        folder = Path(dirpath)
+        # Hidden folders and files (".git", macOS "._x.png") are never images of the dataset.
+        for name in dirnames:
+            if name.startswith("."):
+                skip("hidden folder", folder / name)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        dicoms: list[Path] = []
+        for name in sorted(filenames):
+            path = folder / name
+            if name.startswith("."):
+                skip("hidden file", path)
+                continue
+            ext = image_extension(name, wanted)
+            if ext is not None and IMAGE_EXTENSIONS.get(ext) != "dicom":
+                entries.append(_entry(path, path.relative_to(root).as_posix()[: -len(ext)], folder))
+            elif ext is not None or (dicom_wanted and image_extension(name) is None and _is_dicom(path)):
+                dicoms.append(path)
+            elif image_extension(name) is not None:
+                skip(f"extension not asked for ({sorted(wanted)})", path)
+            else:
+                skip("not an image (unknown extension and no DICOM 'DICM' marker)", path)
+        entries.extend(_dicom_entries(folder, dicoms, series, skip, root))
+    return sorted(entries, key=lambda e: e["id"])
+
+
+def _is_dicom(path: Path) -> bool:
+    from alr_monai.data.dicom import has_dicom_preamble
+
+    return has_dicom_preamble(path)
+
+
+def _entry(path: Path, sample_id: str, folder: Path, uid: str = "", patient_id: str = "") -> dict[str, Any]:
+    return {"id": sample_id, "path": path, "uid": uid, "folder": folder, "patient_id": patient_id}
+
+
+def _dicom_entries(
+    folder: Path, files: list[Path], series: bool, skip: Callable[[str, Path], None], root: Path
+) -> list[dict[str, Any]]:
+    """Rows for a folder's DICOM files: a series of slices is one row (its folder), every other file its own."""
+    import pydicom
+
+    from alr_monai.data.dicom import DICOMDIR_SOP_CLASS, quiet_pydicom
+
+    def file_id(path: Path) -> str:
+        ext = image_extension(path.name)
+        relative = path.relative_to(root).as_posix()
+        return relative[: -len(ext)] if ext else relative
+
+    singles: list[dict[str, Any]] = []
+    by_uid: dict[str, list[tuple[Path, str]]] = {}
+    for path in files:
+        try:
+            with quiet_pydicom():
+                header = pydicom.dcmread(path, defer_size="1 KB")
+        except Exception:  # an unreadable file keeps its row: `alr manifest check` names it with the reason
+            singles.append(_entry(path, file_id(path), folder))
+            continue
+        patient = str(header.get("PatientID", "") or "").strip()
+        # No pixels and no image header: an SR, RT plan or DICOMDIR. A CT header without pixels keeps its row, for
+        # `alr manifest check` to name as truncated.
+        if str(header.get("SOPClassUID", "")) == DICOMDIR_SOP_CLASS or (
+            "PixelData" not in header and not header.get("Rows")
+        ):
+            modality = str(header.get("Modality", "") or "").strip() or "no modality"
+            skip(f"DICOM without pixel data ({modality}): not an image", path)
+            continue
+        uid = str(header.get("SeriesInstanceUID", "") or "").strip()
+        slice_like = (
+            int(header.get("NumberOfFrames", 1) or 1) == 1
+            and "ImagePositionPatient" in header
+            and "ImageOrientationPatient" in header
+        )
+        if series and uid and slice_like:
+            by_uid.setdefault(uid, []).append((path, patient))
+        else:
+            singles.append(_entry(path, file_id(path), folder, patient_id=patient))
+    several = sum(len(members) > 1 for members in by_uid.values()) > 1 or len(singles) > 0
+    for uid, members in sorted(by_uid.items()):
+        if len(members) == 1:
+            path, patient = members[0]
+            singles.append(_entry(path, file_id(path), folder, patient_id=patient))
+            continue
+        whole_folder = not several and len(by_uid) == 1
+        sample_id = folder.relative_to(root).as_posix() + ("" if whole_folder else f"{SERIES_SEPARATOR}{uid}")
+        patient = next((p for _, p in members if p), "")
+        singles.append(_entry(folder, sample_id, folder, uid="" if whole_folder else uid, patient_id=patient))
+    return singles
 
 
 def _keeping_mode(path: str | Path, write: Callable[[], object]) -> None:
@@ -517,7 +651,20 @@ def _image_problem(image_path: Path, root: Path | None, check_images: bool) -> s
     kind = image_kind(image_path)
     if kind is None:
         supported = ", ".join(IMAGE_EXTENSIONS)
-        return f"unsupported file extension for {image_path.name!r} (supported: {supported})"
+        if image_extension(image_path) is None and not image_path.exists():
+            return f"image file or DICOM series folder not found: {image_path}"
+        return (
+            f"unsupported file extension for {image_path.name!r} (supported: {supported}, a DICOM series folder, "
+            "or a DICOM file without extension)"
+        )
+    from alr_monai.data.dicom import is_series_ref, series_stamp_files, split_series_ref
+
+    if is_series_ref(image_path):
+        # A series folder must hold DICOM files; whether they make one volume is for the decode (`check --decode`,
+        # training), which reports a broken series like any other bad image, droppable.
+        if not series_stamp_files(image_path):
+            return f"DICOM series folder {split_series_ref(image_path)[0]} holds no DICOM files (.dcm or 'DICM' marker)"
+        return None
     if not image_path.exists():
         return f"image file not found: {image_path}"
     if not image_path.is_file():
@@ -542,10 +689,15 @@ def _read_error(image_path: Path, kind: ImageKind) -> str | None:
         elif kind == "dicom":
             import pydicom
 
+            from alr_monai.data.dicom import no_pixel_data_error, quiet_pydicom
+
             # defer_size keeps the pixel bytes on disk: we only need to know PixelData is there.
-            dataset = pydicom.dcmread(image_path, defer_size="1 KB")
+            with quiet_pydicom(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a file pydicom warns about is reported below, once
+                dataset = pydicom.dcmread(image_path, defer_size="1 KB")
             if "PixelData" not in dataset:
-                return "DICOM file has no PixelData"
+                error = no_pixel_data_error(image_path, dataset)
+                return f"{error.reason}; fix: {error.fix}"
         else:
             import nibabel
 
@@ -564,32 +716,11 @@ def _normalise_extensions(extensions: Iterable[str]) -> set[str]:
     return normalised
 
 
-def _find_images(class_dir: Path, extensions: set[str]) -> list[Path]:
-    found = []
-    for dirpath, dirnames, filenames in os.walk(class_dir):
-        # Hidden folders and files (".git", macOS "._x.png") are never images of the dataset.
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in filenames:
-            if not name.startswith(".") and image_extension(name, extensions) is not None:
-                found.append(Path(dirpath) / name)
-    return sorted(found, key=lambda p: p.relative_to(class_dir).as_posix())
-
-
 def _path_for_csv(file_path: Path, csv_dir: Path) -> str:
     try:
         return Path(os.path.relpath(file_path, csv_dir)).as_posix()
     except ValueError:  # e.g. another drive on Windows: no relative path exists
         return str(file_path)
-
-
-def _dicom_patient_id(file_path: Path) -> str:
-    import pydicom
-
-    try:
-        dataset = pydicom.dcmread(file_path, stop_before_pixels=True)
-    except Exception:  # an unreadable file is reported by load_manifest; the import itself should not fail
-        return ""
-    return str(dataset.get("PatientID", "") or "").strip()
 
 
 def noisy_column_labels(manifest: Manifest, column: str, split: str = "train") -> list[int]:
@@ -604,7 +735,9 @@ def noisy_column_labels(manifest: Manifest, column: str, split: str = "train") -
     if records and column not in records[0]["extra"]:
         columns = sorted(records[0]["extra"])
         raise ManifestError(
-            [f"{manifest.path} row 1: no column {column!r} (noisy_label_column) of noisy labels; extra columns: {columns}"],
+            [
+                f"{manifest.path} row 1: no column {column!r} (noisy_label_column) of noisy labels; extra columns: {columns}"
+            ],
             manifest.path,
         )
     lookup = manifest.class_to_index()

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from alr_monai.utils import atomic_write_text
+
+logger = logging.getLogger("alr_monai")
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -59,6 +62,48 @@ def assign_splits(
     return assigned
 
 
+def dicom_patient_id(image: str) -> str:
+    """The PatientID tag of a DICOM image (a file, or the first slice of a series), or "" for anything else."""
+    from alr_monai.data.dicom import is_series_ref, quiet_pydicom, series_files
+    from alr_monai.data.manifest import image_kind
+
+    try:
+        if image_kind(image) != "dicom":
+            return ""
+        if is_series_ref(image):
+            headers = [header for _, header in series_files(image)]
+        else:
+            import pydicom
+
+            with quiet_pydicom():
+                headers = [pydicom.dcmread(image, stop_before_pixels=True)]
+    except Exception:  # an unreadable file has no patient to give; `alr manifest check` names it
+        return ""
+    return next((str(h.get("PatientID", "") or "").strip() for h in headers if h.get("PatientID")), "")
+
+
+def _warn_about_patients(path: Path, patients: Sequence[str | None], from_headers: int) -> None:
+    """Say loudly when rows have no patient id: each is split as its own patient, so a patient may be in two splits."""
+    missing = sum(1 for p in patients if not p)
+    if from_headers:
+        logger.warning("%s: patient ids of %d rows read from their DICOM headers (PatientID)", path, from_headers)
+    if missing == len(patients):
+        logger.warning(
+            "WARNING: no patient ids in %s: each of the %d rows is split as its own patient, so images of one patient "
+            "can land in train and test. Add a patient_id column, or rebuild with `alr manifest build ROOT "
+            "--patient_level N` (N = the folder level that names the patient below each class folder)",
+            path,
+            len(patients),
+        )
+    elif missing:
+        logger.warning(
+            "WARNING: %d of %d rows of %s have no patient id; each of them is split as its own patient",
+            missing,
+            len(patients),
+            path,
+        )
+
+
 def split_manifest(
     path: str | Path,
     out: str | Path | None = None,
@@ -69,7 +114,10 @@ def split_manifest(
 ) -> tuple[Path, list[list]]:
     """Write a copy of manifest ``path`` (or ``path`` itself) with a ``split`` column from :func:`assign_splits`.
 
-    Every other column and the row order are kept. The file is written atomically.
+    Every other column and the row order are kept. Rows without a patient id whose image is DICOM take the
+    header's PatientID (written into the ``patient_id`` column, added if missing); rows still without one are
+    each their own patient, with a warning (with counts) since a patient may then be in two splits. The file is
+    written atomically.
 
     Args:
         path: the manifest CSV (validated first; images are not opened).
@@ -90,6 +138,14 @@ def split_manifest(
         raise ValueError(f"{path} already has split values {manifest.splits()}; pass --overwrite to replace them")
     labels = [record["label"] for record in manifest.records]
     patients = [record["patient_id"] for record in manifest.records]
+    from_headers = {}
+    for record in manifest.records:
+        if not record["patient_id"]:
+            found = dicom_patient_id(record["image"])
+            if found:
+                from_headers[record["row"]] = found
+    patients = [from_headers.get(record["row"], record["patient_id"]) for record in manifest.records]
+    _warn_about_patients(Path(path), patients, len(from_headers))
     splits = assign_splits(labels, patients, (1.0 - val - test, val, test), seed)
     with open(path, newline="", encoding="utf-8-sig") as handle:
         rows = list(csv.reader(handle))
@@ -97,18 +153,31 @@ def split_manifest(
     column = header.index("split") if "split" in header else None
     if column is None:
         header = [*header, "split"]
+    # Patient ids read from DICOM headers are written into the patient_id column, so the query page and a later
+    # re-split see the same patients.
+    patient_column = header.index("patient_id") if "patient_id" in header else None
+    if from_headers and patient_column is None:
+        header = [*header, "patient_id"]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
     by_row = {record["row"]: split for record, split in zip(manifest.records, splits, strict=True)}
+    width = len(rows[0])
     for number, row in enumerate(rows[1:], start=2):
         if not any(cell.strip() for cell in row):
             continue
         split = by_row.get(number, "")
+        row = [*row, *[""] * (width - len(row))]
         if column is None:
-            writer.writerow([*row, split])
+            row = [*row, split]
         else:
-            writer.writerow([*row[:column], split, *row[column + 1 :]])
+            row = [*row[:column], split, *row[column + 1 :]]
+        if from_headers:
+            if patient_column is None:
+                row = [*row, from_headers.get(number, "")]
+            elif number in from_headers:
+                row[patient_column] = from_headers[number]
+        writer.writerow(row)
     target = Path(out) if out is not None else Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(target, buffer.getvalue())

@@ -32,15 +32,18 @@ from monai.transforms import (
     EnsureTyped,
     LoadImaged,
     MapTransform,
+    Orientationd,
     RandFlipd,
     RandomizableTransform,
     RandRotate90d,
     Resized,
     ScaleIntensityd,
     ScaleIntensityRanged,
+    Spacingd,
 )
 from monai.utils import MetaKeys, ensure_tuple
 
+from alr_monai.data.dicom import invert_monochrome1, is_series_ref, no_pixel_data_error, quiet_pydicom, read_series
 from alr_monai.data.image_errors import ImageFileError, classify_read_error
 from alr_monai.data.manifest import ImageKind, image_kind
 
@@ -65,6 +68,14 @@ def _pil_to_intensity_mode(image: Any) -> Any:
     """PILReader converter: turn palette/CMYK/... images into RGB(A) so pixel values are intensities."""
     target = _PIL_MODES_TO_RGB.get(image.mode)
     return image.convert(target) if target is not None else image
+
+
+@dataclass
+class _Series:
+    """A DICOM series read as one volume by :func:`alr_monai.data.dicom.read_series`."""
+
+    array: np.ndarray
+    meta: dict
 
 
 @dataclass
@@ -125,13 +136,28 @@ class MedicalImageReader(ImageReader):
         return self._kind(ensure_tuple(filename)) is not None
 
     def read(self, data: Sequence[Any] | Any, **kwargs: Any) -> _ReadImage:
-        """Reads one file (or several of the same kind, stacked as channels) with the matching MONAI reader."""
+        """Reads one file (or several of the same kind, stacked as channels) with the matching MONAI reader.
+
+        A DICOM series reference (a folder of slice files, or ``FOLDER#SERIES_UID``) is read as one volume by
+        :func:`alr_monai.data.dicom.read_series`; a DICOM object without pixel data is refused by name.
+        """
         filenames = tuple(str(f) for f in ensure_tuple(data))
         kind = self._kind(filenames)
         if kind is None:
             raise ValueError(f"unsupported or mixed image file types: {list(filenames)}")
+        if kind == "dicom" and len(filenames) == 1 and is_series_ref(filenames[0]):
+            try:
+                return _ReadImage(kind, _Series(*read_series(filenames[0])), filenames)
+            except Exception as error:  # raised by get_data, as below
+                return _ReadImage(kind, None, filenames, classify_read_error(filenames[0], error, True))
         try:
-            native = self._readers[kind].read(data, **kwargs)
+            with quiet_pydicom():
+                native = self._readers[kind].read(data, **kwargs)
+            if kind == "dicom":
+                datasets = native if isinstance(native, (list, tuple)) else [native]
+                for name, dataset in zip(filenames, datasets, strict=False):
+                    if "PixelData" not in dataset and "FloatPixelData" not in dataset:
+                        raise no_pixel_data_error(name, dataset)
         except Exception as error:  # raised later by get_data: LoadImage would try its other readers and hide it
             return _ReadImage(kind, None, filenames, self._file_error(kind, filenames, error, **kwargs))
         return _ReadImage(kind, native, filenames)
@@ -163,8 +189,14 @@ class MedicalImageReader(ImageReader):
         path = img.filenames[0] if img.filenames else "<image>"
         if img.error is not None:
             raise img.error
+        if isinstance(img.native, _Series):
+            meta = dict(img.native.meta)
+            meta[CHANNELS_META_KEY] = "single"
+            meta[FRAMES_META_KEY] = 1
+            return img.native.array, meta
         try:
-            array, meta = self._readers[img.kind].get_data(img.native)
+            with quiet_pydicom():  # a failing decoder plugin logs a traceback; the error below names the file once
+                array, meta = self._readers[img.kind].get_data(img.native)
         except Exception as error:  # pixel data is decoded here, not in read()
             raise self._file_error(img.kind, img.filenames, error) from error
         array = np.asarray(array)
@@ -197,6 +229,8 @@ class MedicalImageReader(ImageReader):
             return array  # several files stacked by MONAI as channels
         samples = int(first.get("SamplesPerPixel", 1) or 1)
         frames = int(first.get("NumberOfFrames", 1) or 1)
+        # MONOCHROME1 stores white as 0: invert (after rescale) so every image reads brighter = higher.
+        array = invert_monochrome1(array, first.get("PhotometricInterpretation"))
         if frames > 1 and array.ndim >= 3:
             # PydicomReader swaps the first two axes of (frames, rows, columns[, samples]); put the frames last so
             # the volume is (columns, rows, frames) like every other reader's x-first layout.
@@ -477,6 +511,31 @@ def _check_spatial_size(spatial_size: Sequence[int], spatial_dims: int) -> tuple
     return size
 
 
+def _geometry_transforms(
+    spacing: Sequence[float] | None, orientation: str | None, spatial_dims: int, keys: KeysCollection
+) -> list[Any]:
+    """Orientationd then Spacingd for volumes, as asked; a clear error for a bad value or a 2D pipeline."""
+    chain: list[Any] = []
+    if orientation is not None and str(orientation).strip():
+        codes = str(orientation).strip().upper()
+        if spatial_dims != 3:
+            raise ValueError(f"orientation {codes!r} applies to volumes only: set --spatial_dims 3 or drop it")
+        if len(codes) != 3 or any(sum(c in pair for c in codes) != 1 for pair in ("LR", "AP", "SI")):
+            raise ValueError(f"orientation {orientation!r} is not 3 axis codes such as 'RAS' or 'LPS'")
+        # Affines are RAS (MONAI readers and read_series), so the labels are given rather than read from meta.
+        chain.append(Orientationd(keys=keys, axcodes=codes, labels=(("L", "R"), ("P", "A"), ("I", "S"))))
+    if spacing is not None:
+        values = [float(v) for v in ensure_tuple(spacing)]
+        if spatial_dims != 3:
+            raise ValueError(f"spacing {values} applies to volumes only: set --spatial_dims 3 or drop it")
+        if len(values) != 3 or not all(v > 0 for v in values):
+            raise ValueError(
+                f'spacing must be 3 positive numbers in mm (x, y, z), e.g. "[1.0,1.0,2.0]", got {spacing!r}'
+            )
+        chain.append(Spacingd(keys=keys, pixdim=values, mode="bilinear"))
+    return chain
+
+
 def build_image_transforms(
     spatial_size: Sequence[int],
     in_channels: int,
@@ -486,11 +545,13 @@ def build_image_transforms(
     keys: KeysCollection = ("image",),
     resize_mode: str = "area",
     channel_axis: int | None = None,
+    spacing: Sequence[float] | None = None,
+    orientation: str | None = None,
 ) -> Compose:
     """Builds the chain that loads manifest images (DICOM, NIfTI, PNG/JPEG) into network-ready tensors.
 
-    Load (:class:`MedicalImageReader`) -> channel first -> drop singleton spatial axes -> ``in_channels`` channels
-    -> intensity -> resize -> optional random flip -> float32 tensor. Other keys (label, index, id) pass through,
+    Load (:class:`MedicalImageReader`) -> channel first -> drop singleton spatial axes -> [orientation ->
+    spacing, volumes only, when asked] -> ``in_channels`` channels -> intensity -> resize -> optional random flip -> float32 tensor. Other keys (label, index, id) pass through,
     with label and index made plain ints.
 
     Args:
@@ -506,6 +567,12 @@ def build_image_transforms(
             clinical images, and never leaves the input value range.
         channel_axis: for NIfTI files with a 4th axis (sequences, time points): the axis read as channels
             (3 or -1); None refuses such files. See :class:`MedicalImageReader`.
+        spacing: volumes only (``spatial_dims`` 3): resample to this voxel spacing in mm (x, y, z) before the
+            resize, with the spacing read from the NIfTI affine or the DICOM series (``Spacingd``, trilinear).
+            None keeps each volume's grid.
+        orientation: volumes only: reorient to these axis codes (e.g. ``"RAS"``, ``Orientationd``) before the
+            resampling and resize, so left, anterior and superior point the same way in every volume. None
+            keeps the stored axis order.
 
     Returns:
         The ``Compose`` to give to ``monai.data.Dataset`` or ``CacheDataset``. Any per-file failure raises
@@ -522,6 +589,7 @@ def build_image_transforms(
         loader,
         EnsureChannelFirstd(keys=keys),
         SqueezeToSpatialDimsd(keys=keys, spatial_dims=spatial_dims),
+        *_geometry_transforms(spacing, orientation, spatial_dims, keys),
         ForceChannelsd(keys=keys, channels=in_channels),
     ]
     scale = intensity_transform(intensity, keys=keys)
