@@ -10,6 +10,7 @@
     alr recover --run_dir runs/x              rebuild a lost relabel/state.json from the rounds' files
     alr report --run_dir runs/x               write and print report.md
     alr issues --run_dir runs/x               label_issues.csv: every sample ranked by how suspect its label is
+    alr predict FOLDER_OR_CSV --run_dir runs/x  predictions.csv for a folder of images or a manifest
     alr benchmark --preset small              a benchmark matrix (configs/benchmarks), resumable
     alr manifest build ROOT --out m.csv       folder tree ROOT/<class>/<files> -> manifest
     alr manifest check m.csv                  validate a manifest, report every bad row
@@ -67,6 +68,9 @@ def train(
     preset: str | Sequence[str] | None = None,
     manifest: str | None = None,
     nproc: int = 1,
+    tracking: str | None = None,
+    tracking_uri: str | None = None,
+    experiment_name: str | None = None,
     **overrides,
 ):
     """Phase 1: co-teaching with small-loss + VoG selection. Resumes if output_dir holds a checkpoint.
@@ -76,9 +80,15 @@ def train(
         preset: preset name(s) in configs/presets (paper_recipe, coteaching, ce, smoke) or .json paths.
         manifest: a manifest CSV (id,image,label[,patient_id,split]) to train on instead of the embedded data.
         nproc: processes to train with (torchrun, one per GPU; gloo on the CPU); batch_size stays the global batch.
+        tracking: "mlflow": log the training loss, the learning rate and the validation metrics to MLflow (MONAI's
+            --tracking mlflow; needs the mlflow package).
+        tracking_uri: the MLflow store (default: sqlite:///OUTPUT_DIR/mlruns.db, MONAI's default; MLflow 3.13+
+            and MONAI refuse a file: store) or a tracking server's http(s) URI.
+        experiment_name: the MLflow experiment (default monai_experiment).
         **overrides: bundle keys, e.g. max_epochs=5 or "vog#mix_ratio"=0.1.
     """
     check_overrides(overrides, ("train", "manifest") if manifest else ("train",), "train", strict=False)
+    tracking_keys = tracking_overrides(tracking, tracking_uri, experiment_name)
     if _launch_processes(nproc, overrides.get("device")):
         return
     if manifest and not Path(manifest).is_file():
@@ -86,6 +96,11 @@ def train(
             f"manifest file {manifest} not found: pass the path of your manifest CSV "
             "(`alr manifest build ROOT --out m.csv` makes one from a folder per class)"
         )
+    if overrides.get("pretrained") not in (None, "", "null", "None"):
+        pretrained = Path(str(overrides["pretrained"])).expanduser()
+        if not pretrained.is_file():
+            raise FileNotFoundError(f"--pretrained file {pretrained} not found: pass a .pt state dict or model.pt")
+        overrides["pretrained"] = str(pretrained.resolve())  # run_config.json and resumes must not depend on cwd
     run_dir = Path(output_dir)
     given_labels = bool(manifest) and coerce_literal(overrides.get("noisy_label_column")) is not None
     files = phase1_files(preset, bool(manifest), given_labels)
@@ -101,10 +116,36 @@ def train(
             # the files of one process: a later `alr relabel` chooses its own number of processes
             save_run_config(run_dir, config_files=files, overrides=overrides)
         started = time.time()
-        run_workflow(with_multi_process_overlay(files), overrides)
+        run_workflow(with_multi_process_overlay(files), {**overrides, **tracking_keys}, tracking=tracking)
         if is_main_process():
             print(f"phase 1 finished in {time.time() - started:.0f} s; outputs in {run_dir}", flush=True)
             print(write_report(run_dir).read_text(), flush=True)
+
+
+def tracking_overrides(tracking: str | None, tracking_uri: str | None, experiment_name: str | None) -> dict[str, Any]:
+    """MONAI's tracking keys for ``--tracking``; refuses settings without it and a missing mlflow package.
+
+    Raises:
+        UsageError: ``--tracking_uri`` or ``--experiment_name`` without ``--tracking mlflow``, or mlflow not
+            installed.
+    """
+    if tracking is None:
+        given = [
+            name for name, value in (("tracking_uri", tracking_uri), ("experiment_name", experiment_name)) if value
+        ]
+        if given:
+            raise UsageError(f"--{given[0]} needs --tracking mlflow")
+        return {}
+    import importlib.util
+
+    if importlib.util.find_spec("mlflow") is None:
+        raise UsageError("--tracking mlflow needs the mlflow package: pip install mlflow (or mlflow-skinny)")
+    keys: dict[str, Any] = {}
+    if tracking_uri:
+        keys["tracking_uri"] = str(tracking_uri)
+    if experiment_name:
+        keys["experiment_name"] = str(experiment_name)
+    return keys
 
 
 def relabel(run_dir: str = "runs/alr", mode: str = "simulation", nproc: int = 1, **overrides):
@@ -372,6 +413,39 @@ def answer(file: str, run_dir: str = "runs/alr", dry_run: bool = False, allow_em
         f"{entry['excluded']} excluded, {entry['skipped']} skipped). "
         f"Continue with: alr query --run_dir {shlex.quote(str(run_dir))}"
     )
+
+
+def predict(
+    source: str,
+    run_dir: str = "runs/alr",
+    out: str | None = None,
+    model: str = "final",
+    split: str | None = None,
+    device: str | None = None,
+):
+    """Predict a folder of images (searched recursively) or a manifest CSV with a run's model.
+
+    Writes predictions.csv (id, image, prob_<class> per class, predicted_index, predicted_label); unreadable files
+    (missing, unsupported, undecodable) are skipped and listed in skipped_images.csv beside it.
+
+    Args:
+        source: a folder of image files (.dcm, .nii, .nii.gz, .png, .jpg, .jpeg, or extensionless DICOM) or a
+            manifest CSV (id and image columns).
+        run_dir: the trained run folder (a manifest run: models/metadata.json says how its model reads images).
+        out: the output folder; default RUN_DIR/predict/<source name>.
+        model: "final" (phase 2's model when rounds ran, else phase 1's), "phase1", or a model .pt file.
+        split: predict only the manifest rows of this split.
+        device: torch device, e.g. cpu or cuda:1 (default cuda:0 if available, else cpu).
+    """
+    from alr_monai.predict import predict as run_predict
+
+    result = run_predict(source, run_dir, out, model=model, device=device, split=split)
+    print(f"predicted {result['predicted']} images with {result['model']}: {result['predictions']}")
+    if result["skipped_count"]:
+        print(f"skipped {result['skipped_count']} unreadable files, listed with the reason in {result['skipped']}")
+    if result["ignored"]:
+        counts = ", ".join(f"{count} {suffix}" for suffix, count in result["ignored"].most_common())
+        print(f"not images, left out: {counts}")
 
 
 def status(run_dir: str = "runs/alr"):
@@ -715,6 +789,7 @@ COMMANDS = {
     "recover": recover,
     "report": report,
     "issues": issues,
+    "predict": predict,
     "benchmark": benchmark,
     "manifest": Manifest,
 }
@@ -729,6 +804,7 @@ COMMAND_PHASES: dict[str, tuple[str, ...]] = {
 ARGUMENT_CHOICES: dict[tuple[str, str], tuple] = {
     ("relabel", "mode"): MODES,
     ("demo", "acquisition"): keys_.ACQUISITIONS,
+    ("train", "tracking"): ("mlflow",),
 }
 
 

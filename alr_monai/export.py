@@ -25,6 +25,7 @@ from alr_monai.utils import atomic_write_json
 
 __all__ = [
     "METADATA_FILE",
+    "data_description",
     "REQUIRED_PACKAGES",
     "model_metadata",
     "network_config",
@@ -104,6 +105,7 @@ def model_metadata(
     modality: str | None = None,
     network: Mapping[str, Any] | None = None,
     sequences: Sequence[str] | None = None,
+    data_type: str | None = None,
 ) -> dict[str, Any]:
     """The bundle metadata of one trained model.
 
@@ -121,6 +123,7 @@ def model_metadata(
         network: the peer network's constructor as a config (``_target_`` and its arguments), recorded so a
             user can rebuild the same network for inference or export (see :func:`network_config`).
         sequences: the manifest columns whose files were stacked as channels (a manifest run's ``sequences``).
+        data_type: the training files' kind in words (e.g. "DICOM files"; :func:`data_description`).
 
     Returns:
         The metadata dict: the base with ``network_data_format``, ``image_classes``, ``label_classes``,
@@ -151,6 +154,15 @@ def model_metadata(
     meta["required_packages_version"] = package_versions()
     if data_source is not None:
         meta["data_source"] = data_source
+    if not same:
+        # the bundle's name and task describe its default BloodMNIST model, not this run's
+        what = f"{modality} " if modality and modality != "unknown" else ""
+        meta["name"] = f"Active Label Refinement classifier: {what}{len(spatial)}D images, {len(names)} classes"
+        meta["task"] = (
+            f"Noise-robust classification of {what or 'medical '}images ({len(spatial)}D, {channels} channel"
+            f"{'s' if channels != 1 else ''}) into {len(names)} classes ({', '.join(names)}), with active label "
+            "refinement of the training labels"
+        )
     peers = f"the {num_peers} peers' logits" if num_peers > 1 else "one network's logits"
     meta["pred_classes"] = f"{len(names)} logits (sum of {peers}); softmax gives class probabilities"
     meta["label_classes"] = f"{len(names)} classes: {', '.join(names)}"
@@ -162,7 +174,9 @@ def model_metadata(
         )
         if data_source is None:
             meta["data_source"] = "the training data of this run (the manifest or dataset it was trained on)"
-        meta["data_type"] = "image files (DICOM, NIfTI, PNG or JPEG) or arrays, as listed by the training data"
+        meta["data_type"] = (
+            data_type or "image files (DICOM, NIfTI, PNG or JPEG) or arrays, as listed by the training data"
+        )
 
     image = dict(meta.get("network_data_format", {}).get("inputs", {}).get("image", {}))
     if not same:
@@ -208,6 +222,87 @@ def model_metadata(
     return meta
 
 
+_KIND_WORDS = {"dicom": "DICOM", "nifti": "NIfTI", "pil": "PNG/JPEG"}
+
+
+def _first_files(image: Any) -> list[Path]:
+    """The files of one item's image: a path, a list of sequence paths, or a folder (a DICOM series)."""
+    paths = [Path(p) for p in (image if isinstance(image, (list, tuple)) else [image]) if isinstance(p, (str, Path))]
+    files = []
+    for path in paths:
+        if path.is_dir():
+            inside = sorted(p for p in path.iterdir() if p.is_file())
+            files.extend(inside[:1])
+        else:
+            files.append(path)
+    return files
+
+
+def _dicom_modality(path: Path) -> str | None:
+    try:
+        import pydicom
+
+        header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"], force=False)
+    except Exception:  # not DICOM, unreadable: the data check reports those, not the metadata
+        return None
+    value = str(getattr(header, "Modality", "") or "").strip()
+    return value or None
+
+
+def data_description(
+    items: Sequence[Mapping[str, Any]], manifest_path: str | Path | None = None, limit: int = 64
+) -> dict[str, str | None]:
+    """What the training data is, for the model's metadata: its modality and its file kinds.
+
+    The modality comes from the DICOM Modality tags of up to ``limit`` files spread over ``items`` (several
+    modalities are joined, e.g. "CT, MR"); without DICOM files, from a ``modality`` column of the manifest when it
+    has one; else None (written as "unknown").
+
+    Args:
+        items: the training items (``image``: a path, a list of sequence paths, or a series folder).
+        manifest_path: the manifest CSV, for its optional ``modality`` column.
+        limit: the most files whose headers are read.
+
+    Returns:
+        ``{"modality": str or None, "data_type": str or None}`` (e.g. ``"CT"``, ``"DICOM files"``).
+    """
+    from alr_monai.data.manifest import image_kind
+
+    items = list(items)
+    step = max(1, len(items) // max(limit, 1))
+    sample = items[::step][:limit]
+    modalities: set[str] = set()
+    kinds: set[str] = set()
+    for item in sample:
+        for path in _first_files(item.get("image")):
+            kind = image_kind(path) or ("dicom" if path.parent.is_dir() and path.suffix == "" else None)
+            if kind:
+                kinds.add(_KIND_WORDS[kind])
+            if kind == "dicom" or path.suffix == "":
+                modality = _dicom_modality(path)
+                if modality:
+                    modalities.add(modality)
+    if not modalities and manifest_path is not None:
+        modalities = _manifest_modalities(Path(manifest_path))
+    return {
+        "modality": ", ".join(sorted(modalities)) or None,
+        "data_type": f"{' and '.join(sorted(kinds))} files listed in a manifest CSV" if kinds else None,
+    }
+
+
+def _manifest_modalities(path: Path) -> set[str]:
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            if "modality" not in (reader.fieldnames or []):
+                return set()
+            return {row["modality"].strip() for row in reader if (row.get("modality") or "").strip()}
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return set()
+
+
 def network_config(factory: Any) -> dict[str, Any] | None:
     """The config of a network factory (``"_mode_": "callable"`` gives a ``functools.partial``), or None.
 
@@ -246,6 +341,7 @@ def write_model_metadata(
     modality: str | None = None,
     network_factory: Any = None,
     sequences: Sequence[str] | None = None,
+    data_type: str | None = None,
 ) -> Path:
     """Writes :func:`model_metadata` for ``network`` to ``path`` atomically (phase 1 calls it in ``initialize``).
 
@@ -259,6 +355,7 @@ def write_model_metadata(
         modality: see :func:`model_metadata`.
         network_factory: the bundle's ``network_factory``; its arguments are recorded (:func:`network_config`).
         sequences: see :func:`model_metadata`.
+        data_type: see :func:`model_metadata`.
 
     Returns:
         ``path``.
@@ -274,6 +371,7 @@ def write_model_metadata(
         modality=modality,
         network=network_config(network_factory),
         sequences=sequences,
+        data_type=data_type,
     )
     if not is_main_process():  # several processes: rank 0 writes
         return Path(path)

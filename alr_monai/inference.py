@@ -238,6 +238,10 @@ class EvaluationWriter:
         probs = self._collector.matrix(len(self.class_names))
         if probs.shape[0] == 0:
             raise ValueError(f"split {self.split!r} has no images to evaluate")
+        if (probs < 0).any() or not torch.allclose(probs.sum(1), torch.ones(len(probs)), atol=1e-3):
+            probs = probs.softmax(
+                1
+            )  # logits (train.json's evaluator, overlaid by evaluate.json): the AUROC wants probabilities
         labels = torch.tensor(self._collector.labels, dtype=torch.long)
         metrics = classification_metrics(labels, probs.argmax(1), probs, num_classes=len(self.class_names))
         return {
@@ -280,6 +284,7 @@ def read_inference_items(
     class_names: Sequence[str] | None = None,
     require_labels: bool = False,
     sequences: Sequence[str] | None = None,
+    skip_bad_files: bool = False,
 ) -> list[dict[str, Any]]:
     """Reads the images of a manifest CSV for inference (labels optional) or evaluation (labels required).
 
@@ -295,6 +300,9 @@ def read_inference_items(
         require_labels: read the ``label`` column; every kept row must have a known class.
         sequences: columns holding one file per sequence, stacked as channels in this order (as the model was
             trained with ``sequences``); None reads the ``image`` column.
+        skip_bad_files: a row whose image file is missing or of an unsupported type is returned with a
+            ``"skip"`` entry (``{"kind", "reason", "fix"}``) instead of refusing the manifest; a later
+            :func:`require_decodable_items` with ``drop=True`` leaves it out and lists it.
 
     Returns:
         One dict per kept row: ``{"image": absolute path (a list of paths with sequences), "id": str, "index":
@@ -345,19 +353,23 @@ def read_inference_items(
         else:
             seen[sample_id] = number
         paths = []
+        file_problems: list[tuple[str, str]] = []
         for name in image_columns:
             image = cells[column[name]].strip()
             image_path = Path(image).expanduser()
             if not image_path.is_absolute():
                 image_path = manifest.parent / image_path
             if not image:
-                problems.append(at(number, f"empty {name!r} path"))
+                file_problems.append(("missing file", f"empty {name!r} path"))
             elif image_kind(image_path) is None:  # by extension; or a DICOM series folder, or DICOM by its marker
-                problems.append(
-                    at(number, f"{name} {image!r} is not a supported type (.dcm, .nii, .nii.gz, .png, .jpg, .jpeg)")
+                file_problems.append(
+                    (
+                        "unsupported type",
+                        f"{name} {image!r} is not a supported type (.dcm, .nii, .nii.gz, .png, .jpg, .jpeg)",
+                    )
                 )
             elif not image_path.is_file() and not is_series_ref(image_path):
-                problems.append(at(number, f"{name} file {image_path} not found"))
+                file_problems.append(("missing file", f"{name} file {image_path} not found"))
             paths.append(str(image_path.resolve()))
         item: dict[str, Any] = {
             "image": paths if sequences else paths[0],
@@ -365,6 +377,11 @@ def read_inference_items(
             "index": len(items),
             "row": number,
         }
+        if file_problems and skip_bad_files:
+            kind, reason = file_problems[0]
+            item["skip"] = {"kind": kind, "reason": reason, "fix": ""}
+        else:
+            problems.extend(at(number, reason) for _, reason in file_problems)
         if require_labels:
             label = cells[column["label"]].strip()
             if label.casefold() not in lookup:
@@ -425,30 +442,44 @@ def manifest_transforms(settings: Mapping[str, Any] | None, where: str | Path = 
     return build_image_transforms(**{**dict(settings), "augment": False})
 
 
+SKIPPED_FILE = "skipped_images.csv"
+SKIPPED_COLUMNS = ("row", "id", "image", "kind", "reason", "fix")
+
+
 def require_decodable_items(
     items: Sequence[Mapping[str, Any]],
     manifest_path: str | Path,
     transform: Any,
     check: bool = True,
+    drop: bool = False,
+    skipped_path: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """Decodes every item through ``transform`` before inference and reports every file that fails at once.
 
     Without this, the first bad file would stop the run halfway with a traceback; here each bad file is named
-    with its row, the reason and the fix (:func:`alr_monai.data.decode_check.check_images`).
+    with its row, the reason and the fix (:func:`alr_monai.data.decode_check.check_images`). With ``drop``, the
+    bad files are left out instead, listed in ``skipped_path`` (with the rows :func:`read_inference_items` marked
+    ``skip``: missing files, unsupported types), and the rest is predicted.
 
     Args:
         items: :func:`read_inference_items` output.
         manifest_path: the manifest they came from (named in the error).
         transform: the inference chain (``preprocessing``).
-        check: False skips the check (each image is then decoded once only, during inference).
+        check: False skips the check (each image is then decoded once only, during inference); ``drop`` checks
+            regardless, since a file that fails during inference would stop the run.
+        drop: skip and list unreadable files instead of refusing the manifest.
+        skipped_path: the CSV listing skipped files (columns row, id, image, kind, reason, fix; written, header
+            only when none was skipped, whenever ``drop`` is on); None writes none.
 
     Returns:
-        ``items`` as a list, unchanged.
+        The items to predict (with ``drop``: without the skipped ones, ``index`` renumbered).
 
     Raises:
-        ManifestError: some images cannot be decoded; one problem per file.
+        ManifestError: some images cannot be decoded (without ``drop``), or every image was skipped.
     """
     items = [dict(item) for item in items]
+    if drop:
+        return _drop_unreadable(items, manifest_path, transform, skipped_path)
     if not check or not items:
         return items
     from alr_monai.data.decode_check import check_images
@@ -473,3 +504,59 @@ def require_decodable_items(
             path,
         )
     return items
+
+
+def _drop_unreadable(
+    items: list[dict[str, Any]], manifest_path: str | Path, transform: Any, skipped_path: str | Path | None
+) -> list[dict[str, Any]]:
+    import logging
+
+    from alr_monai.data.decode_check import check_images
+    from alr_monai.data.manifest import Manifest
+
+    path = Path(manifest_path).expanduser().absolute()
+    skipped = [
+        {"row": item["row"], "id": item["id"], "image": _image_text(item["image"]), **item["skip"]}
+        for item in items
+        if "skip" in item
+    ]
+    readable = [item for item in items if "skip" not in item]
+    records = [
+        {
+            "id": item["id"],
+            "image": item["image"][0] if isinstance(item["image"], list) else item["image"],
+            "images": item["image"] if isinstance(item["image"], list) else None,
+            "label": int(item.get("label", 0)),
+            "row": int(item.get("row", position + 2)),
+            "split": None,
+        }
+        for position, item in enumerate(readable)
+    ]
+    bad = check_images(Manifest(path, ["-"], records), transform) if records else []
+    bad_ids = {b.id for b in bad}
+    skipped += [{key: b.as_row()[key] for key in SKIPPED_COLUMNS} for b in bad]
+    skipped.sort(key=lambda row: int(row["row"]))
+    kept = [item for item in readable if item["id"] not in bad_ids]
+    for position, item in enumerate(kept):
+        item["index"] = position
+    if skipped_path is not None:
+        atomic_write_csv(skipped_path, skipped, list(SKIPPED_COLUMNS))
+    if skipped:
+        where = f", listed in {skipped_path}" if skipped_path is not None else ""
+        logging.getLogger("alr_monai").warning(
+            "%d of %d images skipped as unreadable%s (first: %s: %s)",
+            len(skipped),
+            len(items),
+            where,
+            skipped[0]["image"],
+            skipped[0]["reason"],
+        )
+    if not kept:
+        raise ManifestError(
+            [f"{path}: every image was skipped as unreadable ({len(skipped)}); see {skipped_path}"], path
+        )
+    return kept
+
+
+def _image_text(image: Any) -> str:
+    return ";".join(image) if isinstance(image, (list, tuple)) else str(image)

@@ -320,6 +320,21 @@ KEYS: tuple[Key, ...] = (
     ),
     Key("dataset_dir", TRAIN, "train", "str?", "a folder with bloodmnist.npz; null = the embedded subset"),
     Key(
+        "pretrained",
+        TRAIN,
+        "train",
+        "str?",
+        "start both peers from these weights: a phase-1 models/model.pt, a MONAI bundle's models/model.pt (one "
+        "network's state dict) or a checkpoint holding one; a head with another class count is re-initialised",
+    ),
+    Key(
+        "pretrained_strict",
+        TRAIN,
+        "train",
+        "bool",
+        "refuse pretrained weights that do not fit the network, naming every key; false loads those that fit",
+    ),
+    Key(
         "dataset_path",
         TRAIN,
         "train",

@@ -188,12 +188,15 @@ def set_verbose(verbose: bool) -> None:
     _verbose = bool(verbose)
 
 
-def run_workflow(config_files: Sequence[str], overrides: Mapping[str, Any]) -> Any:
+def run_workflow(config_files: Sequence[str], overrides: Mapping[str, Any], tracking: str | None = None) -> Any:
     """Initialise, run and finalise a MONAI bundle workflow built from ``config_files`` plus ``overrides``.
 
     Args:
         config_files: bundle config files, merged in order (later files override earlier ones).
-        overrides: bundle keys (``"max_epochs"``, ``"vog#mix_ratio"``, ...) and their values.
+        overrides: bundle keys (``"max_epochs"``, ``"vog#mix_ratio"``, ...) and their values; with ``tracking``
+            also MONAI's tracking keys (``tracking_uri``, ``experiment_name``, ``run_name``).
+        tracking: MONAI's experiment tracking (``"mlflow"``, as ``python -m monai.bundle run --tracking mlflow``),
+            or None.
 
     Returns:
         The finalised :class:`monai.bundle.ConfigWorkflow`.
@@ -215,6 +218,7 @@ def run_workflow(config_files: Sequence[str], overrides: Mapping[str, Any]) -> A
                 meta_file=bundle_file("metadata.json"),
                 logging_file=bundle_file("logging.conf"),
                 workflow_type="train",
+                tracking=tracking,
                 **{key: coerce_literal(value) for key, value in overrides.items()},
             )
         finally:

@@ -13,6 +13,7 @@ from contextlib import nullcontext
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from ignite.engine import Engine, EventEnum, Events
 from ignite.metrics import Metric
 from monai.engines import Trainer
@@ -21,7 +22,6 @@ from monai.utils.enums import CommonKeys as Keys
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim import Optimizer
 
-from alr_monai.algorithms.losses import logit_adjusted_cross_entropy
 from alr_monai.algorithms.policy import SelectionPolicy
 from alr_monai.algorithms.selection import forget_rate_schedule
 from alr_monai.distributed import (
@@ -50,6 +50,33 @@ class CoTeachingEvents(EventEnum):
 
     LOSSES_COMPUTED = "losses_computed"
     SELECTION_COMPLETED = "selection_completed"
+
+
+def _first_of_one(transform: Callable) -> Callable:
+    def unwrapped(output: Any) -> Any:
+        value = transform(output)
+        return value[0] if isinstance(value, tuple) and len(value) == 1 else value
+
+    unwrapped.__wrapped__ = transform  # type: ignore[attr-defined]
+    return unwrapped
+
+
+def _scalar_loss_transform(handler: Any) -> None:
+    """Let MONAI's loss loggers read this trainer's one-dict output.
+
+    MONAI's logging handlers (``MLFlowHandler``, ``StatsHandler``, ``TensorBoardStatsHandler``; ``--tracking
+    mlflow`` adds the first with ``from_engine(['loss'], first=True)``) expect a decollated list of per-sample
+    dicts, where ``first=True`` yields the loss itself. This trainer does not decollate (per-sample handlers read
+    whole-batch tensors), so ``from_engine`` returns a one-element tuple and ``float()`` of it fails at the first
+    iteration. A one-element tuple is unwrapped here, which is what the decollated path would have given.
+    """
+    from monai.handlers import MLFlowHandler, StatsHandler, TensorBoardStatsHandler
+
+    if not isinstance(handler, (MLFlowHandler, StatsHandler, TensorBoardStatsHandler)):
+        return
+    transform = getattr(handler, "output_transform", None)
+    if callable(transform) and not hasattr(transform, "__wrapped__"):
+        handler.output_transform = _first_of_one(transform)
 
 
 class CoTeachingTrainer(Trainer):
@@ -91,6 +118,9 @@ class CoTeachingTrainer(Trainer):
             of one process on the same global batch; ``output["local"]`` is the slice of this rank's rows and
             ``output["image"]`` holds only this rank's images. A ``DistributedDataParallel`` around the whole
             ensemble (the model-zoo overlay's habit) is unwrapped and its peers wrapped one by one.
+        loss_function: the per-sample loss ``(logits, labels) -> (B,)`` that ranks the batch and updates the
+            peers (the bundle's ``loss`` key, ``torch.nn.CrossEntropyLoss(reduction="none")``); default: cross
+            entropy. It must not reduce. VoG's closed-form last-layer gradient assumes cross entropy.
 
     Every peer's gradient is the mean over the samples its peer kept in the global batch: each rank sums its own
     kept losses and scales by ``world_size / global kept count``, and DDP averages over ranks.
@@ -117,6 +147,7 @@ class CoTeachingTrainer(Trainer):
         distributed: bool | None = None,
         class_log_prior: Sequence[float] | torch.Tensor | None = None,
         logit_adjustment: float = 0.0,
+        loss_function: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         super().__init__(
             device=device,
@@ -145,6 +176,7 @@ class CoTeachingTrainer(Trainer):
         self.class_log_prior = None if class_log_prior is None else torch.as_tensor(class_log_prior).float()
         self.logit_adjustment = float(logit_adjustment)
         self.network = network
+        self.loss_function = loss_function
         self.optimizer = optimizer
         self.forget_rate = forget_rate
         self.num_gradual = num_gradual
@@ -166,6 +198,7 @@ class CoTeachingTrainer(Trainer):
             for handler in train_handlers:
                 # None is an optional handler an overlay switched off (e.g. "selection_metrics": null).
                 if handler is not None:
+                    _scalar_loss_transform(handler)
                     handler.attach(self)
 
     def current_forget_rate(self, epoch: int | None = None) -> float:
@@ -182,6 +215,20 @@ class CoTeachingTrainer(Trainer):
         epoch = self.state.epoch - 1 if epoch is None else epoch
         rates = [float(r) for r in self.class_forget_rates]
         return torch.tensor([forget_rate_schedule(epoch, r, self.num_gradual, self.exponent) for r in rates])
+
+    def _per_sample_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.class_log_prior is not None and self.logit_adjustment:
+            # logit adjustment (Menon et al. 2021): the loss sees logits + tau * log prior, inference the plain ones
+            logits = logits + self.logit_adjustment * self.class_log_prior.to(logits.device, logits.dtype)
+        if self.loss_function is None:
+            return F.cross_entropy(logits, targets, reduction="none")
+        losses = self.loss_function(logits, targets)
+        if losses.shape != targets.shape:
+            raise ValueError(
+                f"the co-teaching loss must give one value per sample (shape {tuple(targets.shape)}), got shape "
+                f"{tuple(losses.shape)}: set reduction='none' (e.g. torch.nn.CrossEntropyLoss(reduction='none'))"
+            )
+        return losses
 
     def _iteration(self, engine: Engine, batchdata: dict[str, Any]) -> dict:
         if batchdata is None:
@@ -200,10 +247,7 @@ class CoTeachingTrainer(Trainer):
         with autocast, synchronised:
             logits = [peer(inputs) for peer in self._train_peers]
             features = [tap.pop() for tap in self._taps]
-            losses = [
-                logit_adjusted_cross_entropy(out.float(), targets, self.class_log_prior, self.logit_adjustment)
-                for out in logits
-            ]
+            losses = [self._per_sample_loss(out.float(), targets) for out in logits]
 
         # The global batch (this rank's rows alone in one process): selection and per-sample state see it whole.
         count = len(self._train_peers)
