@@ -1,7 +1,7 @@
 """The bundle keys a user may set (``alr train --max_epochs 5``, ``--relabel#acquisition margin``): one table.
 
 Each key names the bundle config that defines it; its default is read from that config, so the CLI's help, the
-bundle docs (``bundles/alr_bloodmnist/docs/README.md``, whose key tables :func:`markdown_table` writes) and the
+bundle docs (``bundles/alr_classification/docs/README.md``, whose key tables :func:`markdown_table` writes) and the
 configs cannot drift apart. The CLI refuses any key not in this table (with the closest known key) and any value
 a key cannot take (with the accepted choices) before anything runs. Keys outside the table are internal wiring:
 change those with a preset .json (``alr train --preset my.json``) or ``python -m monai.bundle run``.

@@ -5,7 +5,7 @@ neither imports the other.
 
 Where the configs live: in a source checkout (and an editable install) they are the repository's top-level
 ``bundles/`` and ``configs/`` folders, the layout ``python -m monai.bundle run --config_file
-bundles/alr_bloodmnist/configs/train.json`` uses. A wheel ships the same folders as package data inside the
+bundles/alr_classification/configs/train.json`` uses. A wheel ships the same folders as package data inside the
 package (``alr_monai/bundles``, ``alr_monai/configs``; see ``[tool.setuptools]`` in pyproject.toml), so an
 installed ``alr`` finds them from any folder.
 """
@@ -37,7 +37,7 @@ __all__ = [
     "with_multi_process_overlay",
 ]
 
-BUNDLE_NAME = "alr_bloodmnist"
+BUNDLE_NAME = "alr_classification"
 RUN_CONFIG = "run_config.json"
 _SOURCE_ROOT = Path(__file__).resolve().parents[1]
 

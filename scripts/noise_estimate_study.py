@@ -5,7 +5,7 @@ Two steps, both resumable:
     python scripts/noise_estimate_study.py run      # short phase-1 runs, dumps per epoch (cached in runs/)
     python scripts/noise_estimate_study.py analyse  # offline: every estimator on every dump, tables
 
-``run`` trains the bundle's DEFAULT phase-1 setup (bundles/alr_bloodmnist/configs/train.json: two ResNet peers,
+``run`` trains the bundle's DEFAULT phase-1 setup (bundles/alr_classification/configs/train.json: two ResNet peers,
 co-teaching + VoG, forget rate from the per-class loss mixture at epoch 2) on the embedded long-tailed set, only
 shorter (``--epochs``, default 5), for every noise setting and seed. Validation inside the run is skipped until
 the last epoch and the test set is never evaluated (the study must not touch it). After each epoch a dump
@@ -94,7 +94,7 @@ def run_one(kind: str, rate: float, seed: int, out: Path, epochs: int) -> None:
         workflow = ConfigWorkflow(
             # the phase 1 the study measured: the default of its time, now the vog_global preset
             config_file=[
-                str(REPO / "bundles" / "alr_bloodmnist" / "configs" / "train.json"),
+                str(REPO / "bundles" / "alr_classification" / "configs" / "train.json"),
                 str(REPO / "configs" / "presets" / "vog_global.json"),
             ],
             workflow_type="train",

@@ -20,7 +20,7 @@ from alr_monai.data.augment import (
 )
 from alr_monai.handlers import BatchAugmentHandler
 
-TRAIN = Path(__file__).resolve().parents[1] / "bundles" / "alr_bloodmnist" / "configs" / "train.json"
+TRAIN = Path(__file__).resolve().parents[1] / "bundles" / "alr_classification" / "configs" / "train.json"
 
 
 def _images(batch: int = 8, size: int = 6, channels: int = 2) -> torch.Tensor:

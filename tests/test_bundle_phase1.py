@@ -29,7 +29,7 @@ from alr_monai.handlers import RunCheckpointer, SelectionMetricsHandler
 from alr_monai.handlers.outputs import SELECTION_COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "bundles" / "alr_bloodmnist" / "configs"
+CONFIGS = REPO / "bundles" / "alr_classification" / "configs"
 TRAIN = CONFIGS / "train.json"
 TRAIN_MANIFEST = CONFIGS / "train_manifest.json"
 INFERENCE = CONFIGS / "inference.json"

@@ -72,7 +72,7 @@ def test_pin_memory_only_on_cuda():
 def test_a_bundle_run_is_the_same_with_every_cache_policy(tmp_path: Path, write_tiny_bloodmnist):
     from monai.bundle import ConfigWorkflow
 
-    train = Path(__file__).resolve().parents[1] / "bundles" / "alr_bloodmnist" / "configs" / "train.json"
+    train = Path(__file__).resolve().parents[1] / "bundles" / "alr_classification" / "configs" / "train.json"
     (tmp_path / "data").mkdir()
     dataset_dir = write_tiny_bloodmnist(tmp_path / "data", {"train": 4, "val": 2, "test": 2})
     selections = {}

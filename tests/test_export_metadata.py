@@ -18,7 +18,7 @@ from alr_monai.data.medmnist import BLOODMNIST_CLASSES
 from alr_monai.export import REQUIRED_PACKAGES, model_metadata, read_model_metadata
 
 REPO = Path(__file__).resolve().parents[1]
-BUNDLE = REPO / "bundles" / "alr_bloodmnist"
+BUNDLE = REPO / "bundles" / "alr_classification"
 CONFIGS = BUNDLE / "configs"
 METADATA = CONFIGS / "metadata.json"
 TINY_NET = {"network_factory#block_inplanes": [4, 8, 8, 8]}

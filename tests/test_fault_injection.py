@@ -45,7 +45,7 @@ from alr_monai.relabel.recover import recover_run
 from alr_monai.utils import read_csv
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "bundles" / "alr_bloodmnist" / "configs"
+CONFIGS = REPO / "bundles" / "alr_classification" / "configs"
 TRAIN, RELABEL = CONFIGS / "train.json", CONFIGS / "relabel.json"
 PER_CLASS = {"train": 8, "val": 3, "test": 3}  # 64 / 24 / 24 images
 PHASE1 = {

@@ -19,7 +19,7 @@ from monai.bundle import ConfigWorkflow, ckpt_export
 from alr_monai import cli
 from alr_monai.relabel import RoundState
 
-CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "alr_bloodmnist" / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "alr_classification" / "configs"
 SHAPES = {"2d": ["[16,16]", 2], "3d": ["[8,8,8]", 3]}
 
 

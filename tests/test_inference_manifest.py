@@ -23,7 +23,7 @@ from alr_monai.export import read_model_metadata
 from alr_monai.inference import read_inference_items
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "bundles" / "alr_bloodmnist" / "configs"
+CONFIGS = REPO / "bundles" / "alr_classification" / "configs"
 TRAIN, TRAIN_MANIFEST = CONFIGS / "train.json", CONFIGS / "train_manifest.json"
 INFERENCE, INFERENCE_MANIFEST, EVALUATE = (
     CONFIGS / "inference.json",

@@ -16,7 +16,7 @@ from alr_monai.engines import CoTeachingTrainer
 from alr_monai.networks import PeerEnsemble
 
 REPO = Path(__file__).resolve().parents[1]
-BUNDLE = REPO / "bundles" / "alr_bloodmnist"
+BUNDLE = REPO / "bundles" / "alr_classification"
 CONFIGS = BUNDLE / "configs"
 TINY = {"batch_size": 32, "network_factory#block_inplanes": [4, 8, 8, 8]}
 

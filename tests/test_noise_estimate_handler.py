@@ -18,7 +18,7 @@ from alr_monai.handlers.noise_rate import _eval_pass, separable_balanced_accurac
 from alr_monai.networks import PeerEnsemble
 
 REPO = Path(__file__).resolve().parents[1]
-TRAIN = REPO / "bundles" / "alr_bloodmnist" / "configs" / "train.json"
+TRAIN = REPO / "bundles" / "alr_classification" / "configs" / "train.json"
 PRESETS = REPO / "configs" / "presets"
 NUM_CLASSES = 3
 NUM_SAMPLES = 48

@@ -72,9 +72,9 @@ def wheel(tmp_path_factory) -> Path:
 def test_wheel_holds_the_bundle_and_presets(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     for config in ("train.json", "train_manifest.json", "relabel.json", "inference.json", "metadata.json"):
-        assert f"alr_monai/bundles/alr_bloodmnist/configs/{config}" in names
-    assert "alr_monai/bundles/alr_bloodmnist/configs/logging.conf" in names
-    assert "alr_monai/bundles/alr_bloodmnist/docs/README.md" in names
+        assert f"alr_monai/bundles/alr_classification/configs/{config}" in names
+    assert "alr_monai/bundles/alr_classification/configs/logging.conf" in names
+    assert "alr_monai/bundles/alr_classification/docs/README.md" in names
     for preset in ("smoke", "ce", "coteaching", "paper_recipe"):
         assert f"alr_monai/configs/presets/{preset}.json" in names
     assert "alr_monai/configs/benchmarks/small.json" in names
@@ -106,14 +106,14 @@ print("ok", packaged)
 def test_source_checkout_uses_the_top_level_folders():
     from alr_monai.workflow import bundle_dir, configs_dir
 
-    assert bundle_dir() == ROOT / "bundles" / "alr_bloodmnist"
+    assert bundle_dir() == ROOT / "bundles" / "alr_classification"
     assert configs_dir() == ROOT / "configs"
 
 
 def test_run_config_written_by_another_install_is_relocated(tmp_path):
     from alr_monai.workflow import bundle_file, load_run_config, preset_files, save_run_config
 
-    old = ["/gone/bundles/alr_bloodmnist/configs/train.json", "/gone/configs/presets/smoke.json"]
+    old = ["/gone/bundles/alr_classification/configs/train.json", "/gone/configs/presets/smoke.json"]
     save_run_config(tmp_path, config_files=old, overrides={"max_epochs": 1})
     config = load_run_config(tmp_path)
     assert config["config_files"] == [bundle_file("train.json"), *preset_files("smoke")]

@@ -16,7 +16,7 @@ from alr_monai import cli
 from alr_monai.data.manifest import ManifestError
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "bundles" / "alr_bloodmnist" / "configs"
+CONFIGS = REPO / "bundles" / "alr_classification" / "configs"
 CLASSES = ["effusion", "nodule", "normal"]
 
 

@@ -19,7 +19,7 @@ from alr_monai import cli
 from alr_monai.networks import PeerEnsemble, load_pretrained, read_state_dict
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "bundles" / "alr_bloodmnist" / "configs"
+CONFIGS = REPO / "bundles" / "alr_classification" / "configs"
 TINY = {"batch_size": 32, "network_factory#block_inplanes": [4, 8, 8, 8]}
 
 

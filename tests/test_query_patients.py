@@ -17,7 +17,7 @@ from alr_monai.relabel import RelabelDriver
 from alr_monai.relabel.driver import patient_grouped_order
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "bundles" / "alr_bloodmnist" / "configs"
+CONFIGS = REPO / "bundles" / "alr_classification" / "configs"
 N = 30
 
 

@@ -428,7 +428,7 @@ def _bundle_relabel(run_dir: Path, **changes):
     """Phase 2 the way a bundle user runs it: train.json, the smoke preset and relabel.json, with ``changes``."""
     from monai.bundle import ConfigWorkflow
 
-    configs = Path(cli.__file__).resolve().parents[1] / "bundles" / "alr_bloodmnist" / "configs"
+    configs = Path(cli.__file__).resolve().parents[1] / "bundles" / "alr_classification" / "configs"
     preset = Path(cli.__file__).resolve().parents[1] / "configs" / "presets" / "smoke.json"
     workflow = ConfigWorkflow(
         config_file=[str(configs / "train.json"), str(preset), str(configs / "relabel.json")],

@@ -16,7 +16,7 @@ from PIL import Image
 from alr_monai import cli
 from alr_monai.export import data_description, model_metadata
 
-CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "alr_bloodmnist" / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "alr_classification" / "configs"
 TINY = {"network_factory#block_inplanes": [4, 8, 8, 8], "batch_size": 4}
 
 

@@ -172,7 +172,7 @@ def test_bundle_runs_take_the_lock_in_initialize(tmp_path, overlay):
     # ``python -m monai.bundle run`` users get the lock too: it is the first initialize expression.
     from monai.bundle import ConfigWorkflow
 
-    configs = REPO / "bundles" / "alr_bloodmnist" / "configs"
+    configs = REPO / "bundles" / "alr_classification" / "configs"
     run_dir = tmp_path / "run"
     holder = _holder(run_dir)
     try:

@@ -17,7 +17,7 @@ from alr_monai import cli
 from alr_monai.engines.coteaching import _scalar_loss_transform
 
 REPO = Path(__file__).resolve().parents[1]
-TRAIN = REPO / "bundles" / "alr_bloodmnist" / "configs" / "train.json"
+TRAIN = REPO / "bundles" / "alr_classification" / "configs" / "train.json"
 TINY = {"batch_size": 32, "network_factory#block_inplanes": [4, 8, 8, 8]}
 
 
