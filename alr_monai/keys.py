@@ -461,6 +461,15 @@ KEYS: tuple[Key, ...] = (
         minimum=1,
     ),
     Key(
+        "noise_estimate#max_rate",
+        TRAIN,
+        "train",
+        "float",
+        "the highest rate any class is cut at: every given class keeps at least 1 - max_rate of its samples",
+        minimum=0,
+        maximum=0.99,
+    ),
+    Key(
         "noise_estimate#disagreement_tolerance",
         TRAIN,
         "train",

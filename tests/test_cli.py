@@ -211,7 +211,7 @@ def test_help_lists_every_key_a_command_accepts_with_default_and_meaning(capsys)
     out = run_cli(["train", "--help"], capsys)[1]
     assert "--max_epochs (default 30)" in out and "phase-1 training epochs" in out
     assert (
-        "{random, entropy, least_confidence, margin, bald, coreset, label_quality}"
+        "{random, entropy, least_confidence, margin, bald, coreset, label_quality, suspect_entropy}"
         in run_cli(["query", "-h"], capsys)[1]
     )
     out = run_cli(["answer", "--help"], capsys)[1]

@@ -19,21 +19,20 @@ NUM_CLASSES = 3
 NUM_SAMPLES = 48
 
 
-def test_combine_takes_the_median_where_estimators_agree_and_the_lower_where_they_do_not():
+def test_combine_takes_the_median_and_flags_the_classes_where_estimators_disagree():
     estimates = {
         "a": torch.tensor([0.10, 0.50, float("nan")]),
         "b": torch.tensor([0.12, 0.10, 0.30]),
         "c": torch.tensor([0.14, 0.90, 0.32]),
     }
-    rates, spread, cautious = combine_estimates(estimates, tolerance=0.15)
-    assert rates[0] == pytest.approx(0.12)  # agree: the median
-    assert not cautious[0] and spread[0] == pytest.approx(0.04)
-    # 0.10 / 0.50 / 0.90 span 0.8: cautious, the lower of the median (0.50) and the second-lowest (0.50)
-    assert cautious[1] and spread[1] == pytest.approx(0.8) and rates[1] == pytest.approx(0.5)
+    rates, spread, flagged = combine_estimates(estimates, tolerance=0.15)
+    assert rates[0] == pytest.approx(0.12) and not flagged[0] and spread[0] == pytest.approx(0.04)
+    assert flagged[1] and spread[1] == pytest.approx(0.8) and rates[1] == pytest.approx(0.5)  # the median stands
     assert rates[2] == pytest.approx(0.31)  # NaN ignored; an even count takes the mean of the middle two
-    four = {k: torch.tensor([v]) for k, v in zip("abcd", [0.1, 0.2, 0.6, 0.7], strict=True)}
-    rates, _, cautious = combine_estimates(four, tolerance=0.15)
-    assert cautious[0] and rates[0] == pytest.approx(0.2)  # median 0.4 -> the second-lowest, 0.2
+    # one failing estimator (0.0 for a class 80% wrong) does not move the median far
+    four = {k: torch.tensor([v]) for k, v in zip("abcd", [0.0, 0.75, 0.8, 0.85], strict=True)}
+    rates, _, flagged = combine_estimates(four, tolerance=0.15)
+    assert flagged[0] and rates[0] == pytest.approx(0.775)
     with pytest.raises(ValueError, match="no estimates"):
         combine_estimates({})
 
@@ -222,4 +221,4 @@ def test_report_names_the_estimators_and_their_disagreement():
     }
     (line,) = _estimator_facts(train)
     assert "prototype_matching 0.500" in line and "gmm 0.200" in line and "after epoch 6" in line
-    assert "2 class(es) were cut at the lower estimate" in line
+    assert "disagree by up to 0.300 on 2 class(es)" in line

@@ -385,24 +385,28 @@ def confident_joint_val_rates(
 # Several estimators, one decision. Each estimator above fails in its own way: the loss mixture splits a class
 # whose clean and wrong losses overlap about in half; the validation-calibrated ones read the network rather than
 # the labels while the network is weak, and memorisation pulls them towards 0 late in training. Where they agree,
-# the common value is safe; where they disagree, the rate of that class is unknown and the cut should be mild.
+# the common value is safe; where they disagree, the rate of that class is unknown: the run says so, and the
+# first round's audit can measure it.
 ENSEMBLE_METHODS: tuple[str, ...] = ("prototype_matching", "confident_joint_val", "confusion_inversion", "gmm")
 
 
 def combine_estimates(estimates: dict[str, Tensor], tolerance: float = 0.15) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-class noise rates from several estimators: their median, cautious where they disagree.
+    """Per-class noise rates from several estimators: their median, with the classes where they disagree flagged.
 
-    A class whose estimators span more than ``tolerance`` (max - min) takes the LOWER of its median and its
-    second-lowest estimate: it is cut less, so its clean samples survive an estimate nobody can vouch for; the
-    rounds' answers correct it later (:func:`expert_corrected_rates`). NaN estimates are ignored.
+    The median of four estimators survives one that fails (on a binary long tail at symmetric 0.3, confusion
+    inversion read 0.0 for a class 80% wrong while the others read 0.6-0.8). A class whose estimators span more than
+    ``tolerance`` (max - min) is flagged: its rate is uncertain, the run says so, and the first round's audit
+    (:class:`~alr_monai.relabel.recut.TrustedRecut`) measures it. Taking the LOWER estimate there instead (cut less,
+    keep more) was tried: on that binary cell it cut the 80%-wrong class at 0.60 and lost 0.08 balanced accuracy
+    against prototype matching alone (one seed), so the flag changes no rate. NaN estimates are ignored.
 
     Args:
         estimates: estimator name -> (C,) per-class rates.
-        tolerance: the spread above which a class is cut cautiously.
+        tolerance: the spread above which a class is flagged.
 
     Returns:
-        ``(rates, spread, cautious)``: (C,) float64 combined rates, (C,) spread (max - min over the estimators,
-        NaN where fewer than two exist), and a (C,) boolean mask of the classes cut cautiously.
+        ``(rates, spread, flagged)``: (C,) float64 median rates, (C,) spread (max - min over the estimators,
+        NaN where fewer than two exist), and a (C,) boolean mask of the classes whose estimators disagree.
     """
     if not estimates:
         raise ValueError("no estimates to combine")
@@ -421,9 +425,7 @@ def combine_estimates(estimates: dict[str, Tensor], tolerance: float = 0.15) -> 
         )
         if values.numel() >= 2:
             spread[c] = values[-1] - values[0]
-            if float(spread[c]) > tolerance:
-                cautious[c] = True
-                rates[c] = min(float(rates[c]), float(values[1]))
+            cautious[c] = float(spread[c]) > tolerance
     return rates, spread, cautious
 
 

@@ -355,9 +355,9 @@ class NoiseRateEstimateHandler:
         if self.cautious_classes:
             self.logger.warning(
                 f"noise rate estimators disagree by up to {self.disagreement:.2f} (> "
-                f"{self.disagreement_tolerance:.2f}) on {', '.join(self.cautious_classes)}: those classes are cut "
-                "at the lower estimate, so the trusted set may hold more wrong labels there; the rounds' answers "
-                "measure it (per estimator: "
+                f"{self.disagreement_tolerance:.2f}) on {', '.join(self.cautious_classes)}: their rates (the "
+                "median) are uncertain, so their trusted sets may be off; an audit in the first round "
+                "(--relabel#audit_per_class 3) measures them (per estimator: "
                 + "; ".join(f"{m} {self._weighted(r):.2f}" for m, r in self.estimator_rates.items())
                 + ")"
             )
