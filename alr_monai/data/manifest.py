@@ -604,7 +604,9 @@ def noisy_column_labels(manifest: Manifest, column: str, split: str = "train") -
     if records and column not in records[0]["extra"]:
         columns = sorted(records[0]["extra"])
         raise ManifestError(
-            [f"{manifest.path} row 1: no column {column!r} (noisy_label_column) of noisy labels; extra columns: {columns}"],
+            [
+                f"{manifest.path} row 1: no column {column!r} (noisy_label_column) of noisy labels; extra columns: {columns}"
+            ],
             manifest.path,
         )
     lookup = manifest.class_to_index()
