@@ -86,6 +86,17 @@ def test_suite_markdown_and_plots(suite_run):
         assert f"| {cell} |" in text
         assert (suite_run / cell / "results.md").is_file()  # each cell's own matrix tables
     assert "| ours | phase-1 bal. acc. |" in text and "| ce | entropy: final bal. acc. |" in text
+    assert "| ours | per-class noise MAE |" in text and "| ours | entropy: gain over phase 1 |" in text
+    # gain = final - phase 1, per seed, as results.csv has them
+    _, rows = _rows(suite_run / "results.csv")
+    final = [r for r in rows if (r["cell"], r["method"], r["round"]) == ("embedded_binary", "ours", "1")][0]
+    gain = float(final["test_balanced_accuracy"]) - float(final["phase1_test_balanced_accuracy"])
+    line = [
+        row
+        for row in text.split("## entropy: gain over phase 1 per cell")[1].splitlines()
+        if row.startswith("| ours |")
+    ][0]
+    assert f"{gain:.3f}" in line
     # the worst cell names a cell
     worst = [line for line in text.splitlines() if line.startswith("| ours | phase-1 bal. acc. |")][0]
     assert any(f"({cell})" in worst for cell in TINY_CELLS)
