@@ -67,10 +67,7 @@ def test_suite_results_have_one_row_per_method_cell_seed_round(suite_run):
 
 def test_suite_cells_are_the_data_they_say(suite_run):
     run = suite_run / "embedded_binary" / "ours" / "confusion0.3" / "seed0"
-    assert json.loads((run / "classes.json").read_text())["class_names"] == [
-        "eosinophil+erythroblast+immature_granulocytes+lymphocyte+monocyte+neutrophil+platelet",
-        "basophil",
-    ]
+    assert json.loads((run / "classes.json").read_text())["class_names"] == ["other", "basophil"]
     # binary 9:1 from a cap of 72: 72 of the rest, 8 basophils; confusion noise: flips go to the other class
     _, noise = _rows(suite_run / "embedded_binary" / "ours" / "confusion0.3" / "seed0" / "noise.csv")
     true = np.array([int(r["true_label"]) for r in noise])
@@ -89,6 +86,17 @@ def test_suite_markdown_and_plots(suite_run):
         assert f"| {cell} |" in text
         assert (suite_run / cell / "results.md").is_file()  # each cell's own matrix tables
     assert "| ours | phase-1 bal. acc. |" in text and "| ce | entropy: final bal. acc. |" in text
+    assert "| ours | per-class noise MAE |" in text and "| ours | entropy: gain over phase 1 |" in text
+    # gain = final - phase 1, per seed, as results.csv has them
+    _, rows = _rows(suite_run / "results.csv")
+    final = [r for r in rows if (r["cell"], r["method"], r["round"]) == ("embedded_binary", "ours", "1")][0]
+    gain = float(final["test_balanced_accuracy"]) - float(final["phase1_test_balanced_accuracy"])
+    line = [
+        row
+        for row in text.split("## entropy: gain over phase 1 per cell")[1].splitlines()
+        if row.startswith("| ours |")
+    ][0]
+    assert f"{gain:.3f}" in line
     # the worst cell names a cell
     worst = [line for line in text.splitlines() if line.startswith("| ours | phase-1 bal. acc. |")][0]
     assert any(f"({cell})" in worst for cell in TINY_CELLS)

@@ -209,7 +209,7 @@ def test_medmnist_class_map_cap_and_noisy_labels(tmp_path):
     assert np.array_equal(train.noisy_labels, np.where(np.arange(100) % 4 == 0, (train.labels + 1) % 4, train.labels))
     # binary: class 3 against the rest; class names joined
     binary = load_medmnist(path, class_map=[0, 0, 0, 1])
-    assert binary.num_classes == 2 and binary.class_names == ["0+1+2", "3"]
+    assert binary.num_classes == 2 and binary.class_names == ["other", "3"]
     assert np.bincount(binary["train"].labels).tolist() == [90, 10]
     assert np.bincount(binary["test"].labels).tolist() == [18, 6]
     assert set(binary["train"].noisy_labels.tolist()) == {0, 1}
@@ -230,3 +230,12 @@ def test_medmnist_class_map_cap_and_noisy_labels(tmp_path):
     assert (noisy == -1).sum() == 5
     with pytest.raises(ValueError, match="5 noisy labels are negative"):
         inject_noise(np.zeros(len(noisy), dtype=np.int64), 0.0, 3, "given", given_labels=noisy)
+
+
+def test_class_map_names(tmp_path):
+    from alr_monai.data.medmnist import load_medmnist
+
+    path = _write_npz(tmp_path / "four.npz", noisy=False)
+    assert load_medmnist(path, class_map=[0, 0, 1, 1]).class_names == ["0+1", "2+3"]
+    assert load_medmnist(path, class_map=[0, 0, 0, 1]).class_names == ["other", "3"]
+    assert load_medmnist(path, class_map=[1, 0, None, 2]).class_names == ["1", "0", "3"]

@@ -168,8 +168,9 @@ def load_medmnist(
         path: ``.npz`` or ``.npz.xz``; None means the embedded long-tailed BloodMNIST demo subset.
         imbalance_ratio: if given, long-tail the TRAINING split to this ratio (val and test stay as released).
         seed: seed of the long-tail draw.
-        class_names: names by index (after ``class_map``); defaults to BloodMNIST's names for the embedded set,
-            else "0", "1", ...; with a ``class_map``, the source names of each new class joined by "+".
+        class_names: names by index (after ``class_map``); defaults to BloodMNIST's (or BreastMNIST's) names, else
+            "0", "1", ...; with a ``class_map``, the source names of each new class joined by "+", or "other" for
+            a class merged from more than two ("other_<k>" if several are).
         class_map: the new class of each source class (by source index), None to drop the class's samples from
             every split: ``[0, 0, 0, 1, 0, 0, 0, 0]`` makes BloodMNIST binary (class 3 against the rest), ``[0, 1,
             None]`` keeps two of three classes. Applied before long-tailing.
@@ -240,14 +241,20 @@ def _map_classes(
     path: Path,
 ) -> tuple[dict[str, MedMNISTSplit], int, list[str]]:
     """Every split with its classes mapped by ``class_map`` (see :func:`load_medmnist`), the new class count and
-    the new classes' names (their source names joined by "+")."""
+    the new classes' names."""
     if len(class_map) != num_classes:
         raise ValueError(f"{path}: class_map has {len(class_map)} entries for the file's {num_classes} classes")
     targets = sorted({int(t) for t in class_map if t is not None})
     if len(targets) < 2 or targets != list(range(len(targets))):
         raise ValueError(f"{path}: class_map {class_map} must map onto classes 0..K-1 with K >= 2 (None drops one)")
     lookup = np.array([-1 if t is None else int(t) for t in class_map], dtype=np.int64)
-    names = ["+".join(source_names[c] for c in range(num_classes) if lookup[c] == k) for k in targets]
+    groups = [[source_names[c] for c in range(num_classes) if lookup[c] == k] for k in targets]
+    # a class merged from more than two is "other" (numbered if several are), so names stay short in query sheets
+    merged = [k for k, group in enumerate(groups) if len(group) > 2]
+    names = [
+        "+".join(group) if len(group) <= 2 else "other" if len(merged) == 1 else f"other_{k}"
+        for k, group in enumerate(groups)
+    ]
     mapped = {}
     for split, data in splits.items():
         labels = lookup[data.labels]
