@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from alr_monai.csvcells import unescape_row
 from alr_monai.tables import format_cell, markdown_table
 from alr_monai.utils import atomic_write_bytes, atomic_write_text
 
@@ -258,8 +259,8 @@ def _sections(run_dir: Path) -> list[tuple]:
     rounds_csv = run_dir / "relabel" / "rounds.csv"
     if rounds_csv.is_file():
         blocks.append(("h2", "Phase 2: active relabel rounds"))
-        with open(rounds_csv, newline="") as handle:
-            table = list(csv.reader(handle))
+        with open(rounds_csv, newline="", encoding="utf-8") as handle:
+            table = [unescape_row(cells) for cells in csv.reader(handle)]
         if table:
             blocks.append(("table", table[0], [[_number(cell) for cell in row] for row in table[1:]]))
         if state is not None and state.get("history"):

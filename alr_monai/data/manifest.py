@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from alr_monai.csvcells import escape_row, unescape_row
 from alr_monai.data.classes import check_class_names, class_name_problems
 from alr_monai.utils import atomic_write_json, atomic_write_text
 
@@ -214,7 +215,7 @@ def read_manifest_table(manifest_path: Path) -> list[list[str]]:
         raise problem("manifest file not found")
     try:
         with open(manifest_path, encoding="utf-8-sig", newline="") as handle:
-            table = list(csv.reader(handle))
+            table = [unescape_row(cells) for cells in csv.reader(handle)]
     except UnicodeDecodeError as err:
         raise problem(f"manifest is not UTF-8 text ({err.reason})") from err
     except csv.Error as err:
@@ -476,7 +477,7 @@ def build_manifest_from_folder(
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["id", "image", "label", "patient_id"])
-    writer.writerows([r["id"], r["image"], r["label"], r["patient_id"]] for r in rows)
+    writer.writerows(escape_row([r["id"], r["image"], r["label"], r["patient_id"]]) for r in rows)
     _keeping_mode(out_path, lambda: atomic_write_text(out_path, buffer.getvalue()))
     return out_path
 

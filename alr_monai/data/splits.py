@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from alr_monai.csvcells import escape_row, unescape_row
 from alr_monai.utils import atomic_write_text
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -105,10 +106,11 @@ def split_manifest(
         if not any(cell.strip() for cell in row):
             continue
         split = by_row.get(number, "")
+        row = unescape_row(row)  # rewritten with the spreadsheet-safe rule, whatever the file had
         if column is None:
-            writer.writerow([*row, split])
+            writer.writerow(escape_row([*row, split]))
         else:
-            writer.writerow([*row[:column], split, *row[column + 1 :]])
+            writer.writerow(escape_row([*row[:column], split, *row[column + 1 :]]))
     target = Path(out) if out is not None else Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(target, buffer.getvalue())

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from alr_monai.csvcells import escape_row, unescape_cell
 from alr_monai.data.classes import EXCLUDE, check_class_names
 from alr_monai.utils import atomic_write_csv, atomic_write_text, read_csv
 
@@ -195,17 +196,19 @@ def write_query_file(
         given = _label_index(row["given_label"], len(names), f"{where} given_label")
         predicted = _label_index(row["predicted_label"], len(names), f"{where} predicted_label")
         writer.writerow(
-            [
-                sample_id,
-                "" if row.get("image") is None else str(row["image"]),
-                names[given],
-                names[predicted],
-                _format_float(row["predicted_probability"]),
-                _format_float(row["score"]),
-                "" if row.get("patient_id") is None else str(row["patient_id"]),
-                "",
-                "",
-            ]
+            escape_row(
+                [
+                    sample_id,
+                    "" if row.get("image") is None else str(row["image"]),
+                    names[given],
+                    names[predicted],
+                    _format_float(row["predicted_probability"]),
+                    _format_float(row["score"]),
+                    "" if row.get("patient_id") is None else str(row["patient_id"]),
+                    "",
+                    "",
+                ]
+            )
         )
     text = buffer.getvalue()
     path = Path(path)
@@ -228,7 +231,8 @@ def _ordered(ids: Collection[str]) -> list[str]:
 
 
 def _cell(record: list[str], column: int | None) -> str:
-    return record[column] if column is not None and column < len(record) else ""
+    """A cell as the expert meant it: surrounding whitespace and the spreadsheet-safe prefix removed."""
+    return unescape_cell(record[column].strip()) if column is not None and column < len(record) else ""
 
 
 def _read_records(path: Path, problems: list[str]) -> tuple[list[list[str]], list[tuple[int, int]]] | None:

@@ -34,6 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from alr_monai.csvcells import escape_dict, unescape_dict
 from alr_monai.relabel.expert import Answer, check_class_names, read_answers, write_query_file
 from alr_monai.runlock import run_lock
 from alr_monai.utils import append_bytes, atomic_write_bytes, atomic_write_csv, atomic_write_json
@@ -490,7 +491,7 @@ class AuditTrail:
         reader = csv.DictReader(io.StringIO(data.decode("utf-8-sig"), newline=""))
         if reader.fieldnames not in (AUDIT_COLUMNS, LEGACY_AUDIT_COLUMNS):
             raise ValueError(f"audit trail {self.path} has columns {reader.fieldnames}, expected {AUDIT_COLUMNS}")
-        return list(reader)
+        return [unescape_dict(row) for row in reader]
 
     def _columns(self) -> list[str]:
         """The columns this trail is written in: the legacy six for a trail that already has them."""
@@ -546,7 +547,7 @@ class AuditTrail:
         writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
         if created or self.path.stat().st_size == 0:
             writer.writeheader()
-        writer.writerows(new)
+        writer.writerows(escape_dict(row) for row in new)
         append_bytes(self.path, buffer.getvalue().encode("utf-8"))
         return len(new)
 
