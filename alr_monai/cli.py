@@ -616,7 +616,9 @@ class Manifest:
                 wrong-channel-count file with the reason and the fix.
             workers: with --decode, images decoded at once (default: min(2, CPU count)).
             **overrides: the training keys that shape the chain (with --decode): spatial_dims, image_size,
-                in_channels, intensity, channel_axis; and sequences (the columns of a row's sequence files).
+                in_channels, intensity, channel_axis; sequences (the columns of a row's sequence files); and
+                allow_patient_overlap (accept a patient in more than one split, warned with counts, as training
+                would with the same flag).
         """
         from alr_monai.data.manifest import load_manifest
 
@@ -624,7 +626,13 @@ class Manifest:
         if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
             raise UsageError(f"--workers {workers!r} is not accepted; expected an integer >= 1")
         sequences = coerce_literal(overrides.get("sequences"))
-        manifest = load_manifest(path, class_names=classes, root=root, sequences=sequences)
+        manifest = load_manifest(
+            path,
+            class_names=classes,
+            root=root,
+            sequences=sequences,
+            allow_patient_overlap=bool(coerce_literal(overrides.get("allow_patient_overlap", False))),
+        )
         counts = {name: 0 for name in manifest.class_names}
         for record in manifest.records:
             counts[record["label_name"]] += 1

@@ -86,7 +86,7 @@ def split_manifest(
     """
     from alr_monai.data.manifest import load_manifest
 
-    manifest = load_manifest(path, check_images=False)
+    manifest = load_manifest(path, check_images=False, allow_patient_overlap=None if overwrite else False)
     if manifest.splits() and not overwrite:
         raise ValueError(f"{path} already has split values {manifest.splits()}; pass --overwrite to replace them")
     labels = [record["label"] for record in manifest.records]

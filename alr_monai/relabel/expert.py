@@ -27,6 +27,7 @@ import numpy as np
 
 from alr_monai.csvcells import escape_row, unescape_cell
 from alr_monai.data.classes import EXCLUDE, check_class_names
+from alr_monai.data.text import comment_problem, normalize_comment, text_key, text_problem
 from alr_monai.utils import atomic_write_csv, atomic_write_text, read_csv
 
 QUERY_COLUMNS = [
@@ -100,7 +101,8 @@ class _LabelParser:
 
     def __init__(self, class_names: Sequence[str]) -> None:
         self.names = check_class_names(class_names)
-        self.by_name = {name.strip().lower(): index for index, name in enumerate(self.names)}
+        # the rule class names are unique under: NFC, case and zero-width characters ignored
+        self.by_name = {text_key(name): index for index, name in enumerate(self.names)}
         # If any class is itself named like an integer ("1", "2", ...), "1" could mean the class named "1" or
         # class index 1; accept names only, so an answer can never silently mean two different classes.
         self.indices_allowed = not any(_is_int(name.strip()) for name in self.names)
@@ -113,10 +115,12 @@ class _LabelParser:
 
     def parse(self, raw: str) -> tuple[int | None, bool, str | None]:
         value = raw.strip()
-        key = value.lower()
+        key = text_key(value)
+        if value and text_problem(value) is not None:
+            return None, False, f"expert_label {raw!r} {text_problem(value)}"
         if not key:
             return None, False, None
-        if key == EXCLUDE:
+        if key == EXCLUDE:  # casefolded, as every key
             return None, True, None
         if key in self.by_name:
             return self.by_name[key], False, None
@@ -190,6 +194,8 @@ def write_query_file(
         sample_id = str(row["id"])
         if not sample_id.strip():
             raise ValueError(f"{where} has an empty id")
+        if text_problem(sample_id) is not None:
+            raise ValueError(f"{where}: id {sample_id!r} {text_problem(sample_id)}")
         if sample_id in seen:
             raise ValueError(f"{where}: duplicate id {sample_id!r}")
         seen.add(sample_id)
@@ -372,6 +378,15 @@ def read_answers(
             continue  # the row's cells are not where the header says: checking their values would mislead
         sample_id = _cell(record, id_col).strip()
         raw_label = _cell(record, label_col)
+        comment = normalize_comment(_cell(record, comment_col))
+        for name, value, reason in (
+            ("id", sample_id, text_problem(sample_id)),
+            ("reader", _cell(record, reader_col), text_problem(_cell(record, reader_col))),
+            ("comment", comment, comment_problem(comment)),
+        ):
+            if reason is not None:
+                problems.append(f"{where}, column {name!r}: {value!r} {reason}")
+                row_ok = False
         if not sample_id:
             problems.append(f"{where}: empty id")
             row_ok = False
@@ -392,7 +407,7 @@ def read_answers(
             row_ok = False
         if row_ok:
             row_reader = _cell(record, reader_col).strip() or reader
-            answers.append(Answer(sample_id, label, excluded, _cell(record, comment_col).strip(), row_reader))
+            answers.append(Answer(sample_id, label, excluded, comment.strip(), row_reader))
     if not problems and not allow_empty and all(answer.skipped for answer in answers):
         problems.append(
             f"{path}: no answer at all (every expert_label is blank; was the query file saved back unfilled?): "
