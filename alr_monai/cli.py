@@ -298,7 +298,7 @@ def answer(file: str, run_dir: str = "runs/alr", dry_run: bool = False, allow_em
     """
     from alr_monai.relabel import RoundError, RoundState, apply_answers_file, read_answers
     from alr_monai.relabel.readers import ADJUDICATOR, read_reader_settings, submit_reader_answers
-    from alr_monai.relabel.state import is_label_change, relabel_outputs
+    from alr_monai.relabel.state import check_audit, is_label_change, relabel_outputs
 
     relabel_dir = Path(run_dir) / "relabel"
     state_path = relabel_dir / "state.json"
@@ -309,6 +309,7 @@ def answer(file: str, run_dir: str = "runs/alr", dry_run: bool = False, allow_em
     settings = read_reader_settings(relabel_dir)
     if settings.readers > 1 and not dry_run:
         state = RoundState.load(state_path)
+        check_audit(state, relabel_dir / "audit.csv", state_path)  # before a reader's file is kept
         if state.pending_round is None:
             raise RoundError(f"no query is pending in {state_path} ({state.round} rounds applied)")
         if not reader:
@@ -381,7 +382,7 @@ def status(run_dir: str = "runs/alr"):
     """
     from alr_monai.relabel import RoundState
     from alr_monai.relabel.readers import read_reader_settings
-    from alr_monai.relabel.state import relabel_outputs
+    from alr_monai.relabel.state import AuditError, check_audit, relabel_outputs
 
     state_path = Path(run_dir) / "relabel" / "state.json"
     if not state_path.is_file() and not relabel_outputs(state_path.parent):  # lost with rounds: load refuses
@@ -392,6 +393,10 @@ def status(run_dir: str = "runs/alr"):
     print(
         f"{run_dir}: {state.round} round(s) applied, {state.budget_spent} labels spent, pool {len(state.pool_indices())}"
     )
+    try:
+        check_audit(state, state_path.parent / "audit.csv", state_path)
+    except AuditError as error:
+        print(f"problem: {error}")
     if state.pending_round is not None:
         pending = state.pending_round
         query_file = Path(run_dir) / "relabel" / "queries" / f"round_{pending}.csv"
@@ -413,7 +418,8 @@ def status(run_dir: str = "runs/alr"):
 
 
 def recover(run_dir: str = "runs/alr"):
-    """Rebuild a missing or unreadable relabel/state.json from the rounds' query, answers and audit files.
+    """Rebuild a missing or unreadable relabel/state.json from the rounds' query, answers and audit files, or a
+    deleted, truncated or edited relabel/audit.csv from the answers files (intact rows kept as they are).
 
     Refuses, and writes nothing, if those files disagree with each other or with labels_cleaned.csv.
 
@@ -425,7 +431,7 @@ def recover(run_dir: str = "runs/alr"):
     recovery = recover_run(run_dir)
     for note in recovery.notes:
         print(note)
-    print(f"rebuilt {Path(run_dir) / 'relabel' / 'state.json'}; continue with the command you were running")
+    print(f"rebuilt {Path(run_dir) / 'relabel' / recovery.rebuilt}; continue with the command you were running")
 
 
 def issues(run_dir: str = "runs/alr", top: int = 20):
