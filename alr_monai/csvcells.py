@@ -4,8 +4,9 @@ Every CSV alr writes may be opened in a spreadsheet program (query and answers f
 labels_cleaned.csv by a reviewer, label_issues.csv by a data manager), and ids, patient ids, comments and reader
 names come from people. A cell starting with ``=``, ``+``, ``-``, ``@``, a tab, a carriage return or a line feed
 can be read as a formula (``=HYPERLINK("http://evil.example","y")``), so, as OWASP recommends for CSV injection,
-such a cell is written with a leading apostrophe, which spreadsheets show as text. To keep the rule reversible a
-cell that itself starts with an apostrophe gets one more. Plain numbers (``-3``, ``+0.5``, ``-1e-05``) are written
+such a cell is written with a leading apostrophe, which spreadsheets show as text; so is one whose first character
+after leading spaces is one of these (some programs trim the spaces). To keep the rule reversible a cell that
+itself starts with an apostrophe (after leading spaces) gets one more. Plain numbers (``-3``, ``+0.5``, ``-1e-05``) are written
 as they are: a spreadsheet reads them as numbers, never as formulas.
 
 Every CSV reader of alr undoes the rule (one leading apostrophe is dropped), so an id ``=1+1`` goes out as
@@ -44,10 +45,10 @@ def escape_cell(value: Any) -> Any:
 
     Non-text values (numbers, None) are returned unchanged; the csv module formats them.
     """
-    if not isinstance(value, str) or not value:
+    if not isinstance(value, str):
         return value
-    first = value[0]
-    if first == ESCAPE or (first in FORMULA_STARTS and not _NUMBER.fullmatch(value)):
+    head = value.lstrip(" ")
+    if head[:1] == ESCAPE or (head[:1] in FORMULA_STARTS and head and not _NUMBER.fullmatch(head)):
         return ESCAPE + value
     return value
 

@@ -108,7 +108,7 @@ def test_a_nul_in_a_comment_is_refused_and_carriage_returns_become_line_feeds(tm
 # ------------------------------------------------------------------------------------------------ item 8
 @pytest.mark.parametrize(
     "names",
-    [[NFC, NFD], ["a", "a\u200b"], ["Café", NFD.upper()]],
+    [[NFC, NFD], ["a", "a\u200b"], ["Café", NFD.upper()], ["\u00df\u0301", "SS\u0301"]],
 )
 def test_class_names_that_look_the_same_are_refused_as_duplicates(names):
     with pytest.raises(ValueError, match="clash"):

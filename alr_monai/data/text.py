@@ -53,7 +53,9 @@ def text_key(value: str) -> str:
     """How two names are compared: NFC normal form, zero-width characters and surrounding whitespace removed, case
     folded (``Café``, ``cafe`` + combining acute and ``caf`` + zero-width space + ``é`` are one name)."""
     visible = "".join(character for character in value if character not in ZERO_WIDTH)
-    return unicodedata.normalize("NFC", visible).strip().casefold()
+    # Unicode's canonical caseless match: case folding can un-normalise ("SS" + combining acute folds from
+    # "ß" + acute but composes differently), so normalise on both sides of it
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFD", visible).casefold()).strip()
 
 
 def normalize_comment(value: str) -> str:

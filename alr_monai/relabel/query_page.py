@@ -697,7 +697,7 @@ _SCRIPT = r"""
   function csvCell(value) {
     value = String(value);
     // the spreadsheet-safe rule of alr_monai.csvcells: `alr answer` drops the apostrophe again
-    if (/^['=+\-@\t\r\n]/.test(value) && !/^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$/.test(value)) {
+    if (/^ *['=+\-@\t\r\n]/.test(value) && !/^ *[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$/.test(value)) {
       value = "'" + value;
     }
     return /[",\r\n]|^\s|\s$/.test(value) ? '"' + value.replace(/"/g, '""') + '"' : value;
