@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_recover import _expert_run, _write_answers
+from test_recover import _expert_run, _query_rows, _write_answers
 
 from alr_monai import cli
 from alr_monai.relabel.recover import recover_run
-from alr_monai.relabel.state import AuditError, AuditTrail, RoundState, apply_answers_file, check_audit
+from alr_monai.relabel.state import AuditError, AuditTrail, RoundState, apply_answers_file, check_audit, start_round
 
 
 def _answer(paths, tmp_path):
@@ -119,3 +119,12 @@ def test_recover_rebuilds_the_trail_from_what_is_intact(tmp_path, kind, capsys):
     assert state.round == 3
     with pytest.raises(Exception, match="nothing to recover"):
         recover_run(tmp_path / "run")
+
+
+def test_a_new_query_is_refused_on_a_damaged_trail(tmp_path):
+    paths = _expert_run(tmp_path / "run", tmp_path)
+    state = RoundState.load(paths["state"])
+    rows = _query_rows(state.pending_ids(), state)
+    _damage("truncated", paths)
+    with pytest.raises(AuditError, match="was truncated"):
+        start_round(paths["state"], paths["state"].parent / "queries" / "round_3.csv", 3, rows)

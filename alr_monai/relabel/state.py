@@ -590,7 +590,8 @@ def check_audit(state: RoundState, audit_path: str | Path, state_path: str | Pat
     audit_path = Path(audit_path)
     recorded = state.audit
     if recorded is None:
-        if audit_path.exists():
+        if audit_path.exists() and audit_path.resolve() not in _LEGACY_WARNED:
+            _LEGACY_WARNED.add(audit_path.resolve())
             logging.getLogger("alr_monai").warning(
                 f"{state_path} records no digest of {audit_path} (a run of an older version): edits made to it "
                 "before now cannot be detected; it is checked from the next append on"
@@ -630,6 +631,9 @@ def check_audit(state: RoundState, audit_path: str | Path, state_path: str | Pat
                 f"the pending round wrote (first: id {foreign[0].get('id')!r}, round {foreign[0].get('round')!r}): "
                 f"rows were added by hand. {_audit_hint(state_path)}"
             )
+
+
+_LEGACY_WARNED: set[Path] = set()  # a legacy trail is named once per process, not at every check
 
 
 def _audit_hint(state_path: str | Path) -> str:
@@ -675,6 +679,7 @@ def start_round(
     """
     with run_lock(_run_dir_of(state_path), "relabel", create=False):
         state = RoundState.load(state_path)
+        check_audit(state, Path(state_path).parent / "audit.csv", state_path)  # no new round on a damaged trail
         query_path = Path(query_path)
         ids = [str(row["id"]) for row in rows]
         if state.pending_round == round_index and state.queried.get(str(round_index)) == ids and query_path.exists():
