@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from alr_monai.csvcells import unescape_dict
 from alr_monai.tables import markdown_table
 from alr_monai.utils import atomic_write_csv, atomic_write_text
 
@@ -299,7 +300,7 @@ def _recorded_rows(path: Path) -> dict[tuple[str, str, float, int], list[dict]]:
         return {}
     grouped: dict[tuple[str, str, float, int], list[dict]] = {}
     with open(path, newline="") as handle:
-        for row in csv.DictReader(handle):
+        for row in map(unescape_dict, csv.DictReader(handle)):
             # typed as collect_results types them, so recorded and collected rows pair by seed
             row = {**row, "seed": int(row["seed"]), "noise_rate": float(row["noise_rate"])}
             grouped.setdefault(_cell_key(row["method"], *_setting(row), row["seed"]), []).append(row)
@@ -362,7 +363,7 @@ def collect_results(
                 continue
             found = True
             with open(path, newline="") as handle:
-                for round_row in csv.DictReader(handle):
+                for round_row in map(unescape_dict, csv.DictReader(handle)):
                     rows.append(
                         {
                             **base,

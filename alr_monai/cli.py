@@ -340,7 +340,7 @@ def answer(file: str, run_dir: str = "runs/alr", dry_run: bool = False, allow_em
     """
     from alr_monai.relabel import RoundError, RoundState, apply_answers_file, read_answers
     from alr_monai.relabel.readers import ADJUDICATOR, read_reader_settings, submit_reader_answers
-    from alr_monai.relabel.state import is_label_change, relabel_outputs
+    from alr_monai.relabel.state import check_audit, is_label_change, relabel_outputs
 
     relabel_dir = Path(run_dir) / "relabel"
     state_path = relabel_dir / "state.json"
@@ -351,6 +351,7 @@ def answer(file: str, run_dir: str = "runs/alr", dry_run: bool = False, allow_em
     settings = read_reader_settings(relabel_dir)
     if settings.readers > 1 and not dry_run:
         state = RoundState.load(state_path)
+        check_audit(state, relabel_dir / "audit.csv", state_path)  # before a reader's file is kept
         if state.pending_round is None:
             raise RoundError(f"no query is pending in {state_path} ({state.round} rounds applied)")
         if not reader:
@@ -456,7 +457,7 @@ def status(run_dir: str = "runs/alr"):
     """
     from alr_monai.relabel import RoundState
     from alr_monai.relabel.readers import read_reader_settings
-    from alr_monai.relabel.state import relabel_outputs
+    from alr_monai.relabel.state import AuditError, check_audit, relabel_outputs
 
     state_path = Path(run_dir) / "relabel" / "state.json"
     if not state_path.is_file() and not relabel_outputs(state_path.parent):  # lost with rounds: load refuses
@@ -467,6 +468,10 @@ def status(run_dir: str = "runs/alr"):
     print(
         f"{run_dir}: {state.round} round(s) applied, {state.budget_spent} labels spent, pool {len(state.pool_indices())}"
     )
+    try:
+        check_audit(state, state_path.parent / "audit.csv", state_path)
+    except AuditError as error:
+        print(f"problem: {error}")
     if state.pending_round is not None:
         pending = state.pending_round
         query_file = Path(run_dir) / "relabel" / "queries" / f"round_{pending}.csv"
@@ -488,7 +493,8 @@ def status(run_dir: str = "runs/alr"):
 
 
 def recover(run_dir: str = "runs/alr"):
-    """Rebuild a missing or unreadable relabel/state.json from the rounds' query, answers and audit files.
+    """Rebuild a missing or unreadable relabel/state.json from the rounds' query, answers and audit files, or a
+    deleted, truncated or edited relabel/audit.csv from the answers files (intact rows kept as they are).
 
     Refuses, and writes nothing, if those files disagree with each other or with labels_cleaned.csv.
 
@@ -500,7 +506,7 @@ def recover(run_dir: str = "runs/alr"):
     recovery = recover_run(run_dir)
     for note in recovery.notes:
         print(note)
-    print(f"rebuilt {Path(run_dir) / 'relabel' / 'state.json'}; continue with the command you were running")
+    print(f"rebuilt {Path(run_dir) / 'relabel' / recovery.rebuilt}; continue with the command you were running")
 
 
 def issues(run_dir: str = "runs/alr", top: int = 20):
@@ -719,8 +725,9 @@ class Manifest:
                 wrong-channel-count file with the reason and the fix.
             workers: with --decode, images decoded at once (default: min(2, CPU count)).
             **overrides: the training keys that shape the chain (with --decode): spatial_dims, image_size,
-                in_channels, intensity, channel_axis, spacing, orientation; and sequences (the columns of a row's
-                sequence files).
+                in_channels, intensity, channel_axis, spacing, orientation; sequences (the columns of a row's
+                sequence files); and allow_patient_overlap (accept a patient in more than one split, warned with
+                counts, as training would with the same flag).
         """
         from alr_monai.data.manifest import load_manifest
 
@@ -729,7 +736,14 @@ class Manifest:
             raise UsageError(f"--workers {workers!r} is not accepted; expected an integer >= 1")
         sequences = coerce_literal(overrides.get("sequences"))
         # With --decode the decode is the check (as in training), so every bad file is reported in its style.
-        manifest = load_manifest(path, class_names=classes, root=root, sequences=sequences, check_images=not decode)
+        manifest = load_manifest(
+            path,
+            class_names=classes,
+            root=root,
+            sequences=sequences,
+            check_images=not decode,
+            allow_patient_overlap=bool(coerce_literal(overrides.get("allow_patient_overlap", False))),
+        )
         counts = {name: 0 for name in manifest.class_names}
         for record in manifest.records:
             counts[record["label_name"]] += 1

@@ -21,6 +21,7 @@ from ignite.engine import Engine, Events
 from alr_monai.algorithms.metrics import classification_metrics
 from alr_monai.data.dicom import is_series_ref
 from alr_monai.data.manifest import ManifestError, image_kind, read_manifest_table
+from alr_monai.data.text import text_key
 from alr_monai.utils import atomic_write_csv, atomic_write_json
 
 __all__ = [
@@ -332,7 +333,7 @@ def read_inference_items(
     if require_labels:
         if not class_names:
             raise ValueError("require_labels needs the model's class_names")
-        lookup = {str(name).casefold(): c for c, name in enumerate(class_names)}
+        lookup = {text_key(str(name)): c for c, name in enumerate(class_names)}
         lookup.update({str(c): c for c in range(len(class_names))})
 
     problems: list[str] = []
@@ -384,12 +385,12 @@ def read_inference_items(
             problems.extend(at(number, reason) for _, reason in file_problems)
         if require_labels:
             label = cells[column["label"]].strip()
-            if label.casefold() not in lookup:
+            if text_key(label) not in lookup:
                 problems.append(
                     at(number, f"label {label!r} is not a class of the model ({', '.join(map(str, class_names))})")
                 )
             else:
-                item["label"] = lookup[label.casefold()]
+                item["label"] = lookup[text_key(label)]
         items.append(item)
     if not items and not problems:
         where = f" with split {split!r}" if split is not None else ""

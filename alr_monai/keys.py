@@ -598,6 +598,13 @@ KEYS: tuple[Key, ...] = (
         "bool",
         "train without the rows whose image cannot be decoded (listed in dropped_images.csv); false refuses them",
     ),
+    Key(
+        "allow_patient_overlap",
+        MANIFEST,
+        "manifest",
+        "bool",
+        "accept a patient whose rows lie in more than one split (a leak, warned with counts); false refuses it",
+    ),
     # ---------------------------------------------------------------------------------------------- phase 2
     Key(
         "relabel#acquisition", RELABEL, "relabel", "str", "how the pool is ranked for the expert", choices=ACQUISITIONS

@@ -15,6 +15,7 @@ import json
 import math
 from pathlib import Path
 
+from alr_monai.csvcells import unescape_dict
 from alr_monai.utils import atomic_write_csv
 
 __all__ = ["LABEL_ISSUE_COLUMNS", "label_issues", "write_label_issues"]
@@ -57,8 +58,8 @@ def label_issues(run_dir: str | Path) -> list[dict]:
             raise FileNotFoundError(f"{path} is missing: run phase 1 (`alr train --output_dir {run_dir}`) first")
     class_names = list(json.loads(paths["classes.json"].read_text())["class_names"])
     rates = _class_rates(json.loads(paths["metrics.json"].read_text()), class_names)
-    with open(paths["selection.csv"], newline="") as handle:
-        records = list(csv.DictReader(handle))
+    with open(paths["selection.csv"], newline="", encoding="utf-8") as handle:
+        records = [unescape_dict(record) for record in csv.DictReader(handle)]
     samples = []
     for line, record in enumerate(records, start=2):
         try:

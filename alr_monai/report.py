@@ -14,7 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from alr_monai.tables import format_cell, markdown_table
+from alr_monai.csvcells import unescape_row
+from alr_monai.tables import format_cell, markdown_escape, markdown_table
 from alr_monai.utils import atomic_write_bytes, atomic_write_text
 
 PLOT_DIR = "report"
@@ -278,8 +279,8 @@ def _sections(run_dir: Path) -> list[tuple]:
     rounds_csv = run_dir / "relabel" / "rounds.csv"
     if rounds_csv.is_file():
         blocks.append(("h2", "Phase 2: active relabel rounds"))
-        with open(rounds_csv, newline="") as handle:
-            table = list(csv.reader(handle))
+        with open(rounds_csv, newline="", encoding="utf-8") as handle:
+            table = [unescape_row(cells) for cells in csv.reader(handle)]
         if table:
             blocks.append(("table", table[0], [[_number(cell) for cell in row] for row in table[1:]]))
         if state is not None and state.get("history"):
@@ -330,26 +331,37 @@ def build_report(run_dir: str | Path) -> str:
     return render_markdown(_sections(run_dir), run_dir)
 
 
+def _banner_markdown(text: str) -> str:
+    """A banner's text escaped, but its `command` spans kept as code (inside one nothing is interpreted)."""
+    parts = text.split("`")
+    if len(parts) % 2 == 0:  # an unpaired backtick: no code spans at all
+        return markdown_escape(text)
+    return "`".join(part if number % 2 else markdown_escape(part) for number, part in enumerate(parts))
+
+
 def render_markdown(blocks: list[tuple], run_dir: Path) -> str:
+    """The blocks as markdown; every text from the data (class names, ids, paths) is escaped
+    (:func:`~alr_monai.tables.markdown_escape`), so none of it becomes HTML or formatting."""
+    escape = markdown_escape
     lines: list[str] = []
     for block in blocks:
         kind = block[0]
         if kind == "h1":
-            lines += [f"# {block[1]}", ""]
+            lines += [f"# {escape(block[1])}", ""]
         elif kind == "h2":
-            lines += [f"## {block[1]}", ""]
+            lines += [f"## {escape(block[1])}", ""]
         elif kind == "banner":
-            lines += [f"> **{block[1]}**", ""]
+            lines += [f"> **{_banner_markdown(block[1])}**", ""]
         elif kind == "p":
-            lines += [block[1], ""]
+            lines += [escape(block[1]), ""]
         elif kind == "list":
-            lines += [f"- {item}" for item in block[1]] + [""]
+            lines += [f"- {escape(item)}" for item in block[1]] + [""]
         elif kind == "table":
-            lines += [markdown_table(block[1], block[2], _fmt), ""]
+            lines += [markdown_table([escape(t) for t in block[1]], block[2], lambda v: escape(_fmt(v))), ""]
         elif kind == "image":
-            lines += [f"![{block[1]}]({PLOT_DIR}/{block[2]})", ""]
+            lines += [f"![{escape(block[1])}]({PLOT_DIR}/{block[2]})", ""]
         elif kind == "links":
-            lines += [f"- [{label}]({path})" for label, path in block[1]] + [""]
+            lines += [f"- [{escape(label)}]({path})" for label, path in block[1]] + [""]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-__all__ = ["format_cell", "markdown_table"]
+__all__ = ["format_cell", "markdown_escape", "markdown_table"]
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*\[\]|~])")
+_LONE_UNDERSCORE = re.compile(r"(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")
+
+
+def markdown_escape(text: Any) -> str:
+    """``text`` shown as itself in markdown: HTML (``<``, ``>``, ``&``) as entities, so a class name cannot carry a
+    tag into a rendered page, and the characters that make emphasis, code, links or table cells (``\\ ` * [ ] |
+    ~``, and ``_`` outside a word) backslash-escaped. ``snake_case`` words stay as they are."""
+    text = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _LONE_UNDERSCORE.sub(r"\\_", _MARKDOWN_SPECIAL.sub(r"\\\1", text))
 
 
 def format_cell(value: Any, missing: str = "", digits: int = 3) -> str:

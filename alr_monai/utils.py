@@ -116,7 +116,8 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
 
 
 def atomic_write_csv(path: str | Path, rows: Iterable[Mapping[str, Any]], fieldnames: Sequence[str]) -> Path:
-    """Write ``rows`` as a CSV with a header of ``fieldnames`` atomically."""
+    """Write ``rows`` as a CSV with a header of ``fieldnames`` atomically; text cells are spreadsheet-safe
+    (:mod:`alr_monai.csvcells`)."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(fieldnames), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -136,19 +137,26 @@ def atomic_torch_save(path: str | Path, obj: Any) -> Path:
 
 
 def read_csv(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
-    """Read a CSV (utf-8, BOM tolerated) and return its header and rows as string dicts."""
+    """Read a CSV (utf-8, BOM tolerated) and return its header and rows as string dicts, the spreadsheet-safe
+    escaping of :mod:`alr_monai.csvcells` undone."""
+    from alr_monai.csvcells import unescape_dict
+
     with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
-        rows = list(reader)
+        rows = [unescape_dict(row) for row in reader]
         return list(reader.fieldnames or []), rows
 
 
 def _csv_cell(value: Any) -> Any:
+    from alr_monai.csvcells import escape_cell
+
     if isinstance(value, float):
         return f"{value:.6g}"
     if isinstance(value, bool):
         return int(value)
-    return value
+    if value is None or isinstance(value, int):
+        return value
+    return escape_cell(str(value))
 
 
 def _json_safe(obj: Any) -> Any:

@@ -145,7 +145,7 @@ def manifest_mixed_dataset(tmp_path: Path, imagefile_dicom, imagefile_nifti, ima
     """A small valid dataset of 2D images in all supported formats, with its manifest; returns the manifest path.
 
     Six 12x10 images (DICOM, NIfTI, .nii.gz, gray PNG, RGB PNG, JPEG), classes ``normal`` / ``abnormal``, split
-    ``train`` (4) / ``val`` (2), two patients; an extra column ``site`` is passed through.
+    ``train`` (4) / ``val`` (2), two patients per split (none in both); an extra column ``site`` is passed through.
     """
     rng = np.random.default_rng(0)
     data = tmp_path / "mixed"
@@ -163,7 +163,7 @@ def manifest_mixed_dataset(tmp_path: Path, imagefile_dicom, imagefile_nifti, ima
             "id": f"img{i}",
             "image": f.name,
             "label": "abnormal" if i % 2 else "normal",
-            "patient_id": f"P{i % 2}",
+            "patient_id": f"P{i % 2 + (0 if i < 4 else 2)}",
             "split": "train" if i < 4 else "val",
             "site": "A" if i < 3 else "B",
         }

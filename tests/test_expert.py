@@ -338,3 +338,25 @@ def test_a_file_with_no_answer_is_refused_unless_allowed(tmp_path):
     # One exclusion is an answer.
     excluded = _write(tmp_path / "x.csv", [["id", "expert_label"], ["s1", "exclude"]])
     assert read_answers(excluded, CLASSES, QUERIED, KNOWN)[0].excluded
+
+
+def test_a_huge_bad_answers_file_lists_the_first_problems_and_counts_the_rest_in_bounded_memory(tmp_path):
+    """Issue 24 item 10: 5 000 bad rows give 10 000 problems; 50 are listed, the rest counted, none kept."""
+    import tracemalloc
+
+    path = tmp_path / "huge.csv"
+    path.write_text(
+        "id,expert_label,comment\n" + "".join(f"bad{i},nonsense,a comment\n" for i in range(5_000)), encoding="utf-8"
+    )
+    tracemalloc.start()
+    try:
+        with pytest.raises(AnswerError) as error:
+            read_answers(path, CLASSES, ["s1"], ["s1"])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert error.value.total == 10_000 and len(error.value.problems) == 50
+    message = str(error.value)
+    assert message.startswith("10000 problems") and message.endswith("... and 9950 more problems (the first 50 shown)")
+    assert len(message.splitlines()) == 52
+    assert peak < 1_000_000, peak  # every row's problem kept (and the file read whole) took 7 MB here

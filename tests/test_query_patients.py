@@ -124,10 +124,10 @@ def _manifest(folder: Path) -> Path:
         label = ["abnormal", "normal"][i % 2]
         Image.fromarray(rng.integers(0, 255, size=(10, 10)).astype(np.uint8)).save(folder / f"img{i}.png")
         split = "train" if i < 16 else ("val" if i < 20 else "test")
-        # Patients interleave in file order (P0 owns rows 0, 4, 8, 12), as acquisition ranks rarely follow them.
-        rows.append(
-            {"id": f"img{i}", "image": f"img{i}.png", "label": label, "patient_id": f"P{i % 4}", "split": split}
-        )
+        # Patients interleave in file order (P0 owns rows 0, 4, 8, 12), as acquisition ranks rarely follow them;
+        # val and test images have patients of their own (a patient in two splits is refused).
+        patient = f"P{i % 4}" if split == "train" else f"Q{i}"
+        rows.append({"id": f"img{i}", "image": f"img{i}.png", "label": label, "patient_id": patient, "split": split})
     with open(folder / "manifest.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()

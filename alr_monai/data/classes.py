@@ -11,6 +11,8 @@ import numbers
 import unicodedata
 from collections.abc import Sequence
 
+from alr_monai.data.text import text_key, text_problem
+
 __all__ = ["EXCLUDE", "EXCLUDED", "RESERVED_NAMES", "check_class_names", "class_name_problems"]
 
 EXCLUDE = "exclude"
@@ -23,7 +25,7 @@ RESERVED_NAMES = (EXCLUDE, EXCLUDED)
 def _as_name(value: object) -> str | None:
     # Configs may give class names as numbers (JSON [0, 1]); labels in a CSV are always text.
     if isinstance(value, str):
-        return value
+        return unicodedata.normalize("NFC", value)
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         return str(int(value))
     return None
@@ -33,8 +35,10 @@ def class_name_problems(class_names: Sequence[object]) -> list[tuple[int, str]]:
     """Every problem of a list of class names, as ``(position, reason)`` pairs in list order.
 
     Rules: each name is text (or an integer, taken as its decimal text), is not blank, has no leading or trailing
-    whitespace and no control characters (tabs, line breaks: a spreadsheet cell hides them), is unique ignoring
-    case (the expert may type any case), and is not one of the reserved words ``exclude`` / ``excluded``.
+    whitespace, no control characters (tabs, line breaks: a spreadsheet cell hides them), no bidirectional controls
+    and no zero-width characters (:func:`alr_monai.data.text.text_problem`), is unique in NFC normal form ignoring
+    case and zero-width characters (the expert may type any case; names that look the same are one name), and is
+    not one of the reserved words ``exclude`` / ``excluded``. Names are compared and returned in NFC form.
 
     Args:
         class_names: the names, by class index.
@@ -50,12 +54,18 @@ def class_name_problems(class_names: Sequence[object]) -> list[tuple[int, str]]:
         if name is None:
             problems.append((index, f"class name {value!r} is not text"))
             continue
-        key = name.strip().casefold()
+        key = text_key(name)
         if not key:
             problems.append((index, f"class name {name!r} is empty"))
             continue
         if key in seen:
-            problems.append((index, f"class names {seen[key]!r} and {name!r} clash: the expert's answers ignore case"))
+            problems.append(
+                (
+                    index,
+                    f"class names {seen[key]!r} and {name!r} clash: the expert's answers ignore case, Unicode "
+                    "normal form and zero-width characters",
+                )
+            )
             continue
         seen[key] = name
         if key in RESERVED_NAMES:
@@ -68,8 +78,8 @@ def class_name_problems(class_names: Sequence[object]) -> list[tuple[int, str]]:
             )
         elif name != name.strip():
             problems.append((index, f"class name {name!r} has leading or trailing whitespace"))
-        elif any(unicodedata.category(character) in ("Cc", "Zl", "Zp") for character in name):
-            problems.append((index, f"class name {name!r} contains a control character (tab or line break)"))
+        elif text_problem(name) is not None:
+            problems.append((index, f"class name {name!r} {text_problem(name)}"))
     return problems
 
 

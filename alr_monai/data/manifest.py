@@ -17,15 +17,19 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
+import unicodedata
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from alr_monai.csvcells import escape_row, unescape_row
 from alr_monai.data.classes import check_class_names, class_name_problems
 from alr_monai.data.dicom import SERIES_SEPARATOR
+from alr_monai.data.text import text_problem
 from alr_monai.utils import atomic_write_json, atomic_write_text
 
 __all__ = [
@@ -41,6 +45,8 @@ __all__ = [
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("id", "image", "label")
 OPTIONAL_COLUMNS: tuple[str, ...] = ("patient_id", "split")
+SPLIT_VALUES: tuple[str, ...] = ("train", "val", "test")
+"""The values a ``split`` cell may hold (any case), or blank."""
 
 ImageKind = Literal["dicom", "nifti", "pil"]
 
@@ -225,7 +231,7 @@ def read_manifest_table(manifest_path: Path) -> list[list[str]]:
         raise problem("manifest file not found")
     try:
         with open(manifest_path, encoding="utf-8-sig", newline="") as handle:
-            table = list(csv.reader(handle))
+            table = [unescape_row(cells) for cells in csv.reader(handle)]
     except UnicodeDecodeError as err:
         raise problem(f"manifest is not UTF-8 text ({err.reason})") from err
     except csv.Error as err:
@@ -241,6 +247,7 @@ def load_manifest(
     root: str | Path | None = None,
     check_images: bool = True,
     sequences: Sequence[str] | None = None,
+    allow_patient_overlap: bool | None = False,
 ) -> Manifest:
     """Reads and validates a manifest CSV.
 
@@ -257,6 +264,13 @@ def load_manifest(
         sequences: columns holding one image path per sequence (``image`` may be one of them), stacked as channels
             in this order, e.g. ``["image", "t2", "flair"]``; every listed cell is checked like ``image``, and a
             row's files must be of one kind (all NIfTI, say). None: ``image`` alone.
+        allow_patient_overlap: accept a patient whose rows lie in more than one split (a leak between training
+            and evaluation), logging a warning with the counts; by default such a manifest is refused, naming the
+            patients and their rows; None skips the check (for a caller about to replace the splits).
+
+    Ids, patient ids and labels may not hold control characters (line breaks, tabs, NUL), bidirectional controls
+    or zero-width characters (:func:`alr_monai.data.text.text_problem`); labels are read in Unicode NFC form.
+    ``split`` must be blank or one of :data:`SPLIT_VALUES` (any case).
 
     Returns:
         The validated :class:`Manifest`.
@@ -314,7 +328,24 @@ def load_manifest(
             return values[column_index[column]] if column in column_index else None
 
         sample_id, image, label = cell("id"), cell("image"), cell("label")
+        if label:
+            label = unicodedata.normalize("NFC", label)  # "café" with a combining accent is the class "café"
         row_ok = True
+        for column in ("id", "patient_id", "label"):
+            reason = text_problem(cell(column) or "")
+            if reason is not None:
+                problems.append(problem_at(number, f"column {column!r}: {cell(column)!r} {reason}"))
+                row_ok = False
+        split_value = cell("split")
+        if split_value and split_value.casefold() not in SPLIT_VALUES:
+            problems.append(
+                problem_at(
+                    number,
+                    f"column 'split': unknown value {split_value!r} (accepted: {', '.join(SPLIT_VALUES)}, any case, "
+                    "or blank)",
+                )
+            )
+            row_ok = False
         if sample_id == "":
             problems.append(problem_at(number, "empty id"))
             row_ok = False
@@ -379,6 +410,8 @@ def load_manifest(
                 draft["images"] = sequence_paths
             drafts.append(draft)
 
+    if allow_patient_overlap is not None:
+        problems += _patient_overlap(drafts, bool(allow_patient_overlap), problem_at, manifest_path)
     if problems:
         raise ManifestError(problems, manifest_path)
 
@@ -399,6 +432,44 @@ def load_manifest(
     lookup = {name: index for index, name in enumerate(names)}
     records = [{**d, "label": lookup[d["label_name"]]} for d in drafts]
     return Manifest(path=manifest_path, class_names=names, records=records)
+
+
+def _patient_overlap(
+    drafts: list[dict[str, Any]],
+    allow: bool,
+    problem_at: Callable[[int, str], str],
+    manifest_path: Path,
+) -> list[str]:
+    """Problems for patients whose rows lie in more than one split (none, with a warning, when ``allow``)."""
+    splits: dict[str, dict[str, list[int]]] = {}
+    for draft in drafts:
+        if draft["patient_id"] and draft["split"]:
+            rows = splits.setdefault(draft["patient_id"], {}).setdefault(draft["split"].casefold(), [])
+            rows.append(draft["row"])
+    spanning = {patient: by_split for patient, by_split in splits.items() if len(by_split) > 1}
+    if not spanning:
+        return []
+    rows = sum(len(rows) for by_split in spanning.values() for rows in by_split.values())
+    if allow:
+        logging.getLogger("alr_monai").warning(
+            f"manifest {manifest_path}: {len(spanning)} of {len(splits)} patients ({rows} rows) lie in more than one "
+            "split; accepted because allow_patient_overlap is set, but their images leak between training and "
+            "evaluation"
+        )
+        return []
+    problems = []
+    for patient, by_split in spanning.items():
+        where = "; ".join(f"{split}: rows {', '.join(map(str, rows[:5]))}" for split, rows in sorted(by_split.items()))
+        first = min(row for rows in by_split.values() for row in rows)
+        problems.append(
+            problem_at(
+                first,
+                f"patient {patient!r} lies in {len(by_split)} splits ({where}): a patient's images must all be in one "
+                "split, or training leaks into evaluation; `alr manifest split --overwrite` reassigns them, or pass "
+                "--allow_patient_overlap true to accept it",
+            )
+        )
+    return problems
 
 
 def _sequence_columns(
@@ -509,7 +580,7 @@ def build_manifest_from_folder(
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["id", "image", "label", "patient_id"])
-    writer.writerows([r["id"], r["image"], r["label"], r["patient_id"]] for r in rows)
+    writer.writerows(escape_row([r["id"], r["image"], r["label"], r["patient_id"]]) for r in rows)
     _keeping_mode(out_path, lambda: atomic_write_text(out_path, buffer.getvalue()))
     return out_path
 

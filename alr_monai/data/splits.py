@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from alr_monai.csvcells import escape_row, unescape_row
 from alr_monai.utils import atomic_write_text
 
 logger = logging.getLogger("alr_monai")
@@ -133,7 +134,7 @@ def split_manifest(
     """
     from alr_monai.data.manifest import load_manifest
 
-    manifest = load_manifest(path, check_images=False)
+    manifest = load_manifest(path, check_images=False, allow_patient_overlap=None if overwrite else False)
     if manifest.splits() and not overwrite:
         raise ValueError(f"{path} already has split values {manifest.splits()}; pass --overwrite to replace them")
     labels = [record["label"] for record in manifest.records]
@@ -167,6 +168,7 @@ def split_manifest(
         if not any(cell.strip() for cell in row):
             continue
         split = by_row.get(number, "")
+        row = unescape_row(row)  # rewritten with the spreadsheet-safe rule, whatever the file had
         row = [*row, *[""] * (width - len(row))]
         if column is None:
             row = [*row, split]
@@ -177,7 +179,7 @@ def split_manifest(
                 row = [*row, from_headers.get(number, "")]
             elif number in from_headers:
                 row[patient_column] = from_headers[number]
-        writer.writerow(row)
+        writer.writerow(escape_row(row))
     target = Path(out) if out is not None else Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(target, buffer.getvalue())

@@ -32,7 +32,7 @@ from alr_monai.relabel.expert import OracleExpert
 from alr_monai.relabel.readers import ADJUDICATOR, ReaderSettings, submit_reader_answers, write_reader_settings
 from alr_monai.relabel.recut import TrustedRecut
 from alr_monai.relabel.state import RoundState, apply_answers_file, open_state, start_round
-from alr_monai.tables import format_cell, markdown_table
+from alr_monai.tables import format_cell, markdown_escape, markdown_table
 from alr_monai.utils import atomic_torch_save, atomic_write_csv, atomic_write_text
 
 __all__ = ["MODES", "RECIPES", "ROUND_COLUMNS", "UNQUERIED_RULES", "RelabelDriver", "RoundOutcome", "TrainingTarget"]
@@ -873,7 +873,8 @@ class RelabelDriver:
         if recall_rows:
             lines += ["", "Per-class test recall by round:", ""]
             table = [[row["round"], *row["test_per_class_recall"]] for row in recall_rows]
-            lines.append(markdown_table(["round", *self.class_names], table, format_cell))
+            header = ["round", *(markdown_escape(name) for name in self.class_names)]  # no HTML from a class name
+            lines.append(markdown_table(header, table, format_cell))
         return "\n".join(lines) + "\n"
 
     def write_round_table(self, state: RoundState) -> None:

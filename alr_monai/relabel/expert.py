@@ -19,13 +19,15 @@ import hashlib
 import io
 import math
 import operator
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from alr_monai.csvcells import escape_row, unescape_cell
 from alr_monai.data.classes import EXCLUDE, check_class_names
+from alr_monai.data.text import comment_problem, normalize_comment, text_key, text_problem
 from alr_monai.utils import atomic_write_csv, atomic_write_text, read_csv
 
 QUERY_COLUMNS = [
@@ -84,14 +86,45 @@ class Answer:
         return self.label is None and not self.excluded
 
 
-class AnswerError(ValueError):
-    """An answers file has problems; ``problems`` lists each as ``<file> row <n>: <reason>`` (header is row 1)."""
+MAX_REPORTED_PROBLEMS = 50
+"""Problems an :class:`AnswerError` lists; the rest are counted ("... and N more problems")."""
 
-    def __init__(self, problems: Sequence[str]) -> None:
-        self.problems = list(problems)
-        count = len(self.problems)
+
+class AnswerError(ValueError):
+    """An answers file has problems; ``problems`` lists each as ``<file> row <n>: <reason>`` (header is row 1).
+
+    Only the first :data:`MAX_REPORTED_PROBLEMS` are kept and listed; ``total`` counts them all.
+    """
+
+    def __init__(self, problems: Sequence[str], total: int | None = None) -> None:
+        self.problems = list(problems)[:MAX_REPORTED_PROBLEMS]
+        self.total = max(len(problems), total or 0)
+        count = self.total
         header = f"{count} problem{'s' if count != 1 else ''} in the expert answers; nothing was applied:"
-        super().__init__("\n".join([header, *(f"  {p}" for p in self.problems)]))
+        lines = [header, *(f"  {p}" for p in self.problems)]
+        if count > len(self.problems):
+            lines.append(f"  ... and {count - len(self.problems)} more problems (the first {len(self.problems)} shown)")
+        super().__init__("\n".join(lines))
+
+
+class _Problems:
+    """Collects problems, keeping the first :data:`MAX_REPORTED_PROBLEMS` and counting the rest, so a huge bad file
+    costs neither memory nor a flood of output."""
+
+    def __init__(self) -> None:
+        self.kept: list[str] = []
+        self.count = 0
+
+    def append(self, problem: str) -> None:
+        self.count += 1
+        if len(self.kept) < MAX_REPORTED_PROBLEMS:
+            self.kept.append(problem)
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+    def error(self) -> AnswerError:
+        return AnswerError(self.kept, self.count)
 
 
 class _LabelParser:
@@ -99,7 +132,8 @@ class _LabelParser:
 
     def __init__(self, class_names: Sequence[str]) -> None:
         self.names = check_class_names(class_names)
-        self.by_name = {name.strip().lower(): index for index, name in enumerate(self.names)}
+        # the rule class names are unique under: NFC, case and zero-width characters ignored
+        self.by_name = {text_key(name): index for index, name in enumerate(self.names)}
         # If any class is itself named like an integer ("1", "2", ...), "1" could mean the class named "1" or
         # class index 1; accept names only, so an answer can never silently mean two different classes.
         self.indices_allowed = not any(_is_int(name.strip()) for name in self.names)
@@ -112,10 +146,12 @@ class _LabelParser:
 
     def parse(self, raw: str) -> tuple[int | None, bool, str | None]:
         value = raw.strip()
-        key = value.lower()
+        key = text_key(value)
+        if value and text_problem(value) is not None:
+            return None, False, f"expert_label {raw!r} {text_problem(value)}"
         if not key:
             return None, False, None
-        if key == EXCLUDE:
+        if key == EXCLUDE:  # casefolded, as every key
             return None, True, None
         if key in self.by_name:
             return self.by_name[key], False, None
@@ -189,23 +225,27 @@ def write_query_file(
         sample_id = str(row["id"])
         if not sample_id.strip():
             raise ValueError(f"{where} has an empty id")
+        if text_problem(sample_id) is not None:
+            raise ValueError(f"{where}: id {sample_id!r} {text_problem(sample_id)}")
         if sample_id in seen:
             raise ValueError(f"{where}: duplicate id {sample_id!r}")
         seen.add(sample_id)
         given = _label_index(row["given_label"], len(names), f"{where} given_label")
         predicted = _label_index(row["predicted_label"], len(names), f"{where} predicted_label")
         writer.writerow(
-            [
-                sample_id,
-                "" if row.get("image") is None else str(row["image"]),
-                names[given],
-                names[predicted],
-                _format_float(row["predicted_probability"]),
-                _format_float(row["score"]),
-                "" if row.get("patient_id") is None else str(row["patient_id"]),
-                "",
-                "",
-            ]
+            escape_row(
+                [
+                    sample_id,
+                    "" if row.get("image") is None else str(row["image"]),
+                    names[given],
+                    names[predicted],
+                    _format_float(row["predicted_probability"]),
+                    _format_float(row["score"]),
+                    "" if row.get("patient_id") is None else str(row["patient_id"]),
+                    "",
+                    "",
+                ]
+            )
         )
     text = buffer.getvalue()
     path = Path(path)
@@ -228,52 +268,60 @@ def _ordered(ids: Collection[str]) -> list[str]:
 
 
 def _cell(record: list[str], column: int | None) -> str:
-    return record[column] if column is not None and column < len(record) else ""
+    """A cell as the expert meant it: surrounding whitespace and the spreadsheet-safe prefix removed."""
+    return unescape_cell(record[column].strip()) if column is not None and column < len(record) else ""
 
 
-def _read_records(path: Path, problems: list[str]) -> tuple[list[list[str]], list[tuple[int, int]]] | None:
-    """All CSV records of ``path`` and the (first, last) physical line of each, or None when unreadable.
+def _first_bad_line(path: Path) -> int:
+    """The physical line holding the first byte that is not UTF-8 (read line by line: memory stays small)."""
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return 1
 
-    Blank lines are kept as ``[]`` so record n is spreadsheet row n. The reader is strict: a quote that is never
-    closed (which would otherwise swallow every following line into one cell) or a stray quote inside a cell is
-    an error naming the row where it starts.
+
+def _records(path: Path) -> Iterator[tuple[int, tuple[int, int], list[str]]]:
+    """Yield ``(row, (first line, last line), cells)`` for each CSV record of ``path``, streamed.
+
+    Blank lines are yielded as ``[]`` so record n is spreadsheet row n. The reader is strict: a quote that is never
+    closed (which would otherwise swallow every following line into one cell) or a stray quote inside a cell stops
+    the reading with :class:`AnswerError` naming the row where it starts (that problem alone: the rows' cells
+    cannot be trusted), as does a file that is not UTF-8.
     """
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = data[: error.start].count(b"\n") + 1
-        problems.append(f"{path} row {line}: not UTF-8 text; save the file as 'CSV UTF-8'")
-        return None
-    first_line = text.splitlines()[0] if text else ""
-    delimiter = ","
-    # Spreadsheets in some locales save with ';' (or tabs); take the delimiter that yields the required columns.
-    for candidate in (",", ";", "\t"):
-        cells = {cell.strip().lower() for cell in next(csv.reader([first_line], delimiter=candidate), [])}
-        if set(REQUIRED_ANSWER_COLUMNS) <= cells:
-            delimiter = candidate
-            break
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
-    records: list[list[str]] = []
-    lines: list[tuple[int, int]] = []
-    last_line = 0
-    try:
-        for record in reader:
-            records.append(record)
-            lines.append((last_line + 1, reader.line_num))
-            last_line = reader.line_num
-    except csv.Error as error:
-        row, line = len(records) + 1, last_line + 1
-        if "unexpected end of data" in str(error):
-            reason = (
-                'a quote (") opened in this row is never closed, so every line after it would be read as one '
-                "cell; close the quote or remove it"
-            )
-        else:
-            reason = f'malformed CSV ({error}); a quote (") inside a cell must be doubled ("")'
-        problems.append(f"{path} row {row} (line {line}): {reason}")
-        return None
-    return records, lines
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        try:
+            first_line = handle.readline().rstrip("\r\n")
+            handle.seek(0)
+            delimiter = ","
+            # Spreadsheets in some locales save with ';' (or tabs); take the delimiter that yields the required
+            # columns.
+            for candidate in (",", ";", "\t"):
+                cells = {cell.strip().lower() for cell in next(csv.reader([first_line], delimiter=candidate), [])}
+                if set(REQUIRED_ANSWER_COLUMNS) <= cells:
+                    delimiter = candidate
+                    break
+            reader = csv.reader(handle, delimiter=delimiter, strict=True)
+            row, last_line = 0, 0
+            for record in reader:
+                row += 1
+                yield row, (last_line + 1, reader.line_num), record
+                last_line = reader.line_num
+        except UnicodeDecodeError:
+            raise AnswerError(
+                [f"{path} row {_first_bad_line(path)}: not UTF-8 text; save the file as 'CSV UTF-8'"]
+            ) from None
+        except csv.Error as error:
+            if "unexpected end of data" in str(error):
+                reason = (
+                    'a quote (") opened in this row is never closed, so every line after it would be read as one '
+                    "cell; close the quote or remove it"
+                )
+            else:
+                reason = f'malformed CSV ({error}); a quote (") inside a cell must be doubled ("")'
+            raise AnswerError([f"{path} row {row + 1} (line {last_line + 1}): {reason}"]) from None
 
 
 def read_answers(
@@ -317,34 +365,32 @@ def read_answers(
     queried = _ordered(queried_ids)
     queried_set = set(queried)
     known = {str(i) for i in known_ids}
-    problems: list[str] = []
-    read = _read_records(path, problems)
-    if read is None:
-        raise AnswerError(problems)
-    records, lines = read
-    if not any(any(cell.strip() for cell in record) for record in records):
-        raise AnswerError([f"{path} row 1: the file is empty (expected a header with columns id, expert_label)"])
-
-    header = [cell.strip().lower() for cell in records[0]]
+    problems = _Problems()
+    records = _records(path)
+    first = next(records, None)
+    if first is None or not any(cell.strip() for cell in first[2]):
+        if not any(any(cell.strip() for cell in record) for _, _, record in records):
+            raise AnswerError([f"{path} row 1: the file is empty (expected a header with columns id, expert_label)"])
+    header_cells = first[2] if first is not None else []
+    header = [cell.strip().lower() for cell in header_cells]
     for column in REQUIRED_ANSWER_COLUMNS:
         if column not in header:
-            problems.append(f"{path} row 1: missing required column {column!r} (header: {records[0]})")
+            problems.append(f"{path} row 1: missing required column {column!r} (header: {header_cells})")
     for column in (*REQUIRED_ANSWER_COLUMNS, "comment", "reader"):
         if header.count(column) > 1:
             problems.append(f"{path} row 1: column {column!r} appears {header.count(column)} times")
     if problems:
-        raise AnswerError(problems)
+        raise problems.error()
     id_col, label_col = header.index("id"), header.index("expert_label")
     comment_col = header.index("comment") if "comment" in header else None
     reader_col = header.index("reader") if "reader" in header else None
 
     answers: list[Answer] = []
-    first_row: dict[str, int] = {}
-    for row_number, record in enumerate(records[1:], start=2):
+    first_row: dict[str, int] = {}  # queried ids only, so a huge file of unknown ids cannot fill memory
+    for row_number, (first_line, last_line), record in records:
         if not any(cell.strip() for cell in record):
             continue
         where = f"{path} row {row_number}"
-        first_line, last_line = lines[row_number - 1]
         if first_line != last_line:
             where += f" (lines {first_line}-{last_line})"
         row_ok = True
@@ -368,6 +414,15 @@ def read_answers(
             continue  # the row's cells are not where the header says: checking their values would mislead
         sample_id = _cell(record, id_col).strip()
         raw_label = _cell(record, label_col)
+        comment = normalize_comment(_cell(record, comment_col))
+        for name, value, reason in (
+            ("id", sample_id, text_problem(sample_id)),
+            ("reader", _cell(record, reader_col), text_problem(_cell(record, reader_col))),
+            ("comment", comment, comment_problem(comment)),
+        ):
+            if reason is not None:
+                problems.append(f"{where}, column {name!r}: {value!r} {reason}")
+                row_ok = False
         if not sample_id:
             problems.append(f"{where}: empty id")
             row_ok = False
@@ -380,7 +435,7 @@ def read_answers(
         if sample_id and sample_id in first_row:
             problems.append(f"{where}: duplicate id {sample_id!r} (first on row {first_row[sample_id]})")
             row_ok = False
-        elif sample_id:
+        elif sample_id in queried_set:
             first_row[sample_id] = row_number
         label, excluded, reason = parser.parse(raw_label)
         if reason is not None:
@@ -388,7 +443,7 @@ def read_answers(
             row_ok = False
         if row_ok:
             row_reader = _cell(record, reader_col).strip() or reader
-            answers.append(Answer(sample_id, label, excluded, _cell(record, comment_col).strip(), row_reader))
+            answers.append(Answer(sample_id, label, excluded, comment.strip(), row_reader))
     if not problems and not allow_empty and all(answer.skipped for answer in answers):
         problems.append(
             f"{path}: no answer at all (every expert_label is blank; was the query file saved back unfilled?): "
@@ -396,7 +451,7 @@ def read_answers(
             "same `alr answer` command (with its --run_dir) adding --allow_empty"
         )
     if problems:
-        raise AnswerError(problems)
+        raise problems.error()
     answered = {answer.id for answer in answers}
     answers.extend(Answer(sample_id, None, False, "", reader) for sample_id in queried if sample_id not in answered)
     return answers

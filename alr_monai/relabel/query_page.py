@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from alr_monai.data.classes import EXCLUDE
+from alr_monai.data.text import text_key
 from alr_monai.relabel.expert import QUERY_COLUMNS
 from alr_monai.utils import atomic_write_text
 
@@ -182,9 +183,9 @@ def _class_index(value: Any, class_names: Sequence[str]) -> int | None:
     """Index of a label given as a class index or a class name (any case); None if it is neither."""
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         return int(value) if 0 <= int(value) < len(class_names) else None
-    text = str(value).strip().lower()
+    text = text_key(str(value))
     for index, name in enumerate(class_names):
-        if name.strip().lower() == text:
+        if text_key(name) == text:
             return index
     return None
 
@@ -695,6 +696,10 @@ _SCRIPT = r"""
 
   function csvCell(value) {
     value = String(value);
+    // the spreadsheet-safe rule of alr_monai.csvcells: `alr answer` drops the apostrophe again
+    if (/^ *['=+\-@\t\r\n]/.test(value) && !/^ *[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$/.test(value)) {
+      value = "'" + value;
+    }
     return /[",\r\n]|^\s|\s$/.test(value) ? '"' + value.replace(/"/g, '""') + '"' : value;
   }
 

@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from alr_monai.csvcells import escape_dict
 from alr_monai.relabel.expert import EXCLUDE, Answer, read_answers
 from alr_monai.utils import atomic_write_bytes, atomic_write_json
 
@@ -158,7 +159,7 @@ def _answers_csv(rows: Sequence[Mapping[str, str]]) -> bytes:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=["id", "expert_label", "comment", "reader"], lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(escape_dict(row) for row in rows)
     return buffer.getvalue().encode("utf-8")
 
 
@@ -244,7 +245,7 @@ def submit_reader_answers(
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(escape_dict(row) for row in rows)
         atomic_write_bytes(adjudication, buffer.getvalue().encode("utf-8"))
         result.update(status="adjudication", adjudication_file=str(adjudication), disputed=len(disputed))
         return result

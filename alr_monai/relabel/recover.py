@@ -13,6 +13,12 @@ after some round ``j``, and ``audit.csv`` must hold exactly the replay's changes
 ``j + 1``, the first rows of its changes, when a crash fell between its audit append and its labels). Anything else
 (an edited file, answers changed after they were applied) is refused with the reason, and nothing is written.
 
+A damaged ``audit.csv`` under a readable state (deleted, truncated or edited, which every command refuses to append
+to, :func:`~alr_monai.relabel.state.check_audit`) is rebuilt by :func:`rebuild_audit`: the rounds the state records
+are replayed from their answers files, every row of the damaged trail that records the same change is kept as it was
+(time, reader, comment), the lost ones are re-derived (their time is the recovery time), and the damaged file is
+kept beside it as ``audit.csv.damaged``.
+
 Not recoverable: metrics that only the state held. Each round's metrics come back from ``rounds.csv`` as printed
 there (6 significant digits: balanced accuracies, test macro-F1, errors found, pool noise rate); per-class recall,
 MCC, AUROC and the label noise rate of rounds already finished are lost, so the per-class table of ``rounds.md``
@@ -22,26 +28,33 @@ lacks those rounds.
 from __future__ import annotations
 
 import copy
+import csv
+import io
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from alr_monai.csvcells import escape_dict
 from alr_monai.relabel.expert import read_answers
 from alr_monai.relabel.state import (
     ANSWER_SOURCES,
     ANSWERS_DIR,
+    AUDIT_COLUMNS,
     QUERIES_DIR,
+    AuditError,
     AuditTrail,
     RoundError,
     RoundState,
     StateMissingError,
+    audit_digest,
+    check_audit,
     is_label_change,
 )
 from alr_monai.runlock import run_lock
-from alr_monai.utils import read_csv
+from alr_monai.utils import atomic_write_bytes, read_csv
 
-__all__ = ["Recovery", "rebuild_state", "recover_run"]
+__all__ = ["Recovery", "rebuild_audit", "rebuild_state", "recover_run"]
 
 # rounds.csv columns that hold metrics recorded in the state (the others are derived from the history).
 _FLOAT_METRICS = ("pool_noise_rate", "val_balanced_accuracy", "test_balanced_accuracy", "test_macro_f1")
@@ -49,10 +62,11 @@ _FLOAT_METRICS = ("pool_noise_rate", "val_balanced_accuracy", "test_balanced_acc
 
 @dataclass
 class Recovery:
-    """A rebuilt state and what the rebuild found."""
+    """A rebuilt state and what the rebuild found; ``rebuilt`` names the file rebuilt in the relabel folder."""
 
     state: RoundState
     notes: list[str] = field(default_factory=list)
+    rebuilt: str = "state.json"
 
 
 def _query_ids(path: Path) -> list[str]:
@@ -201,11 +215,85 @@ def rebuild_state(
     for j in range(1, applied + 1):
         if j in metrics:
             state.record_metrics(j, metrics[j])
+    state.audit = audit_digest(relabel_dir / "audit.csv")  # checked above against the replay
     notes.append(
         f"{applied} applied round(s) rebuilt, {state.budget_spent} labels spent; round metrics restored from "
         "rounds.csv as printed there (per-class recall, MCC and AUROC of past rounds are not recoverable)"
     )
     return Recovery(state, notes)
+
+
+def rebuild_audit(
+    relabel_dir: str | Path,
+    state: RoundState,
+    ids: list[str],
+    given_labels: list[int],
+    trusted: list[bool],
+    class_names: list[str],
+) -> tuple[list[dict[str, str]], list[str], list[str]]:
+    """The audit rows of the rounds ``state`` applied, rebuilt from their answers files (nothing is written).
+
+    Rows of the damaged ``audit.csv`` that record the same change (id, old and new label, action, round, source)
+    are kept as they are; the others are re-derived from the answers files.
+
+    Returns:
+        The rows (strings, in the trail's columns), the columns, and notes on what was kept, re-derived and dropped.
+
+    Raises:
+        RoundError: an answers file is missing, or the replay does not give the labels the state records.
+    """
+    relabel_dir = Path(relabel_dir)
+    replay = RoundState.initial(ids, given_labels, trusted, class_names)
+    derived: list[dict] = []
+    for entry in state.history:
+        k = int(entry["round"])
+        answers_path = relabel_dir / ANSWERS_DIR / f"round_{k}.csv"
+        if not answers_path.is_file():
+            raise RoundError(f"cannot rebuild the audit trail: {answers_path} (round {k}'s answers) is missing")
+        query_ids = state.queried[str(k)]
+        replay.begin_round(k, query_ids)
+        answers = read_answers(answers_path, replay.class_names, query_ids, replay.ids, allow_empty=True)
+        derived += replay.apply_answers(k, answers, str(entry["source"]))
+    if (replay.current_labels, replay.source) != (state.current_labels, state.source):
+        raise RoundError(
+            f"cannot rebuild the audit trail: replaying {relabel_dir / ANSWERS_DIR} does not give the labels "
+            f"{relabel_dir / 'state.json'} records; an answers file was changed after it was applied"
+        )
+    path = relabel_dir / "audit.csv"
+    try:
+        damaged = AuditTrail(path).rows()
+    except (ValueError, UnicodeDecodeError):  # a foreign header or bytes: nothing in it can be trusted
+        damaged = []
+    columns = list(damaged[0]) if damaged and "action" not in damaged[0] else list(AUDIT_COLUMNS)
+    legacy = "action" not in columns
+    recorded = {(row.get("round"), row.get("id")): row for row in damaged}
+    change = ("id", "old_label", "new_label", "round", "source") + (() if legacy else ("action",))
+    rows, kept = [], 0
+    for row in derived:
+        if legacy and not is_label_change(row):
+            continue
+        cells = {column: str(row[column]) for column in columns}
+        old = recorded.pop((cells["round"], cells["id"]), None)
+        if old is not None and all(old.get(c) == cells[c] for c in change):
+            cells, kept = {column: str(old.get(column) or "") for column in columns}, kept + 1
+        rows.append(cells)
+    notes = [
+        f"audit.csv rebuilt from the answers of rounds 1-{state.round}: {kept} row(s) kept as recorded, "
+        f"{len(rows) - kept} re-derived from answers/ (their time is now; reader names given only with --reader "
+        f"are not in the answers files), {len(recorded)} row(s) of the damaged file dropped (no applied answer "
+        "makes them)"
+    ]
+    return rows, columns, notes
+
+
+def _keep_aside(path: Path, suffix: str) -> Path:
+    """Move ``path`` to ``path<suffix>`` (``<suffix>.2``, ... if taken); returns the new name."""
+    target, number = path.with_name(path.name + suffix), 1
+    while target.exists():
+        number += 1
+        target = path.with_name(f"{path.name}{suffix}.{number}")
+    os.replace(path, target)
+    return target
 
 
 def _phase1_inputs(run_dir: Path) -> tuple[list[str], list[int], list[bool], list[str]]:
@@ -226,15 +314,34 @@ def _phase1_inputs(run_dir: Path) -> tuple[list[str], list[int], list[bool], lis
     )
 
 
-def recover_run(run_dir: str | Path) -> Recovery:
-    """Rebuild ``<run_dir>/relabel/state.json`` when it is missing or unreadable, holding the run's lock.
+def _recover_audit(run_dir: Path, state: RoundState, state_path: Path, problem: str) -> Recovery:
+    """Rebuild a damaged audit.csv (the lock is held), keep the damaged file aside, and record the new digest."""
+    relabel_dir = state_path.parent
+    rows, columns, notes = rebuild_audit(relabel_dir, state, *_phase1_inputs(run_dir))
+    path = relabel_dir / "audit.csv"
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(escape_dict(row) for row in rows)
+    notes.insert(0, problem.split(" Nothing was changed.")[0])
+    if path.exists():
+        notes.append(f"the damaged trail was kept as {_keep_aside(path, '.damaged').name}")
+    atomic_write_bytes(path, buffer.getvalue().encode("utf-8"))
+    state.audit = audit_digest(path)
+    state.save(state_path)
+    return Recovery(state, notes, rebuilt="audit.csv")
 
-    An unreadable state file is kept as ``state.json.unreadable``. Nothing is written unless the rebuild passes
+
+def recover_run(run_dir: str | Path) -> Recovery:
+    """Rebuild ``<run_dir>/relabel/state.json`` when it is missing or unreadable, or ``audit.csv`` when the state is
+    readable but the trail is damaged (:func:`rebuild_audit`), holding the run's lock.
+
+    An unreadable state file is kept as ``state.json.unreadable``, a damaged trail as ``audit.csv.damaged``. Nothing is written unless the rebuild passes
     every check (see the module docstring).
 
     Raises:
-        RoundError: there is nothing to recover (the state file is readable, or phase 2 never started), or the
-            rounds' files disagree.
+        RoundError: there is nothing to recover (the state file is readable and the audit trail intact, or phase 2
+            never started), or the rounds' files disagree.
         FileNotFoundError: phase 1's selection.csv or classes.json is missing.
     """
     run_dir = Path(run_dir)
@@ -244,13 +351,17 @@ def recover_run(run_dir: str | Path) -> Recovery:
         raise RoundError(f"nothing to recover: {relabel_dir} does not exist (phase 2 never started in {run_dir})")
     with run_lock(run_dir, "recover", create=False):
         try:
-            RoundState.load(state_path)
+            state = RoundState.load(state_path)
         except StateMissingError:
             pass  # missing with outputs, or unreadable: what recovery is for
         except FileNotFoundError:
             raise RoundError(f"nothing to recover: {relabel_dir} holds no relabel round yet") from None
         else:
-            raise RoundError(f"nothing to recover: {state_path} is readable")
+            try:
+                check_audit(state, relabel_dir / "audit.csv", state_path)
+            except AuditError as error:
+                return _recover_audit(run_dir, state, state_path, str(error))
+            raise RoundError(f"nothing to recover: {state_path} is readable and audit.csv is intact")
         recovery = rebuild_state(relabel_dir, *_phase1_inputs(run_dir))
         if state_path.exists():
             os.replace(state_path, state_path.with_name(state_path.name + ".unreadable"))

@@ -25,8 +25,10 @@ folder already holds outputs (queries, answers, audit.csv, labels_cleaned.csv), 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
+import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -34,6 +36,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from alr_monai.csvcells import escape_dict, unescape_dict
 from alr_monai.relabel.expert import Answer, check_class_names, read_answers, write_query_file
 from alr_monai.runlock import run_lock
 from alr_monai.utils import append_bytes, atomic_write_bytes, atomic_write_csv, atomic_write_json
@@ -61,12 +64,15 @@ __all__ = [
     "LABELS_CLEANED_COLUMNS",
     "SOURCES",
     "STATE_FORMAT_VERSION",
+    "AuditError",
     "AuditTrail",
     "RoundError",
     "RoundState",
     "StateMissingError",
     "apply_answers_file",
     "apply_round",
+    "audit_digest",
+    "check_audit",
     "open_state",
     "relabel_outputs",
     "start_round",
@@ -79,6 +85,10 @@ class RoundError(ValueError):
 
 class StateMissingError(RoundError):
     """The relabel state file is missing or unreadable while the relabel folder holds outputs of past rounds."""
+
+
+class AuditError(RoundError):
+    """audit.csv is not what the state recorded after the last append: deleted, truncated or edited."""
 
 
 def relabel_outputs(relabel_dir: str | Path) -> list[str]:
@@ -135,6 +145,8 @@ class RoundState:
         pool_scope: "suspected" (the pool is what phase 1 did not trust) or "unverified" (phase 1 trusted every
             sample, e.g. one network trained with plain CE, so every sample the expert has not answered is in
             the pool).
+        audit: what audit.csv held after the last append (:func:`audit_digest`: rows, bytes, sha256), checked by
+            :func:`check_audit` before anything is appended; None in a state written before it was recorded.
     """
 
     ids: list[str]
@@ -152,6 +164,7 @@ class RoundState:
     history: list[dict[str, Any]] = field(default_factory=list)
     baseline_metrics: dict[str, Any] = field(default_factory=dict)
     pool_scope: str = "suspected"
+    audit: dict[str, Any] | None = None
 
     @classmethod
     def initial(
@@ -169,6 +182,7 @@ class RoundState:
             source=["given"] * len(ids),
             class_names=check_class_names(class_names),
             pool_scope="unverified" if len(trusted) and all(trusted) else "suspected",
+            audit=audit_digest(b""),
         )
         state._validate("initial relabel state")
         if EXCLUDED_LABEL in state.given_labels:
@@ -460,6 +474,7 @@ class RoundState:
             )
         names = [f.name for f in fields(cls)]
         data.setdefault("pool_scope", "suspected")  # states written before the field existed
+        data.setdefault("audit", None)  # states written before the audit digest: checked from the next append on
         missing = [name for name in names if name not in data]
         if missing:
             raise StateMissingError(
@@ -497,7 +512,7 @@ class AuditTrail:
         reader = csv.DictReader(io.StringIO(data.decode("utf-8-sig"), newline=""))
         if reader.fieldnames not in (AUDIT_COLUMNS, LEGACY_AUDIT_COLUMNS):
             raise ValueError(f"audit trail {self.path} has columns {reader.fieldnames}, expected {AUDIT_COLUMNS}")
-        return list(reader)
+        return [unescape_dict(row) for row in reader]
 
     def _columns(self) -> list[str]:
         """The columns this trail is written in: the legacy six for a trail that already has them."""
@@ -553,9 +568,86 @@ class AuditTrail:
         writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
         if created or self.path.stat().st_size == 0:
             writer.writeheader()
-        writer.writerows(new)
+        writer.writerows(escape_dict(row) for row in new)
         append_bytes(self.path, buffer.getvalue().encode("utf-8"))
         return len(new)
+
+
+def audit_digest(data: bytes | str | Path) -> dict[str, Any]:
+    """What the state records about audit.csv: its data rows, bytes and sha256 (of a path, or of its bytes), up to
+    its last complete line (a torn line left by a crash is dropped by the next append)."""
+    if isinstance(data, (str, Path)):
+        data = Path(data).read_bytes() if Path(data).exists() else b""
+    data = data[: data.rfind(b"\n") + 1]
+    rows = len(list(csv.reader(io.StringIO(data.decode("utf-8-sig"), newline="")))) - 1 if data else 0
+    return {"rows": rows, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def check_audit(state: RoundState, audit_path: str | Path, state_path: str | Path = "state.json") -> None:
+    """Refuse to go on when audit.csv is not what ``state`` recorded after the last append.
+
+    The recorded bytes must still be there, unchanged; after them only complete rows of the pending round may
+    follow (a crash fell between their append and the state write, and the rerun re-derives them) and a torn last
+    line (dropped by the next append). A state without a record (written by an older version) is legacy: it is
+    accepted with a message and checked from its next append on.
+
+    Raises:
+        AuditError: naming the file and what is wrong (deleted, truncated, edited, rows added), and how to go on.
+    """
+    audit_path = Path(audit_path)
+    recorded = state.audit
+    if recorded is None:
+        if audit_path.exists() and audit_path.resolve() not in _LEGACY_WARNED:
+            _LEGACY_WARNED.add(audit_path.resolve())
+            logging.getLogger("alr_monai").warning(
+                f"{state_path} records no digest of {audit_path} (a run of an older version): edits made to it "
+                "before now cannot be detected; it is checked from the next append on"
+            )
+        return
+    try:
+        rows, size, digest = int(recorded["rows"]), int(recorded["bytes"]), str(recorded["sha256"])
+    except (KeyError, TypeError, ValueError):
+        raise AuditError(
+            f"{state_path}: key 'audit' is {recorded!r}, not the audit trail's digest (rows, bytes, sha256); it was "
+            f"edited. {_audit_hint(state_path)}"
+        ) from None
+    what = f"{rows} rows, {size} bytes, as {state_path} recorded after round {state.round}"
+    if not audit_path.exists():
+        if size:
+            raise AuditError(f"audit trail {audit_path} is missing, but it held {what}. {_audit_hint(state_path)}")
+        return
+    data = audit_path.read_bytes()
+    if len(data) < size:
+        raise AuditError(
+            f"audit trail {audit_path} holds {len(data)} bytes, but it held {what}: it was truncated (rows at its "
+            f"end deleted). {_audit_hint(state_path)}"
+        )
+    if hashlib.sha256(data[:size]).hexdigest() != digest:
+        raise AuditError(
+            f"audit trail {audit_path} was edited: its first {size} bytes ({what}) no longer have the recorded "
+            f"sha256 (or the digest in {state_path} was edited). {_audit_hint(state_path)}"
+        )
+    if len(data) > size:
+        complete = data[: data.rfind(b"\n") + 1]
+        extra = AuditTrail(audit_path)._parse(complete)[rows:] if complete else []
+        pending = str(state.pending_round) if state.pending_round is not None else None
+        foreign = [row for row in extra if row.get("round") != pending]
+        if foreign:
+            raise AuditError(
+                f"audit trail {audit_path} has {len(foreign)} row(s) after the {what} that no interrupted append of "
+                f"the pending round wrote (first: id {foreign[0].get('id')!r}, round {foreign[0].get('round')!r}): "
+                f"rows were added by hand. {_audit_hint(state_path)}"
+            )
+
+
+_LEGACY_WARNED: set[Path] = set()  # a legacy trail is named once per process, not at every check
+
+
+def _audit_hint(state_path: str | Path) -> str:
+    return (
+        f"Nothing was changed. Restore the file from a backup, or rebuild it from the kept answers files with "
+        f"`alr recover --run_dir {_run_dir_of(state_path)}` (it keeps every intact row and says what it re-derived)"
+    )
 
 
 def is_label_change(row: Mapping[str, Any]) -> bool:
@@ -596,6 +688,7 @@ def start_round(
     """
     with run_lock(_run_dir_of(state_path), "relabel", create=False):
         state = RoundState.load(state_path)
+        check_audit(state, Path(state_path).parent / "audit.csv", state_path)  # no new round on a damaged trail
         query_path = Path(query_path)
         ids = [str(row["id"]) for row in rows]
         if state.pending_round == round_index and state.queried.get(str(round_index)) == ids and query_path.exists():
@@ -635,6 +728,7 @@ def apply_round(
     """
     with run_lock(_run_dir_of(state_path), "answer", create=False):
         state = RoundState.load(state_path)
+        check_audit(state, audit_path, state_path)  # before anything is appended to a damaged trail
         rows = state.apply_answers(round_index, answers, source)
         trail = AuditTrail(audit_path)
         computed = {(str(row["round"]), row["id"]) for row in rows}
@@ -652,6 +746,7 @@ def apply_round(
             trail.append(rows)
         except ValueError as error:
             raise RoundError(str(error)) from error
+        state.audit = audit_digest(trail.path)
         state.write_labels_cleaned(labels_cleaned_path)
         state.save(state_path)  # last: until this lands, the round is still pending and a rerun is safe
         return state
@@ -687,6 +782,7 @@ def apply_answers_file(
                 raise RoundError(f"no query is pending in {state_path} ({state.round} rounds applied)")
             round_index = state.pending_round
         state._check_can_apply(round_index)
+        check_audit(state, audit_path, state_path)  # before the answers file is kept
         answers = read_answers(
             answers_path, state.class_names, state.queried[str(round_index)], state.ids, allow_empty, reader
         )
