@@ -163,9 +163,10 @@ def _plots(run_dir: Path, summary: dict, metrics: dict, state: dict | None) -> l
         )
     history = (state or {}).get("history") or []
     if history:
-        last = history[-1]["metrics"]
-        if last.get("test_confusion_matrix"):
-            title = f"test, after round {history[-1]['round']}"
+        trained = [entry for entry in history if entry.get("metrics", {}).get("test_confusion_matrix")]
+        if trained:
+            last = trained[-1]["metrics"]
+            title = f"test, after round {trained[-1]['round']}"
             figures.append(
                 (
                     "phase2",
@@ -175,6 +176,7 @@ def _plots(run_dir: Path, summary: dict, metrics: dict, state: dict | None) -> l
                 )
             )
         points = [(0, state.get("baseline_metrics") or {})] + [(h["budget_spent"], h["metrics"]) for h in history]
+        points = [(spent, m) for spent, m in points if m]  # an answered round is plotted once its model is trained
         spent = [p for p, _ in points]
         figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=80)
         left.plot(spent, [m.get("test_balanced_accuracy") for _, m in points], marker="o", label="test")
@@ -265,7 +267,12 @@ def _sections(run_dir: Path) -> list[tuple]:
         if state is not None and state.get("history"):
             points = [(0, state.get("baseline_metrics") or {})]
             points += [(entry["round"], entry["metrics"]) for entry in state["history"]]
-            per_class = [[number, *(m.get("test_per_class_recall") or [])] for number, m in points]
+            width = len(summary["class_names"])
+            # a round answered but not yet recalibrated (after `alr answer`, before the next `alr query`) has no
+            # metrics yet: its row shows n/a rather than breaking the table
+            per_class = [
+                [number, *((m.get("test_per_class_recall") or [None] * width)[:width])] for number, m in points
+            ]
             blocks += [
                 ("p", "Per-class test recall by round:"),
                 ("table", ["round", *summary["class_names"]], per_class),
@@ -277,6 +284,15 @@ def _sections(run_dir: Path) -> list[tuple]:
             ]
             if reasons:
                 blocks += [("p", "Which model closed each round, and why (validation only):"), ("list", reasons)]
+            untrained = [entry["round"] for entry in state["history"] if not entry.get("metrics")]
+            if untrained:
+                blocks.append(
+                    (
+                        "p",
+                        f"Round {untrained[-1]} is answered; its model is trained (and its row of the rounds table "
+                        f"written) by the next `alr query --run_dir {run_dir}`.",
+                    )
+                )
         blocks += [("image", caption, name) for section, caption, name in plots if section == "phase2"]
         blocks += _reader_blocks(run_dir / "relabel")
     links = [("selection.csv (every sample: loss, VoG, kept, trusted)", "selection.csv")]

@@ -485,3 +485,37 @@ def test_rounds_write_tensorboard_with_labels_spent_as_the_step(simulated_run):
     assert {"recalibration/loss", "recalibration/loss_peer0", "recalibration/learning_rate"} <= set(tags["scalars"])
     assert [e.step for e in events.Scalars("recalibration/loss")] == [1, 2]  # one per recalibration epoch
     assert {tag.split("/")[0] for tag in tags["scalars"]} <= {"relabel", "recalibration"}
+
+
+# ------------------------------------------------------------------------------------- report at every step
+def test_report_works_at_every_step_of_the_loop(phase1_run, tmp_path, capsys):
+    """`alr report` after phase 1, after each query, after each answer and at the end (issue 25 item 2)."""
+    run_dir = copy_run(phase1_run, tmp_path)
+
+    def report() -> str:
+        capsys.readouterr()
+        cli.main(["report", "--run_dir", str(run_dir)])  # exits 2 on any error
+        assert (run_dir / "report.html").is_file()
+        return capsys.readouterr().out
+
+    def answer(round_index: int) -> None:
+        header, query = rows_of(run_dir / "relabel" / "queries" / f"round_{round_index}.csv")
+        filled = tmp_path / f"filled_{round_index}.csv"
+        with open(filled, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=header)
+            writer.writeheader()
+            writer.writerows({**row, "expert_label": row["given_label"]} for row in query[:3])
+        cli.main(["answer", str(filled), "--run_dir", str(run_dir)])
+
+    report()
+    for round_index in (1, 2):
+        cli.main(["query", "--run_dir", str(run_dir), *ROUNDS_ARGV])
+        assert f"Round {round_index} waits for answers" in report()
+        answer(round_index)
+        printed = report()
+        assert f"Round {round_index} waits" not in printed
+        # the answered round is listed although it has no model yet
+        assert f"round {round_index}" in printed.lower()
+    cli.main(["query", "--run_dir", str(run_dir), *ROUNDS_ARGV])
+    printed = report()
+    assert load_state(run_dir).round == 2 and "waits for answers" not in printed
