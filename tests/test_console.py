@@ -139,7 +139,7 @@ def test_verbose_brings_back_ignite_log(tmp_path, tiny_npz, capsys):
         ("vog_mean", None, "selection/vog_mean"),
         ("noise_rate_estimate/platelet", None, "noise/noise_rate_estimate/platelet"),
         ("forget_rate", None, "noise/forget_rate"),
-        ("relabel_forget_rate", None, "recalibration/forget_rate"),
+        ("val_balanced_accuracy", None, "val/balanced_accuracy"),  # phase 2's trainer: phase 1's tag
         ("something_new", None, "train/something_new"),
         ("val_balanced_accuracy", "val_balanced_accuracy", "val/balanced_accuracy"),
         ("val_balanced_accuracy_auroc", "val_balanced_accuracy", "val/auroc"),

@@ -475,16 +475,29 @@ def test_phase2_with_phase1_settings_runs_and_other_class_names_are_refused(phas
 def test_rounds_write_tensorboard_with_labels_spent_as_the_step(simulated_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    # phase 2 writes its own event file beside phase 1's in the run's tensorboard/ folder
-    files = sorted((simulated_run / "tensorboard").glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime)
-    events = EventAccumulator(str(files[-1]), size_guidance={"scalars": 0, "images": 0})
-    events.Reload()
-    tags = events.Tags()
-    assert [e.step for e in events.Scalars("relabel/test_balanced_accuracy")] == [0, BUDGET, 2 * BUDGET]
-    assert [e.step for e in events.Images("relabel/confusion_matrix_val")] == [0, BUDGET, 2 * BUDGET]
-    assert {"recalibration/loss", "recalibration/loss_peer0", "recalibration/learning_rate"} <= set(tags["scalars"])
-    assert [e.step for e in events.Scalars("recalibration/loss")] == [1, 2]  # one per recalibration epoch
-    assert {tag.split("/")[0] for tag in tags["scalars"]} <= {"relabel", "recalibration"}
+    def events_of(folder: Path) -> EventAccumulator:
+        files = sorted(folder.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime)
+        events = EventAccumulator(str(files[-1]), size_guidance={"scalars": 0, "images": 0})
+        events.Reload()
+        return events
+
+    # the rounds are their own TensorBoard run (step = labels spent), under phase 1's tag of each metric
+    rounds = events_of(simulated_run / "tensorboard" / "rounds")
+    for tag in ("val/balanced_accuracy", "test/balanced_accuracy", "relabel/pool_noise_rate"):
+        assert [e.step for e in rounds.Scalars(tag)] == [0, BUDGET, 2 * BUDGET], tag
+    assert [e.step for e in rounds.Images("val/confusion_matrix")] == [0, BUDGET, 2 * BUDGET]
+    assert {tag.split("/")[0] for tag in rounds.Tags()["scalars"]} <= {"val", "test", "relabel"}
+
+    # recalibration continues phase 1's curves: the same tags, the step counting on from phase 1's epochs
+    # (phase 2 writes its own event file beside phase 1's in the run's tensorboard/ folder)
+    phase1_epochs = TINY["max_epochs"]
+    recalibration = events_of(simulated_run / "tensorboard")
+    tags = set(recalibration.Tags()["scalars"])
+    assert {"train/loss", "train/loss_peer0", "train/learning_rate", "val/balanced_accuracy"} <= tags, tags
+    for tag in ("train/loss", "val/balanced_accuracy"):
+        assert [e.step for e in recalibration.Scalars(tag)] == [phase1_epochs + 1, phase1_epochs + 2], tag
+    assert not {tag for tag in tags if tag.startswith(("recalibration/", "relabel/"))}, tags
+    assert "noise/forget_rate" not in tags, "the trusted-set recipe forgets nothing: no always-zero curve"
 
 
 # ------------------------------------------------------------------------------------- report at every step

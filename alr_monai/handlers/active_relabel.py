@@ -26,7 +26,7 @@ class ActiveRelabelRoundHandler:
         ITERATION_STARTED: the learning rate of the driver's schedule (when it has one and ``optimizer`` is given).
         LOSSES_COMPUTED: expert-verified samples are always kept by co-teaching.
         ITERATION_COMPLETED: :meth:`RelabelDriver.after_step` (weight averaging).
-        EPOCH_COMPLETED: validation score (``relabel_val_balanced_accuracy``, ``relabel_forget_rate`` metrics)
+        EPOCH_COMPLETED: validation score (``val_balanced_accuracy`` metric; ``forget_rate`` when it is not 0)
             and the driver's per-epoch choice; on a round's last epoch :meth:`RelabelDriver.end_round`.
         COMPLETED: :meth:`RelabelDriver.finish` and the round table printed, unless waiting for a person.
 
@@ -119,9 +119,13 @@ class ActiveRelabelRoundHandler:
         output["force_keep"] = self.label_store.verified[output["index"].cpu()].to(output["label"].device)
 
     def _epoch_completed(self, engine: Engine) -> None:
-        engine.state.metrics["relabel_forget_rate"] = float(engine.forget_rate or 0.0)
+        # phase 1's names, so TensorBoard draws one curve per metric across both phases (val/balanced_accuracy)
+        if engine.forget_rate:  # recipe "coteaching" only: the trusted-set recipe forgets nothing
+            engine.state.metrics["forget_rate"] = float(engine.forget_rate)
+        else:
+            engine.state.metrics.pop("forget_rate", None)
         val_score = self.driver.validation_score()
-        engine.state.metrics["relabel_val_balanced_accuracy"] = val_score
+        engine.state.metrics["val_balanced_accuracy"] = val_score
         self.driver.consider(val_score, self.driver.round_of(engine.state.epoch))
         round_index = self.driver.round_ending(engine.state.epoch)
         if round_index is not None:

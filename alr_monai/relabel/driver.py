@@ -164,7 +164,8 @@ class RelabelDriver:
         num_workers: DataLoader workers of the scoring passes (acquisition, pseudo-labels).
         pin_memory: pinned host memory for those passes (CUDA only).
         resume_command: the command a person runs after filling the answers file.
-        summary_writer: TensorBoard writer for round scalars (optional).
+        summary_writer: TensorBoard writer for the rounds' scalars, step = labels spent (optional; the bundle
+            gives it the run ``tensorboard/rounds``), tagged by :func:`round_tag`.
         device: inference device (default: the device of the network's parameters).
         model_choice: "tolerant" or "best" (see above).
         choice_tolerance: standard errors a round's model may trail the incumbent and still be adopted.
@@ -722,17 +723,17 @@ class RelabelDriver:
             step = state.budget_spent
             for key, value in metrics.items():
                 if isinstance(value, float) and math.isfinite(value):
-                    self.writer.add_scalar(f"relabel/{key}", value, step)
+                    self.writer.add_scalar(round_tag(key), value, step)
             self.writer.flush()
         return metrics
 
     def _log_confusion_matrix(self, matrix: list, state: RoundState) -> None:
-        """The validation confusion matrix of this round's model, as ``relabel/confusion_matrix_val``."""
+        """The validation confusion matrix of this round's model, as ``val/confusion_matrix``."""
         from alr_monai.plots import confusion_matrix_figure, figure_to_array
 
         title = f"validation after round {state.round} ({state.budget_spent} labels spent)"
         image = figure_to_array(confusion_matrix_figure(matrix, self.class_names, title))
-        self.writer.add_image("relabel/confusion_matrix_val", image, state.budget_spent, dataformats="HWC")
+        self.writer.add_image("val/confusion_matrix", image, state.budget_spent, dataformats="HWC")
 
     def simulation_metrics(self, state: RoundState) -> dict:
         """Errors found, the pool's noise rate and the pseudo-labels' accuracy, from the simulation's truth
@@ -873,6 +874,18 @@ class RelabelDriver:
             return None
         self.logger.info(f"round {round_index}: wrote the query sheet {page_path} (open it in a web browser)")
         return page_path
+
+
+def round_tag(key: str) -> str:
+    """The TensorBoard tag of a round metric: phase 1's tag for the same quantity where one exists.
+
+    ``val_balanced_accuracy`` -> ``val/balanced_accuracy``, ``test_macro_f1`` -> ``test/macro_f1``, and the
+    metrics only rounds have -> ``relabel/<key>`` (``relabel/pool_noise_rate``).
+    """
+    for split in ("val", "test"):
+        if key.startswith(split + "_"):
+            return f"{split}/{key.removeprefix(split + '_')}"
+    return f"relabel/{key}"
 
 
 def _model_cell(round_index: int, metrics: dict) -> str:
