@@ -68,6 +68,61 @@ def phase1_summary(run_dir: str | Path, metrics: dict | None = None) -> dict:
     }
 
 
+def phase1_story(run_dir: str | Path, seconds: float | None = None) -> str:
+    """What the console says when phase 1 ends: a few lines of headline numbers (not the whole report).
+
+    Args:
+        run_dir: the run folder (its metrics.json).
+        seconds: how long phase 1 took in this command (None: not said).
+    """
+    from alr_monai.handlers.console import format_duration
+
+    summary = phase1_summary(run_dir)
+    took = f" in {format_duration(seconds)}" if seconds is not None else ""
+    lines = [f"Phase 1 done: {summary['epochs']} epochs{took}."]
+    model = f"the model of epoch {summary['best_val_epoch']}, validation {_fmt(summary['best_val_balanced_accuracy'])}"
+    if summary["test_balanced_accuracy"] is not None:
+        lines.append(f"  test balanced accuracy {_fmt(summary['test_balanced_accuracy'])} ({model})")
+    else:
+        lines.append(f"  validation balanced accuracy {_fmt(summary['best_val_balanced_accuracy'])} (no test yet)")
+    noise = f"  estimated noise {_fmt(summary['noise_rate_estimate'])}"
+    if summary["noise_rate_true"] is not None:
+        noise += f" (simulation truth {_fmt(summary['noise_rate_true'])})"
+    if summary["kept_fraction"] is not None:
+        noise += f"; trusted {summary['kept_fraction']:.0%} of the training set"
+        if summary["selection_precision"] is not None:
+            noise += f", {summary['selection_precision']:.0%} of it correctly labelled (simulation)"
+    lines.append(noise)
+    return "\n".join(lines)
+
+
+def run_headline(run_dir: str | Path) -> str:
+    """What the console says at the end of a command: the result in one line, then where to look.
+
+    e.g. ``Result: test balanced accuracy 0.762 -> 0.805 after 500 labels (5 rounds), 434 labels fixed``, the
+    report's path and the TensorBoard command.
+    """
+    run_dir = Path(run_dir)
+    lines = []
+    state = _load_json(run_dir / "relabel" / "state.json") or {}
+    trained = [entry for entry in state.get("history") or [] if entry.get("metrics")]
+    baseline = state.get("baseline_metrics") or {}
+    if trained:
+        split = "test" if trained[-1]["metrics"].get("test_balanced_accuracy") is not None else "val"
+        before = baseline.get(f"{split}_balanced_accuracy")
+        after = trained[-1]["metrics"].get(f"{split}_balanced_accuracy")
+        fixed = sum(entry["labels_changed"] for entry in trained)
+        spent = trained[-1]["budget_spent"]
+        rounds = f"{len(trained)} round{'s' if len(trained) != 1 else ''}"
+        lines.append(
+            f"Result: {'test' if split == 'test' else 'validation'} balanced accuracy {_fmt(before)} -> {_fmt(after)} "
+            f"after {spent} labels ({rounds}), {fixed} labels fixed"
+        )
+    lines.append(f"Report: {run_dir / 'report.html'} (and report.md)")
+    lines.append(f"TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}")
+    return "\n".join(lines)
+
+
 def _has_values(values: list) -> bool:
     return any(v is not None and v == v for v in values)
 

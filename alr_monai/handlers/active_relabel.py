@@ -54,6 +54,29 @@ class ActiveRelabelRoundHandler:
         self.sampler = sampler
         self.optimizer = optimizer
         self.waiting_for = None
+        self._closed_round: int | None = None
+
+    # ------------------------------------------------------------------------------------------ console
+    def epoch_label(self, epoch: int) -> str:
+        """What the console calls recalibration ``epoch`` (see ``EpochSummaryPrinter``'s ``schedule``)."""
+        per_round = self.driver.recalibration_epochs
+        return f"round {self.driver.round_of(epoch)} epoch {(epoch - 1) % per_round + 1}/{per_round}"
+
+    def epochs_left(self, epoch: int) -> int:
+        """Epochs this command still runs after ``epoch``: to the end of the round when a person answers (the run
+        stops at the next query), else to the end of the last round."""
+        if self.driver.mode == "interactive":
+            return self.driver.round_of(epoch) * self.driver.recalibration_epochs - epoch
+        return self.driver.num_rounds * self.driver.recalibration_epochs - epoch
+
+    def _print_round_line(self, engine: Engine) -> None:
+        # registered at STARTED, after every handler of the bundle's list: the round's line follows its last
+        # epoch's line
+        if self._closed_round is None:
+            return
+        round_index, self._closed_round = self._closed_round, None
+        if is_main_process():
+            print(self.driver.round_line(self.driver.load_state(), round_index), flush=True)
 
     def attach(self, engine: Engine) -> None:
         if getattr(engine, "network", self.driver.network) is not self.driver.network:
@@ -75,6 +98,8 @@ class ActiveRelabelRoundHandler:
 
     def _started(self, engine: Engine) -> None:
         self.waiting_for = None
+        if not engine.has_event_handler(self._print_round_line, Events.EPOCH_COMPLETED):
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self._print_round_line)
         if is_main_process():
             state = self.driver.open()
         barrier()
@@ -128,8 +153,8 @@ class ActiveRelabelRoundHandler:
         engine.state.metrics["val_balanced_accuracy"] = val_score
         self.driver.consider(val_score, self.driver.round_of(engine.state.epoch))
         round_index = self.driver.round_ending(engine.state.epoch)
-        if round_index is not None:
-            self.driver.end_round(round_index)
+        if round_index is not None and self.driver.end_round(round_index) is not None:
+            self._closed_round = round_index
 
     def _completed(self, engine: Engine) -> None:
         if self.waiting_for is not None:

@@ -808,6 +808,26 @@ class RelabelDriver:
             lines.append(markdown_table(["round", *self.class_names], table, format_cell))
         return "\n".join(lines) + "\n"
 
+    def round_line(self, state: RoundState, round_index: int) -> str:
+        """One console line for a closed round: its answers, the labels spent so far, the closing model's scores
+        and the model choice, e.g. ``round 2/5 | 100 answers (97 changed, 0 excluded, 0 skipped) | 200 labels spent
+        | val 0.673 | test 0.672 | adopted: val 0.673 >= round 1's model 0.649``."""
+        entry = next(e for e in state.history if e["round"] == round_index)
+        metrics = entry.get("metrics") or {}
+        parts = [
+            f"round {round_index}/{self.num_rounds}",
+            f"{entry['labels_spent']} answers ({entry['labels_changed']} changed, {entry['excluded']} excluded, "
+            f"{entry['skipped']} skipped)",
+            f"{entry['budget_spent']} labels spent",
+        ]
+        for split in ("val", "test"):
+            value = metrics.get(f"{split}_balanced_accuracy")
+            if isinstance(value, float) and math.isfinite(value):
+                parts.append(f"{split} {value:.3f}")
+        if metrics.get("model_choice_reason"):
+            parts.append(metrics["model_choice_reason"])
+        return " | ".join(parts)
+
     def write_round_table(self, state: RoundState) -> None:
         """Write rounds.csv and rounds.md (atomically)."""
         rows = self.round_rows(state)
