@@ -414,26 +414,28 @@ def _at_a_glance(summary: dict, state: dict | None) -> list[tuple[str, str, str]
     items = []
     phase1_test = summary["test_balanced_accuracy"]
     if phase1_test is not None:
-        items.append(("Phase 1: test balanced accuracy", _fmt(phase1_test), f"after {summary['epochs']} epochs"))
+        items.append(("Test balanced accuracy after phase 1", _fmt(phase1_test), f"{summary['epochs']} epochs"))
     else:
         items.append(
-            ("Phase 1: validation balanced accuracy", _fmt(summary["best_val_balanced_accuracy"]), "no test yet")
+            ("Validation balanced accuracy after phase 1", _fmt(summary["best_val_balanced_accuracy"]), "no test yet")
         )
-    trained = [entry for entry in (state or {}).get("history") or [] if entry.get("metrics")]
+    applied = (state or {}).get("history") or []
+    trained = [entry for entry in applied if entry.get("metrics")]
     if trained:
         last = trained[-1]
         after = last["metrics"].get("test_balanced_accuracy")
         note = f"after round {last['round']}"
         if after is not None and phase1_test is not None:
-            note += f" ({after - phase1_test:+.3f} over phase 1)"
-        items.append(("Now: test balanced accuracy", _fmt(after), note))
-        changed = sum(entry.get("labels_changed", 0) for entry in trained)
-        excluded = sum(entry.get("excluded", 0) for entry in trained)
+            note += f", {after - phase1_test:+.3f} over phase 1"
+        items.append(("Test balanced accuracy now", _fmt(after), note))
+    if applied:  # answered rounds count although their model is not trained yet
+        changed = sum(entry.get("labels_changed", 0) for entry in applied)
+        excluded = sum(entry.get("excluded", 0) for entry in applied)
         items.append(
             (
                 "Labels spent",
-                _fmt(last.get("budget_spent")),
-                f"{changed} changed, {excluded} excluded, in {len(trained)} round{'s' if len(trained) != 1 else ''}",
+                _fmt(applied[-1].get("budget_spent")),
+                f"{changed} changed, {excluded} excluded, in {len(applied)} round{'s' if len(applied) != 1 else ''}",
             )
         )
     noise_note = (

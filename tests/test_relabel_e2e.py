@@ -527,8 +527,9 @@ def test_report_works_at_every_step_of_the_loop(phase1_run, tmp_path, capsys):
         answer(round_index)
         printed = report()
         assert f"Round {round_index} waits" not in printed
-        # the answered round is listed although it has no model yet
+        # the answered round is listed and counted although it has no model yet
         assert f"round {round_index}" in printed.lower()
+        assert f"Labels spent: **{3 * round_index}**" in printed
     cli.main(["query", "--run_dir", str(run_dir), *ROUNDS_ARGV])
     printed = report()
     assert load_state(run_dir).round == 2 and "waits for answers" not in printed

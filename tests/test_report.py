@@ -186,8 +186,8 @@ def test_report_opens_with_a_summary_and_titles_and_explains_its_columns(tmp_pat
     summary = text.index("class='summary'")
     assert summary < text.index("<h2>"), "the summary comes before the first section"
     cards = text[summary : text.index("</section>", summary)]
-    assert "Phase 1: test balanced accuracy" in cards and "0.700" in cards
-    assert "Now: test balanced accuracy" in cards and "0.750" in cards and "+0.050 over phase 1" in cards
+    assert "Test balanced accuracy after phase 1" in cards and "0.700" in cards
+    assert "Test balanced accuracy now" in cards and "0.750" in cards and "+0.050 over phase 1" in cards
     assert "Labels spent" in cards and ">20<" in cards
     headers = _page(run).headers
     for title in ("Round", "Labels spent", "Yield", "Pool noise rate", "Test balanced accuracy", "Test macro-F1"):
