@@ -87,10 +87,35 @@ def train(
         experiment_name: the MLflow experiment (default monai_experiment).
         **overrides: bundle keys, e.g. max_epochs=5 or "vog#mix_ratio"=0.1.
     """
+    if _phase1(output_dir, preset, manifest, nproc, overrides, tracking, tracking_uri, experiment_name):
+        run_dir = shlex.quote(str(output_dir))
+        from alr_monai.report import run_headline
+
+        print(run_headline(output_dir), flush=True)
+        simulated = (Path(output_dir) / "noise.csv").is_file()
+        print(
+            f"Next: alr query --run_dir {run_dir} (an expert answers each round)"
+            + (f", or alr relabel --run_dir {run_dir} (simulated answers from the truth)" if simulated else ""),
+            flush=True,
+        )
+
+
+def _phase1(
+    output_dir: str,
+    preset: str | Sequence[str] | None,
+    manifest: str | None,
+    nproc: int,
+    overrides: dict[str, Any],
+    tracking: str | None = None,
+    tracking_uri: str | None = None,
+    experiment_name: str | None = None,
+) -> bool:
+    """Run phase 1 as `alr train` does and print its summary; True when it ran in this process and it is the one
+    that prints (not torchrun's launcher, not a rank > 0)."""
     check_overrides(overrides, ("train", "manifest") if manifest else ("train",), "train", strict=False)
     tracking_keys = tracking_overrides(tracking, tracking_uri, experiment_name)
     if _launch_processes(nproc, overrides.get("device")):
-        return
+        return False
     if manifest and not Path(manifest).is_file():
         raise FileNotFoundError(
             f"manifest file {manifest} not found: pass the path of your manifest CSV "
@@ -118,8 +143,11 @@ def train(
         started = time.time()
         run_workflow(with_multi_process_overlay(files), {**overrides, **tracking_keys}, tracking=tracking)
         if is_main_process():
-            print(f"phase 1 finished in {time.time() - started:.0f} s; outputs in {run_dir}", flush=True)
-            print(write_report(run_dir).read_text(), flush=True)
+            from alr_monai.report import phase1_story
+
+            write_report(run_dir)
+            print(phase1_story(run_dir, time.time() - started), flush=True)
+    return is_main_process()
 
 
 def tracking_overrides(tracking: str | None, tracking_uri: str | None, experiment_name: str | None) -> dict[str, Any]:
@@ -226,10 +254,19 @@ def _relabel_locked(run_path: Path, run_dir: str, mode: str, overrides: dict[str
         "relabel#resume_command": f"alr query --run_dir {shlex.quote(str(run_dir))}",
     }
     run_workflow(with_multi_process_overlay(relabel_files(config["config_files"])), merged)
-    from alr_monai.report import write_report
+    from alr_monai.report import run_headline, write_report
 
     if is_main_process():
         write_report(run_path)
+        if _load_state_json(run_path).get("pending_round") is None:  # not waiting for a person: the end
+            print(run_headline(run_path), flush=True)
+
+
+def _load_state_json(run_path: Path) -> dict[str, Any]:
+    try:
+        return json.loads((run_path / "relabel" / "state.json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 # ------------------------------------------------------------------------------------------------ processes
@@ -594,13 +631,15 @@ def demo(
         not (run_dir / "metrics.json").is_file()
         or json.loads((run_dir / "metrics.json").read_text())["epoch"] < max_epochs
     ):
-        train(output_dir=str(run_dir), max_epochs=max_epochs, seed=seed, **{"simulation#noise_rate": noise_rate})
+        settings = {"max_epochs": max_epochs, "seed": seed, "simulation#noise_rate": noise_rate}
+        _phase1(str(run_dir), None, None, 1, settings)
+    print(f"\nRelabel rounds: {rounds} x {budget} labels chosen by {acquisition}, answered by the simulated expert")
+    # the rounds print one line each, the round table and the headline with where to look (no report dump)
     relabel(
         str(run_dir),
         mode="simulation",
         **{"relabel#num_rounds": rounds, "relabel#round_budget": budget, "relabel#acquisition": acquisition},
     )
-    report(str(run_dir))
 
 
 def benchmark(

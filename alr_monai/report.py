@@ -69,6 +69,61 @@ def phase1_summary(run_dir: str | Path, metrics: dict | None = None) -> dict:
     }
 
 
+def phase1_story(run_dir: str | Path, seconds: float | None = None) -> str:
+    """What the console says when phase 1 ends: a few lines of headline numbers (not the whole report).
+
+    Args:
+        run_dir: the run folder (its metrics.json).
+        seconds: how long phase 1 took in this command (None: not said).
+    """
+    from alr_monai.handlers.console import format_duration
+
+    summary = phase1_summary(run_dir)
+    took = f" in {format_duration(seconds)}" if seconds is not None else ""
+    lines = [f"Phase 1 done: {summary['epochs']} epochs{took}."]
+    model = f"the model of epoch {summary['best_val_epoch']}, validation {_fmt(summary['best_val_balanced_accuracy'])}"
+    if summary["test_balanced_accuracy"] is not None:
+        lines.append(f"  test balanced accuracy {_fmt(summary['test_balanced_accuracy'])} ({model})")
+    else:
+        lines.append(f"  validation balanced accuracy {_fmt(summary['best_val_balanced_accuracy'])} (no test yet)")
+    noise = f"  estimated noise {_fmt(summary['noise_rate_estimate'])}"
+    if summary["noise_rate_true"] is not None:
+        noise += f" (simulation truth {_fmt(summary['noise_rate_true'])})"
+    if summary["kept_fraction"] is not None:
+        noise += f"; trusted {summary['kept_fraction']:.0%} of the training set"
+        if summary["selection_precision"] is not None:
+            noise += f", {summary['selection_precision']:.0%} of it correctly labelled (simulation)"
+    lines.append(noise)
+    return "\n".join(lines)
+
+
+def run_headline(run_dir: str | Path) -> str:
+    """What the console says at the end of a command: the result in one line, then where to look.
+
+    e.g. ``Result: test balanced accuracy 0.762 -> 0.805 after 500 labels (5 rounds), 434 labels fixed``, the
+    report's path and the TensorBoard command.
+    """
+    run_dir = Path(run_dir)
+    lines = []
+    state = _load_json(run_dir / "relabel" / "state.json") or {}
+    trained = [entry for entry in state.get("history") or [] if entry.get("metrics")]
+    baseline = state.get("baseline_metrics") or {}
+    if trained:
+        split = "test" if trained[-1]["metrics"].get("test_balanced_accuracy") is not None else "val"
+        before = baseline.get(f"{split}_balanced_accuracy")
+        after = trained[-1]["metrics"].get(f"{split}_balanced_accuracy")
+        fixed = sum(entry.get("labels_changed", 0) for entry in trained)
+        spent = trained[-1].get("budget_spent")
+        rounds = f"{len(trained)} round{'s' if len(trained) != 1 else ''}"
+        lines.append(
+            f"Result: {'test' if split == 'test' else 'validation'} balanced accuracy {_fmt(before)} -> {_fmt(after)} "
+            f"after {spent} labels ({rounds}), {fixed} labels fixed"
+        )
+    lines.append(f"Report: {run_dir / 'report.html'} (and report.md)")
+    lines.append(f"TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}")
+    return "\n".join(lines)
+
+
 def _has_values(values: list) -> bool:
     return any(v is not None and v == v for v in values)
 
@@ -164,9 +219,10 @@ def _plots(run_dir: Path, summary: dict, metrics: dict, state: dict | None) -> l
         )
     history = (state or {}).get("history") or []
     if history:
-        last = history[-1]["metrics"]
-        if last.get("test_confusion_matrix"):
-            title = f"test, after round {history[-1]['round']}"
+        trained = [entry for entry in history if entry.get("metrics", {}).get("test_confusion_matrix")]
+        if trained:
+            last = trained[-1]["metrics"]
+            title = f"test, after round {trained[-1]['round']}"
             figures.append(
                 (
                     "phase2",
@@ -176,18 +232,24 @@ def _plots(run_dir: Path, summary: dict, metrics: dict, state: dict | None) -> l
                 )
             )
         points = [(0, state.get("baseline_metrics") or {})] + [(h["budget_spent"], h["metrics"]) for h in history]
+        points = [(spent, m) for spent, m in points if m]  # an answered round is plotted once its model is trained
         spent = [p for p, _ in points]
         figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=80)
         left.plot(spent, [m.get("test_balanced_accuracy") for _, m in points], marker="o", label="test")
         left.plot(spent, [m.get("val_balanced_accuracy") for _, m in points], marker="s", label="validation")
+        # the whole 0-1 scale with chance marked, so a gain of 0.04 looks like one (a zoomed axis exaggerates)
+        chance = 1 / max(len(names), 1)
+        left.axhline(chance, color="grey", linestyle="--", linewidth=1, label=f"chance ({chance:.3f})")
+        left.set_ylim(0, 1)
         left.set_xlabel("labels spent")
-        left.set_ylabel("balanced accuracy")
-        left.legend(fontsize=8)
+        left.set_ylabel("balanced accuracy (axis 0-1)")
+        left.legend(fontsize=8, loc="lower right")
         for c, name in enumerate(names):
             recalls = [(m.get("test_per_class_recall") or [None] * len(names))[c] for _, m in points]
             right.plot(spent, recalls, marker=".", label=name)
+        right.set_ylim(0, 1.02)
         right.set_xlabel("labels spent")
-        right.set_ylabel("test recall")
+        right.set_ylabel("test recall (axis 0-1)")
         right.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
         figure.tight_layout()
         figures.append(("phase2", "rounds", "Balanced accuracy and per-class test recall against labels spent", figure))
@@ -239,6 +301,7 @@ def _sections(run_dir: Path) -> list[tuple]:
     plots = _plots(run_dir, summary, metrics, state)
     blocks: list[tuple] = [("h1", f"alr_monai report: {run_dir}")]
     blocks += [("banner", text) for text in _banners(run_dir, metrics, state)]
+    blocks.append(("summary", _at_a_glance(summary, state)))
     blocks.append(("h2", "Phase 1: noise-robust training"))
     facts = [
         f"epochs: {summary['epochs']}; model chosen on validation balanced accuracy "
@@ -264,7 +327,7 @@ def _sections(run_dir: Path) -> list[tuple]:
     blocks.append(("list", facts))
     simulation = _has_values(summary["per_class_clean_recall"])
     recalls = summary["test_per_class_recall"]
-    header = ["class", "kept fraction", *(["clean recall (simulation)"] if simulation else []), "test recall"]
+    header = ["Class", "Kept fraction", *(["Clean recall (simulation)"] if simulation else []), "Test recall"]
     rows = [
         [
             name,
@@ -282,14 +345,26 @@ def _sections(run_dir: Path) -> list[tuple]:
         with open(rounds_csv, newline="", encoding="utf-8") as handle:
             table = [unescape_row(cells) for cells in csv.reader(handle)]
         if table:
-            blocks.append(("table", table[0], [[_number(cell) for cell in row] for row in table[1:]]))
+            # columns no round fills (the simulation's, on real data) are left out: the table fits the page
+            filled = [i for i, name in enumerate(table[0]) if name == "round" or any(row[i] for row in table[1:])]
+            names = [table[0][i] for i in filled]
+            titles = [ROUND_TITLES.get(name, name.replace("_", " ")) for name in names]
+            blocks.append(("table", titles, [[_number(row[i]) for i in filled] for row in table[1:]]))
+            glossary = [text for name, text in ROUND_GLOSSARY.items() if name in names]
+            if glossary:
+                blocks.append(("notes", glossary))
         if state is not None and state.get("history"):
             points = [(0, state.get("baseline_metrics") or {})]
             points += [(entry["round"], entry["metrics"]) for entry in state["history"]]
-            per_class = [[number, *(m.get("test_per_class_recall") or [])] for number, m in points]
+            width = len(summary["class_names"])
+            # a round answered but not yet recalibrated (after `alr answer`, before the next `alr query`) has no
+            # metrics yet: its row shows n/a rather than breaking the table
+            per_class = [
+                [number, *((m.get("test_per_class_recall") or [None] * width)[:width])] for number, m in points
+            ]
             blocks += [
                 ("p", "Per-class test recall by round:"),
-                ("table", ["round", *summary["class_names"]], per_class),
+                ("table", ["Round", *summary["class_names"]], per_class),
             ]
             reasons = [
                 f"round {entry['round']}: {entry['metrics']['model_choice_reason']}"
@@ -298,6 +373,15 @@ def _sections(run_dir: Path) -> list[tuple]:
             ]
             if reasons:
                 blocks += [("p", "Which model closed each round, and why (validation only):"), ("list", reasons)]
+            untrained = [entry["round"] for entry in state["history"] if not entry.get("metrics")]
+            if untrained:
+                blocks.append(
+                    (
+                        "p",
+                        f"Round {untrained[-1]} is answered; its model is trained (and its row of the rounds table "
+                        f"written) by the next `alr query --run_dir {run_dir}`.",
+                    )
+                )
         blocks += [("image", caption, name) for section, caption, name in plots if section == "phase2"]
         blocks += _reader_blocks(run_dir / "relabel")
     links = [("selection.csv (every sample: loss, VoG, kept, trusted)", "selection.csv")]
@@ -313,6 +397,82 @@ def _sections(run_dir: Path) -> list[tuple]:
         links.append((f"pending query of round {state['pending_round']} (to fill)", relative))
     blocks += [("h2", "Files"), ("links", links)]
     return blocks
+
+
+# rounds.csv's columns as the report titles them, and what each means (the CSV keeps its snake_case names)
+ROUND_TITLES = {
+    "round": "Round",
+    "labels_spent": "Labels spent",
+    "labels_changed": "Labels changed",
+    "excluded": "Excluded",
+    "errors_found": "Errors found",
+    "yield": "Yield",
+    "pool_noise_rate": "Pool noise rate",
+    "val_balanced_accuracy": "Validation balanced accuracy",
+    "test_balanced_accuracy": "Test balanced accuracy",
+    "test_macro_f1": "Test macro-F1",
+    "model": "Model",
+}
+ROUND_GLOSSARY = {
+    "labels_spent": "Labels spent, changed, excluded: totals over the rounds so far; a change is an answer that "
+    "differs from the given label.",
+    "errors_found": "Errors found (simulation): answered samples whose given label was wrong.",
+    "yield": "Yield (simulation): errors found / labels spent, the share of the asked labels that were wrong. At "
+    "high noise the pool is mostly wrong, so even random questions score high: judge a round by the accuracy "
+    "it gains per label, not by its yield.",
+    "pool_noise_rate": "Pool noise rate (simulation): the share of the pool (samples phase 1 did not trust and "
+    "nobody has answered yet) whose given label is wrong.",
+    "val_balanced_accuracy": "Balanced accuracy: the mean of the per-class recalls (chance is 1 / number of "
+    "classes); validation chooses the model, test is reported only.",
+    "model": "Model: phase 1's model (round 0); adopted = the round's recalibrated model replaced the previous "
+    "one; kept = the previous one stayed (the reasons are listed below).",
+}
+
+
+def _at_a_glance(summary: dict, state: dict | None) -> list[tuple[str, str, str]]:
+    """The report's first lines: (what, value, note) for the model before and after the rounds, the labels spent
+    and changed, the noise estimate and the trusted set."""
+    items = []
+    phase1_test = summary["test_balanced_accuracy"]
+    if phase1_test is not None:
+        items.append(("Test balanced accuracy after phase 1", _fmt(phase1_test), f"{summary['epochs']} epochs"))
+    else:
+        items.append(
+            ("Validation balanced accuracy after phase 1", _fmt(summary["best_val_balanced_accuracy"]), "no test yet")
+        )
+    applied = (state or {}).get("history") or []
+    trained = [entry for entry in applied if entry.get("metrics")]
+    if trained:
+        last = trained[-1]
+        after = last["metrics"].get("test_balanced_accuracy")
+        note = f"after round {last['round']}"
+        if after is not None and phase1_test is not None:
+            note += f", {after - phase1_test:+.3f} over phase 1"
+        items.append(("Test balanced accuracy now", _fmt(after), note))
+    if applied:  # answered rounds count although their model is not trained yet
+        changed = sum(entry.get("labels_changed", 0) for entry in applied)
+        excluded = sum(entry.get("excluded", 0) for entry in applied)
+        items.append(
+            (
+                "Labels spent",
+                _fmt(applied[-1].get("budget_spent")),
+                f"{changed} changed, {excluded} excluded, in {len(applied)} round{'s' if len(applied) != 1 else ''}",
+            )
+        )
+    noise_note = (
+        f"simulation truth {_fmt(summary['noise_rate_true'])}" if summary["noise_rate_true"] is not None else ""
+    )
+    items.append(("Estimated noise rate", _fmt(summary["noise_rate_estimate"]), noise_note))
+    if summary["kept_fraction"] is not None:
+        precision = summary["selection_precision"]
+        items.append(
+            (
+                "Trusted by phase 1",
+                f"{summary['kept_fraction']:.0%}",
+                "of the training set" + (f"; {precision:.0%} correctly labelled" if precision is not None else ""),
+            )
+        )
+    return items
 
 
 def _number(cell: str) -> Any:
@@ -356,6 +516,15 @@ def render_markdown(blocks: list[tuple], run_dir: Path) -> str:
             lines += [escape(block[1]), ""]
         elif kind == "list":
             lines += [f"- {escape(item)}" for item in block[1]] + [""]
+        elif kind == "summary":
+            lines += ["**At a glance**", ""]
+            lines += [
+                f"- {escape(what)}: **{escape(str(value))}**" + (f" ({escape(note)})" if note else "")
+                for what, value, note in block[1]
+            ]
+            lines.append("")
+        elif kind == "notes":
+            lines += [f"- *{escape(item)}*" for item in block[1]] + [""]
         elif kind == "table":
             lines += [markdown_table([escape(t) for t in block[1]], block[2], lambda v: escape(_fmt(v))), ""]
         elif kind == "image":
@@ -366,10 +535,15 @@ def render_markdown(blocks: list[tuple], run_dir: Path) -> str:
 
 
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:3px 8px}
-td{text-align:right}td:first-child{text-align:left}th{background:#f2f2f2}
+table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px}
+td{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}td:first-child{text-align:left}
+th{background:#f2f2f2;font-weight:600;vertical-align:bottom;max-width:9em}
 .banner{background:#fff3cd;border:1px solid #e0b000;padding:.8em 1em;margin:1em 0;font-weight:600}
-figure{margin:1em 0}img{max-width:100%}figcaption{color:#555;font-size:13px}.wide{overflow-x:auto}"""
+.summary{display:flex;flex-wrap:wrap;gap:12px;margin:1em 0 1.5em}
+.card{border:1px solid #d0d7de;border-radius:8px;padding:.6em .9em;min-width:11em;background:#f8fafc}
+.card .what{font-size:13px;color:#555}.card .value{font-size:26px;font-weight:650}.card .note{font-size:12px;color:#555}
+ul.notes{font-size:13px;color:#444;margin-top:-.5em}
+figure{margin:1em 0}img{max-width:100%}figcaption{color:#555;font-size:13px}.wide{overflow-x:auto;max-width:100%}"""
 
 
 def render_html(blocks: list[tuple], run_dir: Path) -> str:
@@ -388,8 +562,18 @@ def render_html(blocks: list[tuple], run_dir: Path) -> str:
             parts.append(f"<p>{escape(block[1])}</p>")
         elif kind == "list":
             parts.append("<ul>" + "".join(f"<li>{escape(item)}</li>" for item in block[1]) + "</ul>")
+        elif kind == "summary":
+            cards = "".join(
+                f"<div class='card'><div class='what'>{escape(what)}</div><div class='value'>{escape(value)}</div>"
+                f"<div class='note'>{escape(note)}</div></div>"
+                for what, value, note in block[1]
+            )
+            parts.append(f"<section class='summary' aria-label='at a glance'>{cards}</section>")
+        elif kind == "notes":
+            parts.append("<ul class='notes'>" + "".join(f"<li>{escape(item)}</li>" for item in block[1]) + "</ul>")
         elif kind == "table":
-            head = "".join(f"<th>{escape(str(cell))}</th>" for cell in block[1])
+            # long class names may wrap after their underscores (immature_<wbr>granulocytes)
+            head = "".join(f"<th>{escape(str(cell)).replace('_', '_<wbr>')}</th>" for cell in block[1])
             body = "".join(
                 "<tr>" + "".join(f"<td>{escape(_fmt(cell))}</td>" for cell in row) + "</tr>" for row in block[2]
             )

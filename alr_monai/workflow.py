@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from importlib import resources
@@ -228,6 +229,11 @@ def run_workflow(config_files: Sequence[str], overrides: Mapping[str, Any], trac
         once = RepeatedWarningFilter()
         for handler in logging.getLogger().handlers:  # logging.conf's console handler, made anew per workflow
             handler.addFilter(once)
+            if not _verbose and getattr(handler, "stream", None) in (sys.stdout, sys.stderr):
+                # the timestamped INFO lines (queries written, a resume, the noise estimate) are --verbose's: the
+                # console tells the run's story in its epoch and round lines and the summaries; warnings still show
+                handler.setLevel(logging.WARNING)
+                handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
         workflow.initialize()
         workflow.run()
         workflow.finalize()

@@ -32,13 +32,18 @@ def recalibration_val_curve(cell: Path) -> list[float]:
     """Validation balanced accuracy after each recalibration epoch, from the cell's TensorBoard events."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    from alr_monai.handlers.tensorboard import phase1_epochs
+
     by_step: dict[int, float] = {}
+    phase1 = phase1_epochs(cell)
     for events in sorted((cell / "tensorboard").glob("events.*")):
         accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
         accumulator.Reload()
         for tag in accumulator.Tags()["scalars"]:
-            if tag.startswith("recalibration/") and tag.endswith("val_balanced_accuracy"):
-                by_step.update({event.step: event.value for event in accumulator.Scalars(tag)})
+            if tag == "val/balanced_accuracy":  # recalibration continues phase 1's epoch count (issue 25)
+                by_step.update({e.step: e.value for e in accumulator.Scalars(tag) if e.step > phase1})
+            elif tag.startswith("recalibration/") and tag.endswith("val_balanced_accuracy"):  # runs before that
+                by_step.update({phase1 + e.step: e.value for e in accumulator.Scalars(tag)})
     return [by_step[step] for step in sorted(by_step)]
 
 

@@ -139,7 +139,7 @@ def test_verbose_brings_back_ignite_log(tmp_path, tiny_npz, capsys):
         ("vog_mean", None, "selection/vog_mean"),
         ("noise_rate_estimate/platelet", None, "noise/noise_rate_estimate/platelet"),
         ("forget_rate", None, "noise/forget_rate"),
-        ("relabel_forget_rate", None, "recalibration/forget_rate"),
+        ("val_balanced_accuracy", None, "val/balanced_accuracy"),  # phase 2's trainer: phase 1's tag
         ("something_new", None, "train/something_new"),
         ("val_balanced_accuracy", "val_balanced_accuracy", "val/balanced_accuracy"),
         ("val_balanced_accuracy_auroc", "val_balanced_accuracy", "val/auroc"),
@@ -158,3 +158,71 @@ def test_progress_bar_goes_to_stderr_and_is_cleared_before_the_epoch_line(capsys
     captured = capsys.readouterr()
     assert "[1/4]" in captured.err and "loss=0.25" in captured.err  # tqdm draws the first batch at once
     assert re.match(r"^epoch 1/1 \| loss 0\.250 \| [\d.]+ s$", captured.out.strip())
+
+
+# ------------------------------------------------------------------------------------ the story (issue 25)
+TIMESTAMPED = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d|INFO")  # warnings may show, as "WARNING: ..."
+
+
+def test_train_and_relabel_tell_the_story_once(tmp_path, tiny_npz, capsys):
+    out = _train(tmp_path, tiny_npz, capsys)
+    run = tmp_path / "run"
+    assert "Phase 1 done: 2 epochs in " in out and "test balanced accuracy" in out, out
+    assert "# alr_monai report" not in out, "phase 1 prints a summary, not the whole report"
+    assert f"Report: {run / 'report.html'}" in out and f"tensorboard --logdir {run / 'tensorboard'}" in out
+    assert f"Next: alr query --run_dir {run}" in out
+    assert not [line for line in out.splitlines() if TIMESTAMPED.match(line)], out
+
+    cli.main(
+        ["relabel", "--run_dir", str(run), "--relabel#round_budget", "4", "--relabel#num_rounds", "2"]
+        + ["--relabel#recalibration_epochs", "2"]
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert not [line for line in lines if TIMESTAMPED.match(line)], lines
+    epoch_lines = [line for line in lines if re.match(r"^round \d epoch", line)]
+    assert [line.split(" | ")[0] for line in epoch_lines] == [
+        "round 1 epoch 1/2",
+        "round 1 epoch 2/2",
+        "round 2 epoch 1/2",
+        "round 2 epoch 2/2",
+    ], lines
+    assert all(re.search(r" \| val \d\.\d{3} \| ", line) for line in epoch_lines), epoch_lines
+    assert not [line for line in epoch_lines if "kept" in line or "forget" in line], "meaningless in recalibration"
+    assert ["ETA" in line for line in epoch_lines] == [True, True, True, False]
+    # one line per round, after that round's last epoch line and before the next round's first
+    round_lines = [i for i, line in enumerate(lines) if re.match(r"^round \d/2 \| 4 answers \(", line)]
+    assert len(round_lines) == 2, lines
+    assert lines.index(epoch_lines[1]) < round_lines[0] < lines.index(epoch_lines[2]) < round_lines[1]
+    assert "labels spent" in lines[round_lines[1]] and ("adopted" in lines[round_lines[1]] or "kept" in lines[-4])
+    assert sum(line.startswith("| round | labels_spent") for line in lines) == 1, "the round table, once"
+    assert re.match(
+        r"^Result: test balanced accuracy \d\.\d{3} -> \d\.\d{3} after 8 labels \(2 rounds\), \d+ labels fixed$",
+        lines[-3],
+    ), lines[-3:]
+    assert lines[-2] == f"Report: {run / 'report.html'} (and report.md)"
+    assert lines[-1] == f"TensorBoard: tensorboard --logdir {run / 'tensorboard'}"
+
+
+class _Driver:
+    recalibration_epochs, num_rounds = 3, 5
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+
+    def round_of(self, epoch: int) -> int:
+        return (epoch - 1) // self.recalibration_epochs + 1
+
+
+@pytest.mark.parametrize("mode, left", [("interactive", [2, 1, 0, 2]), ("simulation", [14, 13, 12, 11])])
+def test_recalibration_eta_counts_the_epochs_this_command_runs(mode, left):
+    """`alr query` stops after the round's epochs: its ETA counts those, not all rounds' (issue 25 item 6)."""
+    from alr_monai.handlers.active_relabel import ActiveRelabelRoundHandler
+
+    handler = ActiveRelabelRoundHandler.__new__(ActiveRelabelRoundHandler)
+    handler.driver = _Driver(mode)
+    assert [handler.epochs_left(epoch) for epoch in (1, 2, 3, 4)] == left
+    assert [handler.epoch_label(epoch) for epoch in (1, 3, 4)] == [
+        "round 1 epoch 1/3",
+        "round 1 epoch 3/3",
+        "round 2 epoch 1/3",
+    ]

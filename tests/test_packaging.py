@@ -79,6 +79,8 @@ def test_wheel_holds_the_bundle_and_presets(wheel):
         assert f"alr_monai/configs/presets/{preset}.json" in names
     assert "alr_monai/configs/benchmarks/small.json" in names
     assert "alr_monai/workflow.py" in names and "alr_monai/keys.py" in names
+    for page in ("query.html", "query.css", "query.js"):  # the query sheet's markup, style and script
+        assert f"alr_monai/relabel/page/{page}" in names
 
 
 def test_package_data_is_found_without_the_repository(wheel, tmp_path):
@@ -94,6 +96,11 @@ files = w.phase1_files(["smoke"], manifest=True) + [w.bundle_file("relabel.json"
 packaged = Path(str(resources.files("alr_monai")))
 assert all(Path(f).is_relative_to(packaged) for f in files), files
 assert k.config_default("train.json", "max_epochs") == json.load(open(w.bundle_file("train.json")))["max_epochs"]
+from alr_monai.relabel import query_page as q
+assert Path(q.__file__).is_relative_to(packaged), q.__file__
+assert all(q.page_file(name).strip() for name in q.PAGE_FILES)
+q.write_query_page(Path("page.html"), [{"id": "a", "given_label": 0, "predicted_label": 0}], ["no image"], ["x"])
+assert "<style>" in Path("page.html").read_text() and "sheet-data" in Path("page.html").read_text()
 print("ok", packaged)
 """.replace("ROOT", repr(str(ROOT)))
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}

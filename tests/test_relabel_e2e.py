@@ -475,16 +475,64 @@ def test_phase2_with_phase1_settings_runs_and_other_class_names_are_refused(phas
 def test_rounds_write_tensorboard_with_labels_spent_as_the_step(simulated_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    # phase 2 writes its own event file beside phase 1's in the run's tensorboard/ folder
-    files = sorted((simulated_run / "tensorboard").glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime)
-    events = EventAccumulator(str(files[-1]), size_guidance={"scalars": 0, "images": 0})
-    events.Reload()
-    tags = events.Tags()
-    assert [e.step for e in events.Scalars("relabel/test_balanced_accuracy")] == [0, BUDGET, 2 * BUDGET]
-    assert [e.step for e in events.Images("relabel/confusion_matrix_val")] == [0, BUDGET, 2 * BUDGET]
-    assert {"recalibration/loss", "recalibration/loss_peer0", "recalibration/learning_rate"} <= set(tags["scalars"])
-    assert [e.step for e in events.Scalars("recalibration/loss")] == [1, 2]  # one per recalibration epoch
-    assert {tag.split("/")[0] for tag in tags["scalars"]} <= {"relabel", "recalibration"}
+    def events_of(folder: Path) -> EventAccumulator:
+        files = sorted(folder.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime)
+        events = EventAccumulator(str(files[-1]), size_guidance={"scalars": 0, "images": 0})
+        events.Reload()
+        return events
+
+    # the rounds are their own TensorBoard run (step = labels spent), under phase 1's tag of each metric
+    rounds = events_of(simulated_run / "tensorboard" / "rounds")
+    for tag in ("val/balanced_accuracy", "test/balanced_accuracy", "relabel/pool_noise_rate"):
+        assert [e.step for e in rounds.Scalars(tag)] == [0, BUDGET, 2 * BUDGET], tag
+    assert [e.step for e in rounds.Images("val/confusion_matrix")] == [0, BUDGET, 2 * BUDGET]
+    assert {tag.split("/")[0] for tag in rounds.Tags()["scalars"]} <= {"val", "test", "relabel"}
+
+    # recalibration continues phase 1's curves: the same tags, the step counting on from phase 1's epochs
+    # (phase 2 writes its own event file beside phase 1's in the run's tensorboard/ folder)
+    phase1_epochs = TINY["max_epochs"]
+    recalibration = events_of(simulated_run / "tensorboard")
+    tags = set(recalibration.Tags()["scalars"])
+    assert {"train/loss", "train/loss_peer0", "train/learning_rate", "val/balanced_accuracy"} <= tags, tags
+    for tag in ("train/loss", "val/balanced_accuracy"):
+        assert [e.step for e in recalibration.Scalars(tag)] == [phase1_epochs + 1, phase1_epochs + 2], tag
+    assert not {tag for tag in tags if tag.startswith(("recalibration/", "relabel/"))}, tags
+    assert "noise/forget_rate" not in tags, "the trusted-set recipe forgets nothing: no always-zero curve"
+
+
+# ------------------------------------------------------------------------------------- report at every step
+def test_report_works_at_every_step_of_the_loop(phase1_run, tmp_path, capsys):
+    """`alr report` after phase 1, after each query, after each answer and at the end (issue 25 item 2)."""
+    run_dir = copy_run(phase1_run, tmp_path)
+
+    def report() -> str:
+        capsys.readouterr()
+        cli.main(["report", "--run_dir", str(run_dir)])  # exits 2 on any error
+        assert (run_dir / "report.html").is_file()
+        return capsys.readouterr().out
+
+    def answer(round_index: int) -> None:
+        header, query = rows_of(run_dir / "relabel" / "queries" / f"round_{round_index}.csv")
+        filled = tmp_path / f"filled_{round_index}.csv"
+        with open(filled, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=header)
+            writer.writeheader()
+            writer.writerows({**row, "expert_label": row["given_label"]} for row in query[:3])
+        cli.main(["answer", str(filled), "--run_dir", str(run_dir)])
+
+    report()
+    for round_index in (1, 2):
+        cli.main(["query", "--run_dir", str(run_dir), *ROUNDS_ARGV])
+        assert f"Round {round_index} waits for answers" in report()
+        answer(round_index)
+        printed = report()
+        assert f"Round {round_index} waits" not in printed
+        # the answered round is listed and counted although it has no model yet
+        assert f"round {round_index}" in printed.lower()
+        assert f"Labels spent: **{3 * round_index}**" in printed
+    cli.main(["query", "--run_dir", str(run_dir), *ROUNDS_ARGV])
+    printed = report()
+    assert load_state(run_dir).round == 2 and "waits for answers" not in printed
 
 
 # ------------------------------------------------------------------------------ issue 28: the audit and re-cut

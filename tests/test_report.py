@@ -132,7 +132,7 @@ def test_finished_run_report_has_every_plot_embedded_and_the_files_linked(tmp_pa
     for link in page.links:
         assert (run / link).is_file()
     assert page.banners == []
-    assert "clean recall (simulation)" in page.headers
+    assert "Clean recall (simulation)" in page.headers
     assert "round 2: adopted: val 0.72 within 1 SE" in markdown  # the model choice's reason, per round
 
 
@@ -140,7 +140,7 @@ def test_real_data_report_has_no_simulation_columns(tmp_path):
     run = _run(tmp_path, simulation=False)
     markdown = write_report(run).read_text()
     assert "simulation" not in markdown
-    assert "clean recall (simulation)" not in _page(run).headers
+    assert "Clean recall (simulation)" not in _page(run).headers
 
 
 @pytest.mark.parametrize(
@@ -161,3 +161,71 @@ def test_unfinished_runs_get_a_banner_that_says_what_to_do(tmp_path, finished, a
         assert word in banner and word in markdown
     if pending is not None:
         assert f"relabel/queries/round_{pending}.csv" in _page(run).links
+
+
+def _full_rounds_csv(run: Path) -> None:
+    """rounds.csv with every column the driver writes (simulation columns filled)."""
+    from alr_monai.relabel.driver import ROUND_COLUMNS
+
+    values = {"round": 0, "labels_spent": 0, "labels_changed": 0, "excluded": 0, "errors_found": 0, "yield": ""}
+    values.update(pool_noise_rate=0.9, val_balanced_accuracy=0.72, test_balanced_accuracy=0.7, test_macro_f1=0.6)
+    rows = [values, {**values, "round": 1, "labels_spent": 10, "labels_changed": 8, "errors_found": 8, "yield": 0.8}]
+    with open(run / "relabel" / "rounds.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=ROUND_COLUMNS)
+        writer.writeheader()
+        writer.writerows([{**row, "model": "phase 1" if row["round"] == 0 else "adopted"} for row in rows])
+
+
+def test_report_opens_with_a_summary_and_titles_and_explains_its_columns(tmp_path):
+    """Issue 25 item 7: headline numbers first, human column titles, yield and pool noise rate explained."""
+    run = _run(tmp_path)
+    _add_rounds(run, applied=2, planned=2, pending=None)
+    _full_rounds_csv(run)
+    write_report(run)
+    text = (run / "report.html").read_text()
+    summary = text.index("class='summary'")
+    assert summary < text.index("<h2>"), "the summary comes before the first section"
+    cards = text[summary : text.index("</section>", summary)]
+    assert "Test balanced accuracy after phase 1" in cards and "0.700" in cards
+    assert "Test balanced accuracy now" in cards and "0.750" in cards and "+0.050 over phase 1" in cards
+    assert "Labels spent" in cards and ">20<" in cards
+    headers = _page(run).headers
+    for title in ("Round", "Labels spent", "Yield", "Pool noise rate", "Test balanced accuracy", "Test macro-F1"):
+        assert title in headers, headers
+    assert not [h for h in headers if h in ("labels_spent", "pool_noise_rate", "test_balanced_accuracy")], headers
+    assert "errors found / labels spent" in text and "Pool noise rate (simulation): the share of the pool" in text
+    markdown = (run / "report.md").read_text()
+    assert "**At a glance**" in markdown and "| Round | Labels spent |" in markdown
+
+
+def test_real_data_round_table_leaves_out_the_simulation_columns(tmp_path):
+    run = _run(tmp_path, simulation=False)
+    _add_rounds(run, applied=1, planned=1, pending=None)
+    _full_rounds_csv(run)
+    rounds = run / "relabel" / "rounds.csv"
+    rows = list(csv.DictReader(open(rounds, newline="")))
+    for row in rows:
+        row.update(errors_found="", pool_noise_rate="", **{"yield": ""})
+    with open(rounds, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    write_report(run)
+    headers = _page(run).headers
+    assert "Labels spent" in headers and "Yield" not in headers and "Pool noise rate" not in headers
+    assert "simulation" not in (run / "report.md").read_text()
+
+
+def test_accuracy_axis_of_the_rounds_plot_is_not_zoomed(tmp_path, monkeypatch):
+    from alr_monai import report
+
+    figures = []
+    original = report._png_bytes
+    monkeypatch.setattr(report, "_png_bytes", lambda figure: figures.append(figure) or original(figure))
+    run = _run(tmp_path)
+    _add_rounds(run, applied=2, planned=2, pending=None)
+    write_report(run)
+    (rounds,) = [figure for figure in figures if len(figure.axes) == 2]
+    accuracy, recall = rounds.axes
+    assert accuracy.get_ylim() == (0.0, 1.0) and recall.get_ylim()[0] == 0.0
+    assert any("chance" in text.get_text() for text in accuracy.get_legend().get_texts())

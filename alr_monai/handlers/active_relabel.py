@@ -26,7 +26,7 @@ class ActiveRelabelRoundHandler:
         ITERATION_STARTED: the learning rate of the driver's schedule (when it has one and ``optimizer`` is given).
         LOSSES_COMPUTED: expert-verified samples are always kept by co-teaching.
         ITERATION_COMPLETED: :meth:`RelabelDriver.after_step` (weight averaging).
-        EPOCH_COMPLETED: validation score (``relabel_val_balanced_accuracy``, ``relabel_forget_rate`` metrics)
+        EPOCH_COMPLETED: validation score (``val_balanced_accuracy`` metric; ``forget_rate`` when it is not 0)
             and the driver's per-epoch choice; on a round's last epoch :meth:`RelabelDriver.end_round`.
         COMPLETED: :meth:`RelabelDriver.finish` and the round table printed, unless waiting for a person.
 
@@ -54,6 +54,29 @@ class ActiveRelabelRoundHandler:
         self.sampler = sampler
         self.optimizer = optimizer
         self.waiting_for = None
+        self._closed_round: int | None = None
+
+    # ------------------------------------------------------------------------------------------ console
+    def epoch_label(self, epoch: int) -> str:
+        """What the console calls recalibration ``epoch`` (see ``EpochSummaryPrinter``'s ``schedule``)."""
+        per_round = self.driver.recalibration_epochs
+        return f"round {self.driver.round_of(epoch)} epoch {(epoch - 1) % per_round + 1}/{per_round}"
+
+    def epochs_left(self, epoch: int) -> int:
+        """Epochs this command still runs after ``epoch``: to the end of the round when a person answers (the run
+        stops at the next query), else to the end of the last round."""
+        if self.driver.mode == "interactive":
+            return self.driver.round_of(epoch) * self.driver.recalibration_epochs - epoch
+        return self.driver.num_rounds * self.driver.recalibration_epochs - epoch
+
+    def _print_round_line(self, engine: Engine) -> None:
+        # registered at STARTED, after every handler of the bundle's list: the round's line follows its last
+        # epoch's line
+        if self._closed_round is None:
+            return
+        round_index, self._closed_round = self._closed_round, None
+        if is_main_process():
+            print(self.driver.round_line(self.driver.load_state(), round_index), flush=True)
 
     def attach(self, engine: Engine) -> None:
         if getattr(engine, "network", self.driver.network) is not self.driver.network:
@@ -75,6 +98,8 @@ class ActiveRelabelRoundHandler:
 
     def _started(self, engine: Engine) -> None:
         self.waiting_for = None
+        if not engine.has_event_handler(self._print_round_line, Events.EPOCH_COMPLETED):
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self._print_round_line)
         if is_main_process():
             state = self.driver.open()
         barrier()
@@ -119,13 +144,17 @@ class ActiveRelabelRoundHandler:
         output["force_keep"] = self.label_store.verified[output["index"].cpu()].to(output["label"].device)
 
     def _epoch_completed(self, engine: Engine) -> None:
-        engine.state.metrics["relabel_forget_rate"] = float(engine.forget_rate or 0.0)
+        # phase 1's names, so TensorBoard draws one curve per metric across both phases (val/balanced_accuracy)
+        if engine.forget_rate:  # recipe "coteaching" only: the trusted-set recipe forgets nothing
+            engine.state.metrics["forget_rate"] = float(engine.forget_rate)
+        else:
+            engine.state.metrics.pop("forget_rate", None)
         val_score = self.driver.validation_score()
-        engine.state.metrics["relabel_val_balanced_accuracy"] = val_score
+        engine.state.metrics["val_balanced_accuracy"] = val_score
         self.driver.consider(val_score, self.driver.round_of(engine.state.epoch))
         round_index = self.driver.round_ending(engine.state.epoch)
-        if round_index is not None:
-            self.driver.end_round(round_index)
+        if round_index is not None and self.driver.end_round(round_index) is not None:
+            self._closed_round = round_index
 
     def _completed(self, engine: Engine) -> None:
         if self.waiting_for is not None:

@@ -100,10 +100,18 @@ class EpochSummaryPrinter:
 
     Args:
         evaluator: the validation evaluator whose ``metric_name`` is shown; None shows no validation column.
-        metric_name: key of ``evaluator.state.metrics`` (default: the evaluator's key metric).
+        metric_name: key of ``evaluator.state.metrics`` (default: the evaluator's key metric); without an
+            evaluator, a key of the trainer's ``engine.state.metrics`` shown as ``val`` (phase 2's
+            ``val_balanced_accuracy``), or None for no validation column.
         prefix: put before every line (e.g. ``"recalibration"``).
         progress_bar: True / False, or None (default) for "when stderr is a terminal".
         stream: where the lines go (default: stdout).
+        show_selection: show ``kept`` and ``forget`` (False where nothing is forgotten, as in phase 2's
+            trusted-set recalibration, where they would always read 1.00 and 0.00).
+        schedule: what the line calls an epoch and how many are left, for an engine that stops before
+            ``max_epochs`` (phase 2 stops at each query): an object with ``epoch_label(epoch) -> str`` (e.g.
+            ``"round 2 epoch 1/3"``) and ``epochs_left(epoch) -> int`` (epochs this command will still run after
+            ``epoch``, for the ETA). None: ``epoch k/max_epochs`` and the ETA to ``max_epochs``.
     """
 
     def __init__(
@@ -113,12 +121,16 @@ class EpochSummaryPrinter:
         prefix: str = "",
         progress_bar: bool | None = None,
         stream: TextIO | None = None,
+        show_selection: bool = True,
+        schedule: Any = None,
     ) -> None:
         self.evaluator = evaluator
         self.metric_name = metric_name
         self.prefix = prefix
         self.progress_bar = progress_bar
         self.stream = stream
+        self.show_selection = show_selection
+        self.schedule = schedule
         self.losses = EpochLossMeter()
         self._epoch_started = 0.0
         self._epoch_times: list[float] = []
@@ -148,27 +160,35 @@ class EpochSummaryPrinter:
     def epoch_line(self, engine: Engine, elapsed: float) -> str:
         """The summary line of the epoch ``engine`` just finished."""
         state = engine.state
-        width = len(str(state.max_epochs))
-        parts = [f"{self.prefix + ' ' if self.prefix else ''}epoch {state.epoch:>{width}}/{state.max_epochs}"]
+        if self.schedule is not None:
+            label = self.schedule.epoch_label(state.epoch)
+            remaining = int(self.schedule.epochs_left(state.epoch))
+        else:
+            width = len(str(state.max_epochs))
+            label = f"epoch {state.epoch:>{width}}/{state.max_epochs}"
+            remaining = state.max_epochs - state.epoch
+        parts = [f"{self.prefix + ' ' if self.prefix else ''}{label}"]
         means = self.losses.peer_means()
         if means:
             parts.append("loss " + " ".join(f"{m:.3f}" for m in means))
-        if self.losses.kept_fraction is not None:
+        if self.show_selection and self.losses.kept_fraction is not None:
             parts.append(f"kept {self.losses.kept_fraction:.2f}")
         forget_rate = getattr(engine, "current_forget_rate", None)
-        if callable(forget_rate):
+        if self.show_selection and callable(forget_rate):
             parts.append(f"forget {float(forget_rate()):.2f}")
-        parts.extend(self._validation_part())
+        parts.extend(self._validation_part(engine))
         parts.append(format_duration(elapsed))
-        remaining = state.max_epochs - state.epoch
         if remaining > 0:
             recent = self._epoch_times[-5:]  # the last epochs: the first one pays for caching and warm-up
             parts.append(f"ETA {format_duration(remaining * sum(recent) / len(recent))}")
         return " | ".join(parts)
 
-    def _validation_part(self) -> list[str]:
+    def _validation_part(self, engine: Engine) -> list[str]:
         if self.evaluator is None:
-            return []
+            value = engine.state.metrics.get(self.metric_name) if self.metric_name else None
+            if value is None or not isinstance(value, (int, float)) or math.isnan(value):
+                return []
+            return [f"val {value:.3f}"]
         state = self.evaluator.state
         name = self.metric_name or getattr(state, "key_metric_name", None)
         value = state.metrics.get(name) if name else None

@@ -1,14 +1,18 @@
-"""TensorBoard scalars under one tag scheme: train/, val/, selection/, noise/, recalibration/ (and relabel/).
+"""TensorBoard scalars under one tag scheme: train/, val/, selection/, noise/ (and, per round, test/ and relabel/).
 
 ``engine.state.metrics`` and metrics.json keep the names the handlers give (``kept_fraction/<class>``,
 ``val_balanced_accuracy_macro_f1``); only the TensorBoard tags are grouped, so TensorBoard shows one section per
 question: is it learning (train/), does it generalise (val/), what does it keep (selection/), how noisy does it
-think the labels are (noise/). Relabel rounds are logged by the driver as ``relabel/<metric>`` with the labels
-spent as the step.
+think the labels are (noise/). One metric has one tag: phase 2's recalibration epochs write the same tags as phase
+1 (``val/balanced_accuracy``, ``train/loss``), their step continuing phase 1's epoch count, so each is one curve.
+The relabel rounds are written by the driver into the run ``tensorboard/rounds`` with the labels spent as the
+step, under the same tags (``val/balanced_accuracy``, ``test/balanced_accuracy``, ``relabel/pool_noise_rate``).
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import ignite.distributed as idist
@@ -26,7 +30,6 @@ _PREFIX_GROUPS = (
     ("selection_precision", "selection"),
     ("label_error", "selection"),
     ("vog", "selection"),
-    ("relabel_", "recalibration"),
 )
 
 
@@ -34,12 +37,13 @@ def tensorboard_tag(name: str, key_metric: str | None = None) -> str:
     """The TensorBoard tag of a metric name.
 
     Args:
-        name: a trainer metric (``kept_fraction/basophil``, ``noise_rate_estimate``, ``relabel_forget_rate``) or,
+        name: a trainer metric (``kept_fraction/basophil``, ``noise_rate_estimate``, ``val_balanced_accuracy`` as
+            phase 2's trainer holds it) or,
             with ``key_metric``, an evaluator metric (``val_balanced_accuracy``, ``val_balanced_accuracy_auroc``).
         key_metric: the evaluator's key metric name; None for trainer metrics.
 
     Returns:
-        e.g. ``selection/kept_fraction/basophil``, ``noise/noise_rate_estimate``, ``recalibration/forget_rate``,
+        e.g. ``selection/kept_fraction/basophil``, ``noise/noise_rate_estimate``, ``noise/forget_rate``,
         ``val/balanced_accuracy``, ``val/auroc``, ``val/recall/basophil``.
     """
     if key_metric is not None:
@@ -49,10 +53,21 @@ def tensorboard_tag(name: str, key_metric: str | None = None) -> str:
         if name.startswith(key_metric + "_"):  # ClassificationReport's extras: <key>_auroc, <key>_recall/<class>
             return f"val/{name[len(key_metric) + 1 :]}"
         return f"val/{name.removeprefix('val_')}"
+    if name.startswith("val_"):  # a validation score a trainer holds (phase 2's recalibration)
+        return f"val/{name.removeprefix('val_')}"
     for prefix, group in _PREFIX_GROUPS:
         if name.startswith(prefix):
-            return f"{group}/{name.removeprefix('relabel_')}"
+            return f"{group}/{name}"
     return f"train/{name}"
+
+
+def phase1_epochs(run_dir: str | Path) -> int:
+    """Epochs phase 1 trained in ``run_dir`` (its metrics.json): phase 2's epochs are logged after them."""
+    path = Path(run_dir) / "metrics.json"
+    try:
+        return int(json.loads(path.read_text())["epoch"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{path}: cannot read phase 1's epoch count ({error}); run phase 1 first") from error
 
 
 class TensorBoardScalars:
@@ -67,16 +82,24 @@ class TensorBoardScalars:
         summary_writer: a ``torch.utils.tensorboard.SummaryWriter``.
         evaluator: the validation evaluator (optional).
         optimizer: the trainer's optimizer, for the learning rate (optional).
-        loss_group: tag group of the loss and learning-rate curves ("train", or "recalibration" in phase 2).
+        loss_group: tag group of the loss and learning-rate curves.
+        step_offset: added to the epoch to make the step: phase 2 passes phase 1's epoch count
+            (:func:`phase1_epochs`), so its recalibration epochs continue phase 1's curves.
     """
 
     def __init__(
-        self, summary_writer: Any, evaluator: Engine | None = None, optimizer: Any = None, loss_group: str = "train"
+        self,
+        summary_writer: Any,
+        evaluator: Engine | None = None,
+        optimizer: Any = None,
+        loss_group: str = "train",
+        step_offset: int = 0,
     ) -> None:
         self.writer = summary_writer
         self.evaluator = evaluator
         self.optimizer = optimizer
         self.loss_group = loss_group
+        self.step_offset = int(step_offset)
         self.losses = EpochLossMeter()
 
     def attach(self, engine: Engine) -> None:
@@ -86,9 +109,9 @@ class TensorBoardScalars:
     def __call__(self, engine: Engine) -> None:
         if idist.get_rank() != 0:
             return
-        epoch = engine.state.epoch
+        step = self.step_offset + engine.state.epoch
         for tag, value in self.scalars(engine).items():
-            self.writer.add_scalar(tag, value, epoch)
+            self.writer.add_scalar(tag, value, step)
         self.writer.flush()
 
     def scalars(self, engine: Engine) -> dict[str, float]:

@@ -165,7 +165,8 @@ class RelabelDriver:
         num_workers: DataLoader workers of the scoring passes (acquisition, pseudo-labels).
         pin_memory: pinned host memory for those passes (CUDA only).
         resume_command: the command a person runs after filling the answers file.
-        summary_writer: TensorBoard writer for round scalars (optional).
+        summary_writer: TensorBoard writer for the rounds' scalars, step = labels spent (optional; the bundle
+            gives it the run ``tensorboard/rounds``), tagged by :func:`round_tag`.
         device: inference device (default: the device of the network's parameters).
         model_choice: "tolerant" or "best" (see above).
         choice_tolerance: standard errors a round's model may trail the incumbent and still be adopted.
@@ -785,17 +786,17 @@ class RelabelDriver:
             step = state.budget_spent
             for key, value in metrics.items():
                 if isinstance(value, float) and math.isfinite(value):
-                    self.writer.add_scalar(f"relabel/{key}", value, step)
+                    self.writer.add_scalar(round_tag(key), value, step)
             self.writer.flush()
         return metrics
 
     def _log_confusion_matrix(self, matrix: list, state: RoundState) -> None:
-        """The validation confusion matrix of this round's model, as ``relabel/confusion_matrix_val``."""
+        """The validation confusion matrix of this round's model, as ``val/confusion_matrix``."""
         from alr_monai.plots import confusion_matrix_figure, figure_to_array
 
         title = f"validation after round {state.round} ({state.budget_spent} labels spent)"
         image = figure_to_array(confusion_matrix_figure(matrix, self.class_names, title))
-        self.writer.add_image("relabel/confusion_matrix_val", image, state.budget_spent, dataformats="HWC")
+        self.writer.add_image("val/confusion_matrix", image, state.budget_spent, dataformats="HWC")
 
     def simulation_metrics(self, state: RoundState) -> dict:
         """Errors found, the pool's noise rate and the pseudo-labels' accuracy, from the simulation's truth
@@ -877,6 +878,26 @@ class RelabelDriver:
             lines.append(markdown_table(header, table, format_cell))
         return "\n".join(lines) + "\n"
 
+    def round_line(self, state: RoundState, round_index: int) -> str:
+        """One console line for a closed round: its answers, the labels spent so far, the closing model's scores
+        and the model choice, e.g. ``round 2/5 | 100 answers (97 changed, 0 excluded, 0 skipped) | 200 labels spent
+        | val 0.673 | test 0.672 | adopted: val 0.673 >= round 1's model 0.649``."""
+        entry = next(e for e in state.history if e["round"] == round_index)
+        metrics = entry.get("metrics") or {}
+        parts = [
+            f"round {round_index}/{self.num_rounds}",
+            f"{entry['labels_spent']} answers ({entry['labels_changed']} changed, {entry['excluded']} excluded, "
+            f"{entry['skipped']} skipped)",
+            f"{entry['budget_spent']} labels spent",
+        ]
+        for split in ("val", "test"):
+            value = metrics.get(f"{split}_balanced_accuracy")
+            if isinstance(value, float) and math.isfinite(value):
+                parts.append(f"{split} {value:.3f}")
+        if metrics.get("model_choice_reason"):
+            parts.append(metrics["model_choice_reason"])
+        return " | ".join(parts)
+
     def write_round_table(self, state: RoundState) -> None:
         """Write rounds.csv and rounds.md (atomically)."""
         rows = self.round_rows(state)
@@ -943,6 +964,18 @@ class RelabelDriver:
             return None
         self.logger.info(f"round {round_index}: wrote the query sheet {page_path} (open it in a web browser)")
         return page_path
+
+
+def round_tag(key: str) -> str:
+    """The TensorBoard tag of a round metric: phase 1's tag for the same quantity where one exists.
+
+    ``val_balanced_accuracy`` -> ``val/balanced_accuracy``, ``test_macro_f1`` -> ``test/macro_f1``, and the
+    metrics only rounds have -> ``relabel/<key>`` (``relabel/pool_noise_rate``).
+    """
+    for split in ("val", "test"):
+        if key.startswith(split + "_"):
+            return f"{split}/{key.removeprefix(split + '_')}"
+    return f"relabel/{key}"
 
 
 def _model_cell(round_index: int, metrics: dict) -> str:

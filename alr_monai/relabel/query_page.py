@@ -10,6 +10,9 @@ columns with ``expert_label`` and ``comment`` filled, which ``alr answer`` takes
 Keys: 1-9 pick the class shown with that digit, ``x`` excludes, ``s`` skips, ``u`` clears, ``c`` writes a comment,
 arrows or ``j``/``k`` move between samples, Ctrl+S saves.
 
+The page's skeleton, style and script are files of the package (``alr_monai/relabel/page/query.html``,
+``query.css``, ``query.js``); this module fills the skeleton with the cards, the sheet's data and the pictures.
+
 Rendering never raises for a bad image: :func:`render_picture` returns a :class:`Picture` whose ``problem`` says
 why, and the page shows that reason in place of the image.
 """
@@ -17,6 +20,7 @@ why, and the page shows that reason in place of the image.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import html
 import io
@@ -24,6 +28,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +40,19 @@ from alr_monai.relabel.expert import QUERY_COLUMNS
 from alr_monai.utils import atomic_write_text
 
 __all__ = ["Picture", "View", "render_picture", "write_query_page"]
+
+
+# The page's markup, style and script are package data (alr_monai/relabel/page/), read once per process.
+PAGE_FILES = ("query.html", "query.css", "query.js")
+
+
+@functools.cache
+def page_file(name: str) -> str:
+    """The text of one of the page's files (:data:`PAGE_FILES`), from the installed package."""
+    if name not in PAGE_FILES:
+        raise ValueError(f"{name!r} is not one of the query page's files {PAGE_FILES}")
+    return resources.files("alr_monai.relabel").joinpath("page", name).read_text(encoding="utf-8")
+
 
 # Display sizes (CSS pixels) of the longest side: small images are enlarged by a whole factor (nearest neighbour,
 # so a 28x28 image stays sharp), large ones are fitted.
@@ -408,7 +426,7 @@ def write_query_page(
         if answer_command
         else "then apply it with <code>alr answer &lt;downloaded file&gt; --run_dir &lt;run folder&gt;</code>"
     )
-    document = _TEMPLATE.format(
+    document = page_file("query.html").format(
         title=_e(heading),
         heading=_e(heading),
         count=len(rows),
@@ -417,8 +435,8 @@ def write_query_page(
         legend=legend,
         apply_hint=apply_hint,
         cards="\n".join(cards) if cards else '<p class="empty">Nothing to review in this round.</p>',
-        css=_CSS,
-        script=_SCRIPT,
+        css=page_file("query.css"),
+        script=page_file("query.js"),
         sheet=_json_for_script(sheet),
         pictures=_json_for_script(store.uris),
     )
@@ -502,325 +520,3 @@ def _card_html(
     <input type="text" class="comment" placeholder="Comment (optional) — press c" aria-label="comment for {_e(sample_id)}">
   </div>
 </article>"""
-
-
-_CSS = """
-:root { --accent: #1f6feb; --ink: #1d232b; --muted: #5d6875; --line: #d9dee4; --bg: #f3f5f7;
-  --confirm: #1a7f37; --change: #b35900; --exclude: #c62828; --skip: #6e7781; }
-* { box-sizing: border-box; }
-body { margin: 0; font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
-  color: var(--ink); background: var(--bg); }
-header.bar { position: sticky; top: 0; z-index: 10; display: flex; align-items: center; gap: 18px; flex-wrap: wrap;
-  padding: 10px 24px; background: #fff; border-bottom: 1px solid var(--line); box-shadow: 0 1px 4px rgba(0,0,0,.06); }
-header.bar h1 { font-size: 19px; margin: 0; font-weight: 650; }
-header.bar .sub { color: var(--muted); font-size: 13px; }
-.progress { display: flex; flex-direction: column; gap: 4px; min-width: 220px; font-size: 13px; color: var(--muted); }
-.progress .meter { height: 6px; background: #e6e9ed; border-radius: 3px; overflow: hidden; }
-.progress .meter div { height: 100%; width: 0; background: var(--accent); transition: width .2s; }
-.counts b { color: var(--ink); }
-.spacer { flex: 1; }
-label.reader { font-size: 13px; color: var(--muted); }
-label.reader input { width: 130px; margin-left: 6px; }
-button.save { font: inherit; font-weight: 600; padding: 8px 16px; border-radius: 6px; border: 1px solid #1a5fd0;
-  background: var(--accent); color: #fff; cursor: pointer; }
-button.save:hover { background: #1a5fd0; }
-#saved { font-size: 13px; color: var(--confirm); max-width: 420px; }
-#saved code { color: var(--ink); }
-details.help { margin: 14px 24px 0; background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 8px 16px; }
-details.help summary { cursor: pointer; font-weight: 600; }
-details.help ul { columns: 2; margin: 8px 0; padding-left: 18px; }
-details.help p { margin: 6px 0; color: var(--muted); }
-kbd { display: inline-block; min-width: 1.5em; padding: 0 4px; border: 1px solid #b8c0c8; border-bottom-width: 2px;
-  border-radius: 4px; background: #f6f8fa; font: 12px/1.5 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;
-  text-align: center; color: var(--ink); }
-kbd.nokey { visibility: hidden; }
-main { padding: 8px 24px 80px; }
-h2.patient { margin: 26px 0 8px; font-size: 16px; font-weight: 650; display: flex; align-items: baseline; gap: 10px;
-  border-bottom: 2px solid var(--line); padding-bottom: 4px; }
-h2.patient .pid { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
-h2.patient .count { font-size: 13px; font-weight: 400; color: var(--muted); }
-h2.nopatient { color: var(--muted); }
-article.sample { display: grid; grid-template-columns: auto minmax(260px, 1fr) 400px; gap: 20px; margin: 12px 0;
-  padding: 16px; background: #fff; border: 1px solid var(--line); border-left: 6px solid var(--line);
-  border-radius: 8px; scroll-margin-top: 90px; }
-article.sample.current { border-color: var(--accent); box-shadow: 0 0 0 2px var(--accent), 0 4px 14px rgba(31,111,235,.18); }
-article.sample.answered-confirm { border-left-color: var(--confirm); }
-article.sample.answered-change { border-left-color: var(--change); }
-article.sample.answered-exclude { border-left-color: var(--exclude); }
-article.sample.answered-skip { border-left-color: var(--skip); }
-.imagecol { position: relative; }
-.number { position: absolute; top: -8px; left: -8px; z-index: 1; background: var(--ink); color: #fff; font-size: 12px;
-  font-weight: 600; padding: 1px 7px; border-radius: 10px; }
-.views { display: flex; gap: 6px; background: #000; padding: 6px; border-radius: 6px; width: max-content; }
-figure.view { margin: 0; display: flex; flex-direction: column; align-items: center; }
-figure.view figcaption { color: #c9d1d9; font-size: 12px; margin-top: 2px; }
-img.px { image-rendering: crisp-edges; image-rendering: pixelated; }
-img { display: block; }
-.note { font-size: 12px; color: var(--muted); margin-top: 4px; max-width: 300px; }
-.sid { font: 12px ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; color: var(--muted); margin-top: 6px;
-  max-width: 280px; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
-.placeholder { display: flex; flex-direction: column; align-items: center; justify-content: center; gap: 6px;
-  padding: 10px; text-align: center; background: #fbeaea; border: 1px dashed var(--exclude); border-radius: 6px;
-  color: var(--exclude); overflow: hidden; }
-.placeholder span { font-weight: 600; font-size: 13px; }
-.placeholder small { font-size: 11px; color: #7a2b2b; word-break: break-word; }
-.thumb .placeholder { font-size: 10px; }
-.thumb .placeholder span { font-size: 10px; }
-.thumb .placeholder small { display: none; }
-dl.facts { display: grid; grid-template-columns: max-content 1fr; gap: 4px 14px; margin: 0 0 12px; }
-dl.facts dt { color: var(--muted); font-size: 13px; }
-dl.facts dd { margin: 0; }
-.tag { display: inline-block; padding: 0 8px; border-radius: 4px; font-weight: 600; }
-.tag.given { background: #eef1f4; border: 1px solid #c9d1d9; }
-.tag.predicted { background: #fff4e5; border: 1px solid #f0b46b; color: #7a3e00; }
-.tag.same { background: #e8f5ec; border: 1px solid #9fd3ad; color: #155d2b; }
-.prob { color: var(--muted); font-variant-numeric: tabular-nums; }
-.path { font: 12px ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
-.examples { display: flex; flex-wrap: wrap; gap: 8px 20px; }
-.exlabel { font-size: 12px; font-weight: 600; color: var(--muted); text-transform: uppercase;
-  letter-spacing: .04em; margin-bottom: 4px; }
-.exrow { margin-bottom: 4px; max-width: 270px; }
-.exhead { font-size: 12px; color: var(--muted); margin-bottom: 3px; }
-.exhead .cls { color: var(--ink); font-weight: 600; }
-.thumbs { display: flex; gap: 6px; flex-wrap: wrap; }
-.thumb .views { padding: 3px; }
-.none { font-size: 12px; color: var(--muted); font-style: italic; }
-.answercol { display: flex; flex-direction: column; gap: 8px; }
-.status { font-size: 13px; font-weight: 600; color: var(--muted); }
-.status.confirm { color: var(--confirm); } .status.change { color: var(--change); }
-.status.exclude { color: var(--exclude); } .status.skip { color: var(--skip); }
-.choices { display: grid; grid-template-columns: 1fr 1fr; gap: 6px; }
-button.choice { display: flex; align-items: center; gap: 6px; font: inherit; font-size: 14px; text-align: left;
-  padding: 5px 8px; background: #fff; border: 1px solid var(--line); border-radius: 6px; cursor: pointer; min-width: 0; }
-button.choice .name { flex: 1; overflow-wrap: anywhere; }
-button.choice:hover { border-color: #8c959f; background: #f6f8fa; }
-.mark { font-size: 10px; text-transform: uppercase; letter-spacing: .03em; padding: 0 4px; border-radius: 3px; }
-.mark.given { background: #eef1f4; color: var(--muted); }
-.mark.predicted { background: #fff4e5; color: #7a3e00; }
-button.choice.exclude { color: var(--exclude); }
-button.choice.skip { color: var(--skip); }
-button.choice.selected { background: var(--accent); border-color: var(--accent); color: #fff; }
-button.choice.selected kbd { background: rgba(255,255,255,.2); border-color: rgba(255,255,255,.5); color: #fff; }
-button.choice.selected .mark { background: rgba(255,255,255,.25); color: #fff; }
-button.choice.exclude.selected { background: var(--exclude); border-color: var(--exclude); }
-button.choice.skip.selected { background: var(--skip); border-color: var(--skip); }
-input.comment { font: inherit; font-size: 14px; padding: 6px 8px; border: 1px solid var(--line); border-radius: 6px; }
-input.comment:focus { outline: 2px solid var(--accent); border-color: var(--accent); }
-.empty { color: var(--muted); }
-@media (max-width: 1100px) { article.sample { grid-template-columns: auto 1fr; } .answercol { grid-column: 1 / -1; } }
-"""
-
-_SCRIPT = r"""
-(function () {
-  "use strict";
-  var sheet = JSON.parse(document.getElementById("sheet-data").textContent);
-  var pictures = JSON.parse(document.getElementById("pictures").textContent);
-  document.querySelectorAll("img[data-pic]").forEach(function (img) { img.src = pictures[img.dataset.pic] || ""; });
-
-  var cards = Array.prototype.slice.call(document.querySelectorAll("article.sample"));
-  var labelCol = sheet.columns.indexOf("expert_label");
-  var commentCol = sheet.columns.indexOf("comment");
-  var givenCol = sheet.columns.indexOf("given_label");
-  // answers[i]: null = not answered yet, "" = skip, sheet.exclude, or a class name
-  var answers = sheet.rows.map(function () { return null; });
-  var comments = sheet.rows.map(function () { return ""; });
-  var current = -1;
-
-  function store() {
-    try {
-      localStorage.setItem(sheet.storageKey, JSON.stringify({ answers: answers, comments: comments,
-        reader: document.getElementById("reader").value }));
-    } catch (e) { /* storage may be off for file:// pages; the page works without it */ }
-  }
-  function restore() {
-    try {
-      var saved = JSON.parse(localStorage.getItem(sheet.storageKey) || "null");
-      if (!saved || saved.answers.length !== answers.length) { return 0; }
-      answers = saved.answers; comments = saved.comments;
-      document.getElementById("reader").value = saved.reader || "";
-      return answers.filter(function (a) { return a !== null; }).length;
-    } catch (e) { return 0; }
-  }
-
-  function kind(i) {
-    var value = answers[i];
-    if (value === null) { return "open"; }
-    if (value === "") { return "skip"; }
-    if (value === sheet.exclude) { return "exclude"; }
-    var given = givenCol >= 0 ? sheet.rows[i][givenCol].trim().toLowerCase() : "";
-    return value.toLowerCase() === given ? "confirm" : "change";
-  }
-
-  function render(i) {
-    var card = cards[i], value = answers[i], k = kind(i);
-    card.querySelectorAll("button.choice").forEach(function (button) {
-      button.classList.toggle("selected", value !== null && button.dataset.value === value);
-    });
-    ["confirm", "change", "exclude", "skip"].forEach(function (name) {
-      card.classList.toggle("answered-" + name, k === name);
-    });
-    var status = card.querySelector(".status");
-    status.className = "status " + k;
-    status.textContent = { open: "Not answered", skip: "Skipped: stays in the pool",
-      exclude: "Excluded from training", confirm: "Confirmed: " + value,
-      change: "Relabel: " + (givenCol >= 0 ? sheet.rows[i][givenCol] : "?") + " \u2192 " + value }[k];
-    card.querySelector("input.comment").value = comments[i];
-  }
-
-  function summary() {
-    var counts = { open: 0, skip: 0, exclude: 0, confirm: 0, change: 0 };
-    answers.forEach(function (_, i) { counts[kind(i)] += 1; });
-    var done = answers.length - counts.open;
-    document.getElementById("done").textContent = done;
-    document.getElementById("relabelled").textContent = counts.change;
-    document.getElementById("confirmed").textContent = counts.confirm;
-    document.getElementById("excluded").textContent = counts.exclude;
-    document.getElementById("skipped").textContent = counts.skip;
-    document.getElementById("meter").style.width = (answers.length ? 100 * done / answers.length : 0) + "%";
-  }
-
-  function select(i, scroll) {
-    if (i < 0 || i >= cards.length) { return; }
-    if (current >= 0) { cards[current].classList.remove("current"); }
-    current = i;
-    cards[i].classList.add("current");
-    if (scroll) { cards[i].scrollIntoView({ block: "center" }); }
-  }
-
-  function answer(i, value, advance) {
-    answers[i] = value;
-    render(i); summary(); store();
-    document.getElementById("saved").textContent = "";
-    if (advance && i + 1 < cards.length) { select(i + 1, true); }
-  }
-
-  function csvCell(value) {
-    value = String(value);
-    // the spreadsheet-safe rule of alr_monai.csvcells: `alr answer` drops the apostrophe again
-    if (/^ *['=+\-@\t\r\n]/.test(value) && !/^ *[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$/.test(value)) {
-      value = "'" + value;
-    }
-    return /[",\r\n]|^\s|\s$/.test(value) ? '"' + value.replace(/"/g, '""') + '"' : value;
-  }
-
-  function buildCsv() {
-    var columns = sheet.columns.slice();
-    var reader = document.getElementById("reader").value.trim();
-    var readerCol = columns.indexOf("reader");
-    if (reader && readerCol < 0) { columns.push("reader"); readerCol = columns.length - 1; }
-    var lines = [columns.map(csvCell).join(",")];
-    sheet.rows.forEach(function (row, i) {
-      var cells = row.slice();
-      while (cells.length < columns.length) { cells.push(""); }
-      cells[labelCol] = answers[i] === null ? "" : answers[i];
-      if (commentCol >= 0) { cells[commentCol] = comments[i].replace(/[\r\n]+/g, " ").trim(); }
-      if (reader && readerCol >= 0) { cells[readerCol] = reader; }
-      lines.push(cells.map(csvCell).join(","));
-    });
-    return lines.join("\n") + "\n";
-  }
-
-  function save() {
-    var blob = new Blob([buildCsv()], { type: "text/csv;charset=utf-8" });
-    var url = URL.createObjectURL(blob);
-    var link = document.createElement("a");
-    link.href = url; link.download = sheet.filename; link.style.display = "none";
-    document.body.appendChild(link); link.click(); link.remove();
-    setTimeout(function () { URL.revokeObjectURL(url); }, 10000);
-    var labelled = answers.filter(function (a) { return a !== null && a !== ""; }).length;
-    var message = document.getElementById("saved");
-    message.textContent = "Saved " + sheet.filename + " (" + labelled + " of " + answers.length +
-      " answered) to your downloads folder. ";
-    if (!labelled) { message.textContent += "It answers nothing: alr answer refuses it unless given --allow_empty. "; }
-    var code = document.createElement("code");
-    code.textContent = sheet.answerCommand || ("alr answer " + sheet.filename + " --run_dir <run folder>");
-    message.appendChild(document.createTextNode("Apply it with: "));
-    message.appendChild(code);
-  }
-
-  cards.forEach(function (card, i) {
-    card.addEventListener("click", function () { select(i, false); });
-    card.querySelectorAll("button.choice").forEach(function (button) {
-      button.addEventListener("click", function (event) {
-        event.stopPropagation(); select(i, false); answer(i, button.dataset.value, false); button.blur();
-      });
-    });
-    var input = card.querySelector("input.comment");
-    input.addEventListener("focus", function () { select(i, false); });
-    input.addEventListener("input", function () { comments[i] = input.value; store(); });
-    input.addEventListener("keydown", function (event) {
-      if (event.key === "Enter" || event.key === "Escape") { event.preventDefault(); input.blur(); }
-    });
-  });
-  document.getElementById("save").addEventListener("click", save);
-  document.getElementById("reader").addEventListener("input", store);
-
-  document.addEventListener("keydown", function (event) {
-    if ((event.ctrlKey || event.metaKey) && event.key.toLowerCase() === "s") { event.preventDefault(); save(); return; }
-    if (event.ctrlKey || event.metaKey || event.altKey) { return; }
-    var target = event.target;
-    if (target && (target.tagName === "INPUT" || target.tagName === "TEXTAREA" || target.tagName === "SELECT")) { return; }
-    if (!cards.length) { return; }
-    if (current < 0) { select(0, true); }
-    var key = event.key, handled = true;
-    if (/^[1-9]$/.test(key)) {
-      var index = Number(key) - 1;
-      if (index < sheet.classes.length) { answer(current, sheet.classes[index], true); }
-    } else if (key === "x" || key === "X") { answer(current, sheet.exclude, true);
-    } else if (key === "s" || key === "S") { answer(current, "", true);
-    } else if (key === "u" || key === "U") { answer(current, null, false);
-    } else if (key === "c" || key === "C") { cards[current].querySelector("input.comment").focus();
-    } else if (key === "ArrowDown" || key === "ArrowRight" || key === "j") { select(Math.min(current + 1, cards.length - 1), true);
-    } else if (key === "ArrowUp" || key === "ArrowLeft" || key === "k") { select(Math.max(current - 1, 0), true);
-    } else { handled = false; }
-    if (handled) { event.preventDefault(); }
-  });
-
-  var restored = restore();
-  cards.forEach(function (_, i) { render(i); });
-  summary();
-  if (restored) {
-    document.getElementById("saved").textContent = restored + " answers restored from this browser (not saved to a file yet).";
-  }
-  if (cards.length) { select(0, false); }
-})();
-"""
-
-_TEMPLATE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title}</title>
-<style>{css}</style>
-</head>
-<body>
-<header class="bar">
-  <div><h1>{heading}</h1><div class="sub">{count} sample{plural} to review</div></div>
-  <div class="progress">
-    <div class="counts"><b id="done">0</b> / {count} answered · <b id="relabelled">0</b> relabelled ·
-      <b id="confirmed">0</b> confirmed · <b id="excluded">0</b> excluded · <b id="skipped">0</b> skipped</div>
-    <div class="meter"><div id="meter"></div></div>
-  </div>
-  <div class="spacer"></div>
-  <div id="saved" aria-live="polite"></div>
-  <label class="reader">Reader <input id="reader" type="text" placeholder="optional"></label>
-  <button type="button" class="save" id="save" title="Ctrl+S">Save answers CSV</button>
-</header>
-<details class="help" open>
-  <summary>How to answer</summary>
-  <p>For each image choose the correct class, <b>Exclude</b> (the image is unusable: it leaves training) or
-  <b>Skip</b> (no answer: the label stays as given and it may be asked again). Compare with the trusted examples
-  on the right. Answers are kept in this browser while you work. When done, press <b>Save answers CSV</b>: it
-  downloads <code>{filename}</code>; {apply_hint}.</p>
-  <ul>{legend}</ul>
-</details>
-<main>
-{cards}
-</main>
-<script type="application/json" id="sheet-data">{sheet}</script>
-<script type="application/json" id="pictures">{pictures}</script>
-<script>{script}</script>
-</body>
-</html>
-"""
