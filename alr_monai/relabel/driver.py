@@ -28,9 +28,9 @@ from alr_monai.algorithms.stability import (
 from alr_monai.distributed import is_main_process
 from alr_monai.evaluation import evaluate_loader, predict
 from alr_monai.relabel.acquire import acquire, quota_mode
-from alr_monai.relabel.expert import OracleExpert
+from alr_monai.relabel.expert import OracleExpert, class_legend
 from alr_monai.relabel.readers import ADJUDICATOR, ReaderSettings, submit_reader_answers, write_reader_settings
-from alr_monai.relabel.state import RoundState, apply_answers_file, open_state, start_round
+from alr_monai.relabel.state import RoundState, answer_summary, apply_answers_file, open_state, start_round
 from alr_monai.tables import format_cell, markdown_table
 from alr_monai.utils import atomic_torch_save, atomic_write_csv, atomic_write_text
 
@@ -468,13 +468,18 @@ class RelabelDriver:
         """What a person does when round ``round_index`` waits for the expert."""
         query = self.query_path(round_index)
         page, run_dir = query.with_suffix(".html"), self.dir.parent
-        column = "the expert_label column (a class name or index; blank = skip; 'exclude' drops the image)"
+        column = (
+            "the expert_label column (a class name or its number as on the page; blank = skip; 'exclude' drops the "
+            "image)"
+        )
+        legend = f"  Class numbers (page keys and expert_label): {class_legend(self.class_names)}\n"
         if not page.is_file():  # a round queried before the sheet existed, or whose sheet could not be written
             return (
                 f"\nRound {round_index} is waiting for the expert.\n"
                 f"  1. Open {query} and fill {column}.\n"
                 f"  2. Save it as {self.answers_path(round_index)} (or run: alr answer <your file> --run_dir {run_dir}).\n"
                 f"  3. Resume with: {self.resume_command}\n"
+                f"{legend}"
             )
         readers = self.reader_settings.readers
         apply_line = (
@@ -491,6 +496,7 @@ class RelabelDriver:
             f"     Without a browser: open {query} and fill {column}.\n"
             f"{apply_line}"
             f"  3. Resume with: {self.resume_command}\n"
+            f"{legend}"
         )
 
     def apply_round(self, round_index: int) -> RoundState:
@@ -505,10 +511,7 @@ class RelabelDriver:
             source=source,
         )
         entry = state.history[-1]
-        self.logger.info(
-            f"round {round_index}: {entry['labels_spent']} labels spent, {entry['labels_changed']} changed, "
-            f"{entry['excluded']} excluded, {entry['skipped']} skipped"
-        )
+        self.logger.info(f"round {round_index}: {answer_summary(entry)}")
         return state
 
     def query_rows(self, state: RoundState, round_index: int) -> list[dict]:

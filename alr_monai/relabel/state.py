@@ -65,6 +65,7 @@ __all__ = [
     "RoundError",
     "RoundState",
     "StateMissingError",
+    "answer_summary",
     "apply_answers_file",
     "apply_round",
     "open_state",
@@ -549,6 +550,18 @@ class AuditTrail:
         writer.writerows(new)
         append_bytes(self.path, buffer.getvalue().encode("utf-8"))
         return len(new)
+
+
+def answer_summary(entry: Mapping[str, Any]) -> str:
+    """A round's answers in words: ``"8 answers (5 changed, 2 confirmed, 1 excluded, 92 skipped)"``.
+
+    Every answer is counted once: changed + confirmed (the expert agreed with the current label) + excluded is the
+    number of answers; skipped samples (blank) are not answers and stay in the pool.
+    """
+    spent, changed, excluded = int(entry["labels_spent"]), int(entry["labels_changed"]), int(entry["excluded"])
+    confirmed = spent - changed - excluded
+    noun = "answer" if spent == 1 else "answers"
+    return f"{spent} {noun} ({changed} changed, {confirmed} confirmed, {excluded} excluded, {entry['skipped']} skipped)"
 
 
 def is_label_change(row: Mapping[str, Any]) -> bool:
