@@ -182,6 +182,8 @@ class RelabelDriver:
         readers: readers per round (> 1: each answers, ``consensus`` decides, disagreements are adjudicated;
             see :mod:`alr_monai.relabel.readers`). In simulation each reader is an oracle with its own errors.
         consensus: "majority" or "unanimous".
+        image_refs: what the query file's ``image`` column shows for a sample without an image path, by index
+            (``npz:train/123`` for a MedMNIST .npz array, see :func:`alr_monai.data.medmnist.npz_reference`).
     """
 
     def __init__(
@@ -226,6 +228,7 @@ class RelabelDriver:
         class_quota: str | bool = "off",
         readers: int = 1,
         consensus: str = "majority",
+        image_refs: Sequence[str] | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -294,6 +297,7 @@ class RelabelDriver:
         self.class_quota = quota_mode(class_quota)
         self.reader_settings = ReaderSettings(int(readers), consensus)
         self.pseudo_label_threshold = float(pseudo_label_threshold)
+        self.image_refs = None if image_refs is None else [str(r) for r in image_refs]
         # the label each suspected, unqueried sample trains with this round (-1 = not trained on)
         self.pseudo_labels = torch.full((len(self.ids),), -1, dtype=torch.long)
         # the incumbent: the weights a round must match (best so far for "best"), their score, its standard error
@@ -544,7 +548,7 @@ class RelabelDriver:
             rows.append(
                 {
                     "id": self.ids[index],
-                    "image": self.image_paths[index] if self.image_paths else "",
+                    "image": self._image_column(index),
                     "given_label": state.current_labels[index],
                     "predicted_label": picked.predicted_labels[rank],
                     "predicted_probability": picked.predicted_probabilities[rank],
@@ -555,6 +559,12 @@ class RelabelDriver:
         if self.group_by_patient:
             rows = [rows[k] for k in patient_grouped_order([row["patient_id"] for row in rows])]
         return rows
+
+    def _image_column(self, index: int) -> str:
+        """The query file's ``image`` cell: the image's path, else its reference (an array of a .npz file)."""
+        if self.image_paths and self.image_paths[index]:
+            return self.image_paths[index]
+        return self.image_refs[index] if self.image_refs else ""
 
     def _loader(self, indices: Sequence[int]) -> DataLoader:
         subset = Subset(self.scoring_dataset, list(indices))
