@@ -482,24 +482,43 @@ def issues(run_dir: str = "runs/alr", top: int = 20):
     """Write label_issues.csv: every training sample ranked by how likely its given label is wrong.
 
     Needs only phase 1. A sample is suspect when its loss lies in the top share of its given class that the
-    class's estimated noise rate predicts wrong; the suspicion score (how far past that cut) ranks all classes
-    on one scale. Relabel the top rows first, or feed them to your own review.
+    class's estimated noise rate predicts wrong; the suspicion score (how far past that cut) ranks each class.
+    Classes take turns in the ranking in proportion to their estimated wrong labels, so one class does not fill
+    the top. Samples the expert already answered come after the open ones (with the expert's label), excluded
+    samples last. Each row has the model's suggested label and the label quality (the model's probability of
+    the given label; low = likely wrong).
 
     Args:
         run_dir: the run folder (phase 1 done).
         top: how many of the most suspect samples to print.
     """
-    from alr_monai.label_issues import write_label_issues
+    from alr_monai.label_issues import model_probabilities, write_label_issues
 
     if top < 0:
         raise UsageError(f"--top must be >= 0, got {top}")
-    path, rows = write_label_issues(run_dir)
-    suspects = sum(row["suspect"] for row in rows)
-    print(f"{path}: {len(rows)} samples ranked, {suspects} suspect (past their class's estimated noise cut)")
+    try:
+        probabilities = model_probabilities(run_dir)
+    except FileNotFoundError as error:
+        probabilities = None
+        print(f"no suggested labels or label quality: {error}")
+    path, rows = write_label_issues(run_dir, probabilities=probabilities)
+    suspects = sum(row["suspect"] for row in rows if row["status"] == "open")
+    answered = sum(row["status"] == "answered" for row in rows)
+    excluded = sum(row["status"] == "excluded" for row in rows)
+    print(
+        f"{path}: {len(rows)} samples ranked, {suspects} open suspects (past their class's estimated noise cut) "
+        f"first, classes taking turns by their estimated wrong labels; {answered} answered by the expert and "
+        f"{excluded} excluded are ranked last"
+    )
     for row in rows[:top]:
+        model = (
+            f"model says {row['suggested_label']} ({row['suggested_probability']:.2f}), quality {row['label_quality']:.2f}"
+            if row["suggested_label"]
+            else ""
+        )
         print(
-            f"{row['rank']:>5}  {row['id']:<24} given {row['given_label']:<24} suspicion {row['suspicion']:+.3f}  "
-            f"(class noise estimate {row['class_noise_estimate']:.2f})"
+            f"{row['rank']:>5}  {row['id']:<16} given {row['given_label']:<22} suspicion {row['suspicion']:+.3f}  "
+            f"{model}{'  [' + row['status'] + ']' if row['status'] != 'open' else ''}"
         )
 
 
