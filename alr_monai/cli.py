@@ -874,6 +874,10 @@ def _check_arguments(name: str, function: Callable, args: list[str]) -> None:
             annotation = params[flag].annotation
             if annotation in ("bool", bool) and not isinstance(value, bool):
                 raise UsageError(f"--{flag} is a switch and takes no value (got {value!r})")
+            if value is True and annotation not in ("bool", bool):  # "--output_dir" at the end, or before a flag
+                raise UsageError(
+                    f"--{flag} needs a value, e.g. --{flag} {params[flag].default or flag.upper()} (see alr {name} --help)"
+                )
             expected = _NUMBER_ANNOTATIONS.get(str(annotation))
             if expected and not (
                 (value is None and "None" in str(annotation))

@@ -268,6 +268,12 @@ def test_help_lists_every_key_a_command_accepts_with_default_and_meaning(capsys)
         (["manifest", "chek", "m.csv"], "did you mean check?"),
         (["answer"], "needs FILE"),
         (["status", "a", "b"], "unexpected argument"),
+        (
+            ["train", "--network_factory#width", "64"],
+            "the network_factory keys it takes are --network_factory#block_inplanes, --network_factory#layers",
+        ),
+        (["status", "--run_dir"], "--run_dir needs a value, e.g. --run_dir runs/alr"),
+        (["issues", "--top"], "--top needs a value"),
     ],
 )
 def test_typos_are_refused_with_the_closest_name_before_anything_runs(
@@ -280,6 +286,22 @@ def test_typos_are_refused_with_the_closest_name_before_anything_runs(
     assert len(err.strip().splitlines()) <= 2, err
     assert out == "" and not no_workflow
     assert list(tmp_path.iterdir()) == [], "nothing may be written before the arguments are checked"
+
+
+def test_a_flag_without_its_value_is_refused_before_anything_runs(tmp_path, monkeypatch, capsys, no_workflow):
+    # `alr train --output_dir` used to reach the command with output_dir=True and fail with a TypeError
+    monkeypatch.chdir(tmp_path)
+    for argv in (["train", "--output_dir"], ["train", "--output_dir", "--max_epochs", "2"]):
+        code, out, err = run_cli(argv, capsys)
+        assert code == 2 and err.strip() == (
+            "alr: error: --output_dir needs a value, e.g. --output_dir runs/alr (see alr train --help)"
+        )
+    assert list(tmp_path.iterdir()) == [] and not no_workflow
+
+
+def test_the_network_size_keys_the_readme_shows_are_accepted():
+    assert cli.check_argv(["train", "--network_factory#block_inplanes", "[32,64,128,256]"])[0] == "train"
+    assert cli.check_argv(["train", "--network_factory#layers", "[2,2,2,2]"])[0] == "train"
 
 
 @pytest.mark.parametrize(
