@@ -120,3 +120,15 @@ def test_the_page_and_numbers_in_the_csv_end_in_the_same_labels(waiting_run, tmp
     assert by_page == by_csv
     for row, number in zip(query, numbers, strict=True):
         assert by_csv[row["id"]] == (-1 if number == "x" else int(number) - 1)
+
+
+def test_the_query_csv_gives_scores_and_probabilities_with_even_precision_and_the_console_explains_them(waiting_run):
+    run_dir, console = waiting_run
+    _, query = read_csv(run_dir / "relabel" / "queries" / "round_1.csv")
+    for row in query:
+        for column in ("score", "predicted_probability"):
+            assert len(row[column].partition(".")[2]) == 4, row  # four decimals in every row
+    assert (
+        "Query score (the score column): the entropy of the model's predicted class probabilities (0 = sure; "
+        "ln C = no idea) (relabel#acquisition entropy); higher = more worth a look" in console
+    )

@@ -27,7 +27,7 @@ from alr_monai.algorithms.stability import (
 )
 from alr_monai.distributed import is_main_process
 from alr_monai.evaluation import evaluate_loader, predict
-from alr_monai.relabel.acquire import acquire, quota_mode
+from alr_monai.relabel.acquire import acquire, quota_mode, score_meaning
 from alr_monai.relabel.expert import OracleExpert, class_legend
 from alr_monai.relabel.readers import ADJUDICATOR, ReaderSettings, submit_reader_answers, write_reader_settings
 from alr_monai.relabel.state import RoundState, answer_summary, apply_answers_file, open_state, start_round
@@ -476,7 +476,10 @@ class RelabelDriver:
             "the expert_label column (a class name or its number as on the page; blank = skip; 'exclude' drops the "
             "image)"
         )
-        legend = f"  Class numbers (page keys and expert_label): {class_legend(self.class_names)}\n"
+        legend = (
+            f"  Class numbers (page keys and expert_label): {class_legend(self.class_names)}\n"
+            f"  Query score (the score column): {score_meaning(self.acquisition)}\n"
+        )
         if not page.is_file():  # a round queried before the sheet existed, or whose sheet could not be written
             return (
                 f"\nRound {round_index} is waiting for the expert.\n"

@@ -186,7 +186,8 @@ def _label_index(value: object, num_classes: int, what: str) -> int:
 
 def _format_float(value: object) -> str:
     number = float(value)  # type: ignore[arg-type]
-    return "" if math.isnan(number) else f"{number:.6g}"
+    # four decimals in every row, so a column of scores reads (and sorts) evenly in a spreadsheet
+    return "" if math.isnan(number) else f"{number:.4f}"
 
 
 def write_query_file(
