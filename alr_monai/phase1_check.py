@@ -67,7 +67,7 @@ def phase1_warnings(
     warnings = []
     if epoch < num_gradual:
         rate = f"reached {reached:.2f}" if reached is not None else "did not reach its target"
-        of_target = f" of its {target:.2f}" if target is not None and reached is not None else ""
+        of_target = f" (its target: {target:.2f})" if target is not None and reached is not None else ""
         warnings.append(
             f"phase 1 ended at epoch {epoch}, before its forget-rate ramp ({num_gradual} epochs) was done: the forget "
             f"rate {rate}{of_target}, so the trusted set keeps {trusted_share:.0%} of the samples{truth} and still "

@@ -20,7 +20,7 @@ def test_a_phase1_stopped_before_its_ramp_is_named_with_the_numbers_and_the_fix(
     metrics = _metrics(4, forget_rate=0.24, noise_rate_estimate=0.6, selection_precision=0.5)
     (warning,) = phase1_warnings(metrics, 0.8, num_gradual=10, estimate_epoch=2)
     assert "ended at epoch 4, before its forget-rate ramp (10 epochs)" in warning
-    assert "reached 0.24 of its 0.60" in warning and "keeps 80% of the samples" in warning
+    assert "reached 0.24 (its target: 0.60)" in warning and "keeps 80% of the samples" in warning
     assert "precision against the injected truth: 0.50" in warning
     assert "--max_epochs 10" in warning and "--coteaching#num_gradual 4" in warning
 
