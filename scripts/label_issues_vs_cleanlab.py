@@ -10,10 +10,12 @@ Rankings compared:
   fewer than k), and the same with ``"normalized_margin"``;
 - self-confidence alone (``label_quality`` ascending over every sample).
 
-Also prints how many classes fill each top-k (the largest class's share). Run on a phase-1 run with injected noise::
+With ``--oof CLEANLAB_RUN`` it adds cleanlab as its users run it: ``find_label_issues`` on out-of-fold
+probabilities of K networks (the benchmark's cleanlab peer, same data settings). Also prints the largest class's
+count in each top-k. Run on a phase-1 run with injected noise::
 
     alr train --output_dir runs/e10 --max_epochs 10
-    python scripts/label_issues_vs_cleanlab.py runs/e10
+    python scripts/label_issues_vs_cleanlab.py runs/e10 [--oof runs/cleanlab10]
 """
 
 from __future__ import annotations
@@ -39,6 +41,11 @@ def _precision(order: list[int], wrong: np.ndarray, k: int) -> tuple[float, int]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir")
+    parser.add_argument(
+        "--oof",
+        help="a cleanlab peer run of the same data (alr benchmark method cleanlab, or run_cleanlab_peer): adds "
+        "cleanlab's own ranking from its out-of-fold probabilities (RUN/cleanlab/oof_fold*.npz)",
+    )
     args = parser.parse_args()
     run_dir = Path(args.run_dir)
     from cleanlab.filter import find_label_issues
@@ -67,6 +74,16 @@ def main() -> None:
         ),
         "self-confidence alone (label_quality)": list(np.argsort(probs[np.arange(len(given)), given], kind="stable")),
     }
+    if args.oof:
+        oof = np.full_like(probs, np.nan)
+        for path in sorted(Path(args.oof, "cleanlab").glob("oof_fold*.npz")):
+            with np.load(path) as fold:
+                oof[fold["indices"]] = fold["probs"]
+        if np.isnan(oof).any():
+            raise SystemExit(f"{args.oof}: the out-of-fold probabilities do not cover every sample")
+        orders["cleanlab find_label_issues, self_confidence, its out-of-fold probabilities"] = list(
+            find_label_issues(given, oof, return_indices_ranked_by="self_confidence")
+        )
     print(f"{run_dir}: {len(given)} samples, {int(wrong.sum())} wrong labels ({wrong.mean():.3f})")
     print(
         f"| ranking | flagged | {' | '.join(f'precision@{k}' for k in KS)} | "
