@@ -431,7 +431,7 @@ def status(run_dir: str = "runs/alr"):
     last = state.history[-1] if state.history else None
     recalibrated = last is None or bool(last.get("metrics"))
     if not state.pool_indices():
-        print(f"the pool is empty: every suspect label is answered. Results: alr report --run_dir {run}")
+        print(f"the pool is empty: every suspect label is answered.\nNext: alr report --run_dir {run}")
     elif state.round < rounds:
         then = f"asks round {state.round + 1} of {rounds}"
         step = then if recalibrated else f"recalibrates the model on round {state.round}'s answers, then {then}"
@@ -440,7 +440,7 @@ def status(run_dir: str = "runs/alr"):
         print(f"Next: {command} (recalibrates the model on round {state.round}'s answers, the last of {rounds})")
     else:
         print(
-            f"all {rounds} rounds are done. Results: alr report --run_dir {run}. To add rounds: "
+            f"all {rounds} rounds are done.\nNext: alr report --run_dir {run} (the results), or add rounds: "
             f"{command} --relabel#num_rounds {rounds + 1} (or more)"
         )
 

@@ -1,9 +1,9 @@
 """Warnings about a phase 1 whose trusted set should not be trusted: said on the console and kept in metrics.json.
 
-Two ways a phase 1 looks finished but is not: it stopped before the forget-rate ramp was done (the forget rate
-ramps from 0 over ``coteaching#num_gradual`` epochs, so an early stop trusts most of the noise), or its trusted set
-is implausible for its own noise estimate (it keeps far more than the estimated clean share), or no estimate was
-made at all, so nothing says how clean the trusted set is. Each warning gives the numbers and the fix. They are
+Three ways a phase 1 looks finished but its trusted set is not to be trusted: it stopped before the forget-rate
+ramp was done (the forget rate ramps from 0 over ``coteaching#num_gradual`` epochs, so an early stop trusts most
+of the noise); its trusted set is implausible for its own noise estimate (it keeps far more than the estimated
+clean share); or no estimate was made at all, so nothing says how clean the trusted set is. Each warning gives the numbers and the fix. They are
 written to ``metrics.json`` under ``warnings`` (a list of sentences, empty when all is well), where the report and
 any later command read them.
 """

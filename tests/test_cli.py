@@ -165,7 +165,7 @@ def test_status_ends_with_the_next_command_at_every_step(pending_run, capsys):
     state.save(state_path)
     last = run_cli(["status", "--run_dir", str(pending_run)], capsys)[1].strip().splitlines()[-1]
     assert last == (
-        f"all 1 rounds are done. Results: alr report --run_dir {pending_run}. To add rounds: "
+        f"Next: alr report --run_dir {pending_run} (the results), or add rounds: "
         f"alr query --run_dir {pending_run} --relabel#num_rounds 2 (or more)"
     )
 
