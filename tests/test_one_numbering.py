@@ -132,3 +132,25 @@ def test_the_query_csv_gives_scores_and_probabilities_with_even_precision_and_th
         "Query score (the score column): the entropy of the model's predicted class probabilities (0 = sure; "
         "ln C = no idea) (relabel#acquisition entropy); higher = more worth a look" in console
     )
+
+
+def test_alr_issues_on_a_real_run_gives_the_models_view_and_knows_the_answers(waiting_run, tmp_path, capsys):
+    run_dir = _copy(waiting_run[0], tmp_path / "run")
+    _, query = read_csv(run_dir / "relabel" / "queries" / "round_1.csv")
+    answers = tmp_path / "answers.csv"
+    answers.write_text(f"id,expert_label\n{query[0]['id']},2\n{query[1]['id']},EXCLUDE\n")
+    cli.main(["answer", str(answers), "--run_dir", str(run_dir), "--allow_empty"])
+    cli.main(["issues", "--run_dir", str(run_dir), "--top", "3"])
+    out = capsys.readouterr().out
+    assert "1 answered by the expert and 1 excluded are ranked last" in out and "model says" in out
+    _, rows = read_csv(run_dir / "label_issues.csv")
+    names = RoundState.load(run_dir / "relabel" / "state.json").class_names
+    for row in rows:
+        assert row["suggested_label"] in names
+        assert 0.0 <= float(row["label_quality"]) <= float(row["suggested_probability"]) <= 1.0
+        if row["suggested_label"] == row["given_label"]:  # label quality is the probability of the given label
+            assert row["label_quality"] == row["suggested_probability"]
+    assert [(r["id"], r["status"], r["expert_label"]) for r in rows[-2:]] == [
+        (query[0]["id"], "answered", names[1]),
+        (query[1]["id"], "excluded", ""),
+    ]
