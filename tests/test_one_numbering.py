@@ -67,9 +67,9 @@ def test_the_page_and_numbers_in_the_csv_end_in_the_same_labels(waiting_run, tmp
     legend = ", ".join(f"{k + 1} = {name}" for k, name in enumerate(names))
     assert f"Class numbers (page keys and expert_label): {legend}" in console
     assert console.strip().splitlines()[-1].startswith("Next: alr answer <saved file> --run_dir")
-    # the image column says where each .npz image is: npz:<split>/<position in the file's <split>_images>
+    # the image column says where each .npz image is: npz:<split>_images[<position in that array of the file>]
     for row in query:
-        assert row["image"] == "npz:train/" + row["id"].rpartition("_")[2], row
+        assert row["image"] == f"npz:train_images[{row['id'].rpartition('_')[2]}]", row
 
     # The expert's choice per sample: the class numbers 3, 1, 8, 2 (keys 3, 1, 8, 2 on the page) and one exclusion.
     numbers = ["3", "1", str(len(names)), "2", "x"]

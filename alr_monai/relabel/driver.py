@@ -183,7 +183,7 @@ class RelabelDriver:
             see :mod:`alr_monai.relabel.readers`). In simulation each reader is an oracle with its own errors.
         consensus: "majority" or "unanimous".
         image_refs: what the query file's ``image`` column shows for a sample without an image path, by index
-            (``npz:train/123`` for a MedMNIST .npz array, see :func:`alr_monai.data.medmnist.npz_reference`).
+            (``npz:train_images[123]`` for a MedMNIST .npz array, see :func:`alr_monai.data.medmnist.npz_reference`).
     """
 
     def __init__(
