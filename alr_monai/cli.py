@@ -376,8 +376,9 @@ def answer(file: str, run_dir: str = "runs/alr", dry_run: bool = False, allow_em
             round is applied when all are in and the consensus (or the adjudicator) has decided every sample.
     """
     from alr_monai.relabel import RoundError, RoundState, apply_answers_file, read_answers
+    from alr_monai.relabel.expert import class_label
     from alr_monai.relabel.readers import ADJUDICATOR, read_reader_settings, submit_reader_answers
-    from alr_monai.relabel.state import check_audit, is_label_change, relabel_outputs
+    from alr_monai.relabel.state import answer_summary, check_audit, is_label_change, relabel_outputs
 
     relabel_dir = Path(run_dir) / "relabel"
     state_path = relabel_dir / "state.json"
@@ -428,13 +429,14 @@ def answer(file: str, run_dir: str = "runs/alr", dry_run: bool = False, allow_em
         answers = read_answers(file, state.class_names, state.queried[str(pending)], state.ids, allow_empty, reader)
         rows = state.apply_answers(pending, answers, "expert")  # in memory only: nothing is written
         entry = state.history[-1]
-        print(
-            f"dry run, round {pending}: {entry['labels_spent']} answers would be applied ({entry['labels_changed']} "
-            f"labels changed, {entry['excluded']} excluded, {entry['skipped']} skipped); nothing was written"
-        )
+        print(f"dry run, round {pending}: {answer_summary(entry)} would be applied; nothing was written")
+        number = {name: class_label(i, state.class_names) for i, name in enumerate(state.class_names)}
         for row in rows:
-            if is_label_change(row):
-                print(f"  {row['id']}: {row['old_label']} -> {row['new_label']}")
+            if is_label_change(row):  # "1 (basophil) -> 3 (erythroblast)": the numbers the page and the CSV use
+                print(
+                    f"  {row['id']}: {number.get(row['old_label'], row['old_label'])} -> "
+                    f"{number.get(row['new_label'], row['new_label'])}"
+                )
         print(f"Apply with: alr answer {shlex.quote(str(file))} --run_dir {shlex.quote(str(run_dir))}")
         return
     state = apply_answers_file(
@@ -447,8 +449,7 @@ def answer(file: str, run_dir: str = "runs/alr", dry_run: bool = False, allow_em
     )
     entry = state.history[-1]
     print(
-        f"round {entry['round']}: applied {entry['labels_spent']} answers ({entry['labels_changed']} labels changed, "
-        f"{entry['excluded']} excluded, {entry['skipped']} skipped). "
+        f"round {entry['round']}: applied {answer_summary(entry)}. "
         f"Continue with: alr query --run_dir {shlex.quote(str(run_dir))}"
     )
 
@@ -487,23 +488,34 @@ def predict(
 
 
 def status(run_dir: str = "runs/alr"):
-    """Print the relabel round, labels spent, and what is waiting.
+    """Print the relabel round, labels spent, what is waiting, and the next command to run.
 
     Args:
         run_dir: the run folder.
     """
     from alr_monai.relabel import RoundState
+    from alr_monai.relabel.expert import class_legend
     from alr_monai.relabel.readers import read_reader_settings
     from alr_monai.relabel.state import AuditError, check_audit, relabel_outputs
 
+    run = shlex.quote(str(run_dir))
     state_path = Path(run_dir) / "relabel" / "state.json"
     if not state_path.is_file() and not relabel_outputs(state_path.parent):  # lost with rounds: load refuses
         phase1 = (Path(run_dir) / "metrics.json").is_file()
         print(f"{run_dir}: phase 1 {'finished' if phase1 else 'not run'}; no relabel round started yet")
+        if phase1:
+            print(
+                f"Next: alr query --run_dir {run} (asks round 1 of {_num_rounds(run_dir)}; "
+                f"or alr relabel --run_dir {run} to simulate the expert)"
+            )
+        else:
+            print(f"Next: alr train --output_dir {run}")
         return
     state = RoundState.load(state_path)
+    rounds = _num_rounds(run_dir)
     print(
-        f"{run_dir}: {state.round} round(s) applied, {state.budget_spent} labels spent, pool {len(state.pool_indices())}"
+        f"{run_dir}: {state.round} of {rounds} round(s) applied, {state.budget_spent} labels spent, "
+        f"pool {len(state.pool_indices())}"
     )
     try:
         check_audit(state, state_path.parent / "audit.csv", state_path)
@@ -513,20 +525,58 @@ def status(run_dir: str = "runs/alr"):
         pending = state.pending_round
         query_file = Path(run_dir) / "relabel" / "queries" / f"round_{pending}.csv"
         answers_file = Path(run_dir) / "relabel" / "answers" / f"round_{pending}.csv"
-        print(f"waiting: round {pending} query {query_file} ({len(state.pending_ids())} samples)")
+        print(f"waiting: round {pending} of {rounds}, query {query_file} ({len(state.pending_ids())} samples)")
         page = query_file.with_suffix(".html")
         if page.is_file():
-            print(f"  open {page} in a web browser, answer, save, then: alr answer <saved file> --run_dir {run_dir}")
-        print(f"  or fill expert_label and save as {answers_file}, or run: alr answer <file> --run_dir {run_dir}")
+            print(f"  open {page} in a web browser, answer, and press 'Save answers CSV'")
+        print(f"  or fill the expert_label column of {query_file} (or save it as {answers_file})")
+        print(f"  class numbers (page keys and expert_label): {class_legend(state.class_names)}")
         settings = read_reader_settings(Path(run_dir) / "relabel")
         if settings.readers > 1:
             kept = sorted(path.stem for path in (answers_file.parent / f"round_{pending}").glob("*.csv"))
             print(
                 f"  {settings.readers} readers per round ({settings.rule}); answers kept from: "
-                f"{', '.join(kept) or 'nobody yet'} (each runs alr answer ... --reader NAME)"
+                f"{', '.join(kept) or 'nobody yet'}"
             )
+            print(f"Next: alr answer <saved file> --run_dir {run} --reader NAME")
+        else:
+            print(f"Next: alr answer <saved file> --run_dir {run}")
+        return
+    print("nothing waiting for the expert")
+    simulated = bool(state.history) and state.history[-1].get("source") == "oracle"
+    command = f"alr relabel --run_dir {run}" if simulated else f"alr query --run_dir {run}"
+    last = state.history[-1] if state.history else None
+    recalibrated = last is None or bool(last.get("metrics"))
+    if not state.pool_indices():
+        print(f"the pool is empty: every suspect label is answered.\nNext: alr report --run_dir {run}")
+    elif state.round < rounds:
+        then = f"asks round {state.round + 1} of {rounds}"
+        step = then if recalibrated else f"recalibrates the model on round {state.round}'s answers, then {then}"
+        print(f"Next: {command} ({step})")
+    elif not recalibrated:
+        print(f"Next: {command} (recalibrates the model on round {state.round}'s answers, the last of {rounds})")
     else:
-        print("nothing waiting for the expert")
+        print(
+            f"all {rounds} rounds are done.\nNext: alr report --run_dir {run} (the results), or add rounds: "
+            f"{command} --relabel#num_rounds {rounds + 1} (or more)"
+        )
+
+
+def _num_rounds(run_dir: str) -> int:
+    """The run's ``relabel#num_rounds``: saved in run_config.json by the first relabel command, else the default."""
+    try:
+        config = load_run_config(run_dir)
+    except (FileNotFoundError, ValueError):
+        config = None
+    if config is not None and "relabel#num_rounds" in config.get("relabel", {}):
+        return int(config["relabel"]["relabel#num_rounds"])
+    if config is not None:
+        value = _configured_value(config, "relabel#num_rounds")
+        if value is not None:
+            return int(value)
+    from alr_monai.workflow import bundle_file
+
+    return int(json.loads(Path(bundle_file("relabel.json")).read_text())["relabel"]["num_rounds"])
 
 
 def recover(run_dir: str = "runs/alr"):
@@ -550,24 +600,43 @@ def issues(run_dir: str = "runs/alr", top: int = 20):
     """Write label_issues.csv: every training sample ranked by how likely its given label is wrong.
 
     Needs only phase 1. A sample is suspect when its loss lies in the top share of its given class that the
-    class's estimated noise rate predicts wrong; the suspicion score (how far past that cut) ranks all classes
-    on one scale. Relabel the top rows first, or feed them to your own review.
+    class's estimated noise rate predicts wrong; the suspicion score (how far past that cut) ranks each class.
+    Classes take turns in the ranking in proportion to their estimated wrong labels, so one class does not fill
+    the top. Samples the expert already answered come after the open ones (with the expert's label), excluded
+    samples last. Each row has the model's suggested label and the label quality (the model's probability of
+    the given label; low = likely wrong).
 
     Args:
         run_dir: the run folder (phase 1 done).
         top: how many of the most suspect samples to print.
     """
-    from alr_monai.label_issues import write_label_issues
+    from alr_monai.label_issues import model_probabilities, write_label_issues
 
     if top < 0:
         raise UsageError(f"--top must be >= 0, got {top}")
-    path, rows = write_label_issues(run_dir)
-    suspects = sum(row["suspect"] for row in rows)
-    print(f"{path}: {len(rows)} samples ranked, {suspects} suspect (past their class's estimated noise cut)")
+    try:
+        probabilities = model_probabilities(run_dir)
+    except FileNotFoundError as error:
+        probabilities = None
+        print(f"no suggested labels or label quality: {error}")
+    path, rows = write_label_issues(run_dir, probabilities=probabilities)
+    suspects = sum(row["suspect"] for row in rows if row["status"] == "open")
+    answered = sum(row["status"] == "answered" for row in rows)
+    excluded = sum(row["status"] == "excluded" for row in rows)
+    print(
+        f"{path}: {len(rows)} samples ranked, {suspects} open suspects (past their class's estimated noise cut) "
+        f"first, classes taking turns by their estimated wrong labels; {answered} answered by the expert and "
+        f"{excluded} excluded are ranked last"
+    )
     for row in rows[:top]:
+        model = (
+            f"model says {row['suggested_label']} ({row['suggested_probability']:.2f}), quality {row['label_quality']:.2f}"
+            if row["suggested_label"]
+            else ""
+        )
         print(
-            f"{row['rank']:>5}  {row['id']:<24} given {row['given_label']:<24} suspicion {row['suspicion']:+.3f}  "
-            f"(class noise estimate {row['class_noise_estimate']:.2f})"
+            f"{row['rank']:>5}  {row['id']:<16} given {row['given_label']:<22} suspicion {row['suspicion']:+.3f}  "
+            f"{model}{'  [' + row['status'] + ']' if row['status'] != 'open' else ''}"
         )
 
 
@@ -967,6 +1036,10 @@ def _check_arguments(name: str, function: Callable, args: list[str]) -> None:
             annotation = params[flag].annotation
             if annotation in ("bool", bool) and not isinstance(value, bool):
                 raise UsageError(f"--{flag} is a switch and takes no value (got {value!r})")
+            if value is True and annotation not in ("bool", bool):  # "--output_dir" at the end, or before a flag
+                raise UsageError(
+                    f"--{flag} needs a value, e.g. --{flag} {params[flag].default or flag.upper()} (see alr {name} --help)"
+                )
             expected = _NUMBER_ANNOTATIONS.get(str(annotation))
             if expected and not (
                 (value is None and "None" in str(annotation))

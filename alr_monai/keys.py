@@ -404,6 +404,20 @@ KEYS: tuple[Key, ...] = (
         maximum=0.99,
     ),
     Key(
+        "network_factory#block_inplanes",
+        TRAIN,
+        "train",
+        "shape",
+        'the ResNet\'s width: channels of its 4 stages, e.g. "[32,64,128,256]" (relabel and issues reuse it)',
+    ),
+    Key(
+        "network_factory#layers",
+        TRAIN,
+        "train",
+        "shape",
+        'the ResNet\'s depth: residual blocks in each of its 4 stages, e.g. "[2,2,2,2]"',
+    ),
+    Key(
         "coteaching#forget_rate",
         TRAIN,
         "train",
@@ -860,6 +874,17 @@ def unknown_key_message(name: str, command: str, known: Sequence[str]) -> str:
     if other is not None:
         return (
             f"--{name} is a phase-1 setting: pass it to alr train (a finished phase 1 is not changed by alr {command})"
+        )
+    section = name.split("#")[0] + "#" if "#" in name else None
+    siblings = [key for key in known if section and key.startswith(section)]
+    tails = [key[len(section) :] for key in siblings] if section else []
+    if 0 < len(siblings) <= 6 and not difflib.get_close_matches(name[len(section) :], tails, n=1, cutoff=0.75):
+        # "--network_factory#width": no typo of a key of that section; name the ones it takes (a shared prefix
+        # would otherwise make any sibling look "close")
+        return (
+            f"unknown option --{name} for alr {command}: the {section[:-1]} keys it takes are "
+            f"{', '.join('--' + key for key in siblings)} (see alr {command} --help; any other key through a preset "
+            "or python -m monai.bundle run)"
         )
     hint = closest(name, known)
     if hint is None:

@@ -155,6 +155,8 @@ def _banners(run_dir: Path, metrics: dict, state: dict | None) -> list[str]:
             f"Phase 1 is unfinished (stopped after epoch {metrics.get('epoch')}, no test evaluation yet): it was "
             f"interrupted or is still running. Rerun `alr train --output_dir {run_dir}` to resume it."
         )
+    # phase 1's own judgement of its trusted set (alr_monai.phase1_check): an early stop, an implausible share
+    banners += [f"Warning: {warning}" for warning in metrics.get("warnings") or []]
     if state is not None:
         pending = state.get("pending_round")
         if pending is not None:

@@ -107,13 +107,19 @@ def test_status_before_and_after_a_round(tmp_path, pending_run, capsys):
     fresh.mkdir()
     code, printed, _ = run_cli(["status", "--run_dir", str(fresh)], capsys)
     assert code == 0 and "phase 1 not run" in printed and "no relabel round started" in printed
+    assert printed.strip().splitlines()[-1] == f"Next: alr train --output_dir {fresh}"
     (fresh / "metrics.json").write_text("{}")
-    assert "phase 1 finished" in run_cli(["status", "--run_dir", str(fresh)], capsys)[1]
+    printed = run_cli(["status", "--run_dir", str(fresh)], capsys)[1]
+    assert "phase 1 finished" in printed
+    assert printed.strip().splitlines()[-1].startswith(f"Next: alr query --run_dir {fresh} (asks round 1 of 5")
 
     code, printed, _ = run_cli(["status", "--run_dir", str(pending_run)], capsys)
     assert code == 0
-    assert "0 round(s) applied, 0 labels spent, pool 7" in printed
-    assert f"waiting: round 1 query {pending_run / 'relabel' / 'queries' / 'round_1.csv'} (4 samples)" in printed
+    assert "0 of 5 round(s) applied, 0 labels spent, pool 7" in printed
+    query_file = pending_run / "relabel" / "queries" / "round_1.csv"
+    assert f"waiting: round 1 of 5, query {query_file} (4 samples)" in printed
+    assert "class numbers (page keys and expert_label): 1 = normal, 2 = abnormal, 3 = unclear" in printed
+    assert printed.strip().splitlines()[-1] == f"Next: alr answer <saved file> --run_dir {pending_run}"
     assert str(pending_run / "relabel" / "answers" / "round_1.csv") in printed
 
     answers = write_csv(
@@ -123,19 +129,45 @@ def test_status_before_and_after_a_round(tmp_path, pending_run, capsys):
     )
     code, printed, err = run_cli(["answer", str(answers), "--run_dir", str(pending_run)], capsys)
     assert code == 0, err
-    assert "round 1: applied 3 answers (2 labels changed, 1 excluded, 1 skipped)" in printed
+    # "2" is class number 2 as on the page (abnormal), s4's given label: a confirmation, not a change
+    assert "round 1: applied 3 answers (1 changed, 1 confirmed, 1 excluded, 1 skipped)" in printed
     assert f"alr query --run_dir {pending_run}" in printed
 
     code, printed, _ = run_cli(["status", "--run_dir", str(pending_run)], capsys)
     assert code == 0
-    assert "1 round(s) applied, 3 labels spent, pool 4" in printed  # s3, s4 trusted, s5 excluded; s6 stays
+    assert "1 of 5 round(s) applied, 3 labels spent, pool 4" in printed  # s3, s4 trusted, s5 excluded; s6 stays
     assert "nothing waiting" in printed and "waiting: round" not in printed
+    # the next step: the recalibration on round 1's answers, then round 2's query
+    assert printed.strip().splitlines()[-1] == (
+        f"Next: alr query --run_dir {pending_run} (recalibrates the model on round 1's answers, then asks round 2 of 5)"
+    )
 
     # The same answers again: nothing is applied twice.
     audit = (pending_run / "relabel" / "audit.csv").read_bytes()
     code, _, err = run_cli(["answer", str(answers), "--run_dir", str(pending_run)], capsys)
     assert code == 2 and "no query is pending" in err
     assert (pending_run / "relabel" / "audit.csv").read_bytes() == audit
+
+
+def test_status_ends_with_the_next_command_at_every_step(pending_run, capsys):
+    (pending_run / "run_config.json").write_text(
+        json.dumps({"config_files": [], "overrides": {}, "relabel": {"relabel#num_rounds": 1}})
+    )
+    answers = write_csv(pending_run / "a.csv", ["id", "expert_label"], [["s3", "abnormal"]])
+    assert run_cli(["answer", str(answers), "--run_dir", str(pending_run)], capsys)[0] == 0
+    last = run_cli(["status", "--run_dir", str(pending_run)], capsys)[1].strip().splitlines()[-1]
+    assert last == (
+        f"Next: alr query --run_dir {pending_run} (recalibrates the model on round 1's answers, the last of 1)"
+    )
+    state_path = pending_run / "relabel" / "state.json"
+    state = RoundState.load(state_path)
+    state.record_metrics(1, {"val_balanced_accuracy": 0.5})  # what the recalibration records at the round's end
+    state.save(state_path)
+    last = run_cli(["status", "--run_dir", str(pending_run)], capsys)[1].strip().splitlines()[-1]
+    assert last == (
+        f"Next: alr report --run_dir {pending_run} (the results), or add rounds: "
+        f"alr query --run_dir {pending_run} --relabel#num_rounds 2 (or more)"
+    )
 
 
 def test_answer_with_a_bad_file_lists_every_problem_and_changes_nothing(pending_run, capsys):
@@ -236,6 +268,12 @@ def test_help_lists_every_key_a_command_accepts_with_default_and_meaning(capsys)
         (["manifest", "chek", "m.csv"], "did you mean check?"),
         (["answer"], "needs FILE"),
         (["status", "a", "b"], "unexpected argument"),
+        (
+            ["train", "--network_factory#width", "64"],
+            "the network_factory keys it takes are --network_factory#block_inplanes, --network_factory#layers",
+        ),
+        (["status", "--run_dir"], "--run_dir needs a value, e.g. --run_dir runs/alr"),
+        (["issues", "--top"], "--top needs a value"),
     ],
 )
 def test_typos_are_refused_with_the_closest_name_before_anything_runs(
@@ -248,6 +286,22 @@ def test_typos_are_refused_with_the_closest_name_before_anything_runs(
     assert len(err.strip().splitlines()) <= 2, err
     assert out == "" and not no_workflow
     assert list(tmp_path.iterdir()) == [], "nothing may be written before the arguments are checked"
+
+
+def test_a_flag_without_its_value_is_refused_before_anything_runs(tmp_path, monkeypatch, capsys, no_workflow):
+    # `alr train --output_dir` used to reach the command with output_dir=True and fail with a TypeError
+    monkeypatch.chdir(tmp_path)
+    for argv in (["train", "--output_dir"], ["train", "--output_dir", "--max_epochs", "2"]):
+        code, out, err = run_cli(argv, capsys)
+        assert code == 2 and err.strip() == (
+            "alr: error: --output_dir needs a value, e.g. --output_dir runs/alr (see alr train --help)"
+        )
+    assert list(tmp_path.iterdir()) == [] and not no_workflow
+
+
+def test_the_network_size_keys_the_readme_shows_are_accepted():
+    assert cli.check_argv(["train", "--network_factory#block_inplanes", "[32,64,128,256]"])[0] == "train"
+    assert cli.check_argv(["train", "--network_factory#layers", "[2,2,2,2]"])[0] == "train"
 
 
 @pytest.mark.parametrize(
@@ -328,7 +382,7 @@ def test_empty_answers_file_is_refused_unless_allowed(pending_run, capsys):
 
     code, out, err = run_cli(["answer", str(query), "--run_dir", str(pending_run), "--allow_empty"], capsys)
     assert code == 0, err
-    assert "round 1: applied 0 answers (0 labels changed, 0 excluded, 4 skipped)" in out
+    assert "round 1: applied 0 answers (0 changed, 0 confirmed, 0 excluded, 4 skipped)" in out
     assert RoundState.load(state_path).pending_round is None
 
 
@@ -343,8 +397,9 @@ def test_dry_run_prints_the_changes_and_applies_nothing(pending_run, capsys):
     for flag in ("--dry_run", "--dry-run"):
         code, out, err = run_cli(["answer", str(answers), "--run_dir", str(pending_run), flag], capsys)
         assert code == 0, err
-        assert "dry run, round 1: 3 answers would be applied (1 labels changed, 1 excluded, 1 skipped)" in out
-        assert "s3: normal -> abnormal" in out and "s5: unclear -> excluded" in out
+        assert "dry run, round 1: 3 answers (1 changed, 1 confirmed, 1 excluded, 1 skipped) would be applied" in out
+        # classes as the page and the CSV number them
+        assert "s3: 1 (normal) -> 2 (abnormal)" in out and "s5: 3 (unclear) -> excluded" in out
         assert "s4:" not in out  # s4's given label is already abnormal: no change
         after = {path.name: path.read_bytes() for path in relabel_dir.rglob("*") if path.is_file()}
         assert after == before

@@ -11,6 +11,8 @@ from alr_monai.relabel.expert import (
     AnswerError,
     OracleExpert,
     check_class_names,
+    class_label,
+    class_legend,
     read_answers,
     write_query_file,
 )
@@ -100,7 +102,7 @@ def test_read_answers_parses_names_indices_blank_and_exclude(tmp_path):
         [
             ["reader", "ID", " Expert_Label ", "comment"],  # header names ignore case and whitespace
             ["dr x", "s1", "  MALIGNANT ", "clear mass"],
-            ["dr x", "s2", "0", ""],
+            ["dr x", "s2", "1", ""],  # class number 1 = the first class, as on the query page
             ["dr x", "s3", "", "unsure"],
             ["dr x", "s4", "Exclude", "wrong body part"],
         ],
@@ -125,7 +127,7 @@ def test_queried_ids_missing_from_file_are_skipped_and_blank_rows_ignored(tmp_pa
 def test_filled_in_query_file_is_an_answers_file(tmp_path):
     path = write_query_file(tmp_path / "q.csv", _query_rows(QUERIED), CLASSES)
     header, rows = read_csv(path)
-    for row, label in zip(rows, ["benign", "2", "", "exclude"], strict=True):
+    for row, label in zip(rows, ["benign", "3", "", "exclude"], strict=True):
         row["expert_label"] = label
     rows[0]["comment"] = "looks benign, with a comma"
     _write(path, [header] + [[r[c] for c in header] for r in rows])
@@ -166,7 +168,7 @@ def test_every_problem_is_reported_at_once(tmp_path):
         (3, "unknown id 'nope'"),
         (4, "'s7' was not queried"),
         (5, "'cancer' is not valid"),
-        (6, "out of range 0-2"),
+        (6, "class number 7 is out of range: classes are numbered 1-3, as on the query page (1 = normal"),
         (7, "duplicate id 's1' (first on row 2)"),
         (8, "empty id"),
     ]
@@ -193,6 +195,25 @@ def test_file_level_problems(tmp_path, content, reason):
         read_answers(path, CLASSES, QUERIED, KNOWN)
     assert len(info.value.problems) == 1
     assert " row " in info.value.problems[0]
+
+
+def test_numbers_count_from_1_as_on_the_query_page_and_typos_get_a_did_you_mean(tmp_path):
+    # The page's key 3 is the third class: a 3 typed into the CSV must mean the same class (issue 25, item 1).
+    path = _write(tmp_path / "a.csv", [["id", "expert_label"], ["s1", "3"], ["s2", "1"], ["s3", "EXCLUDED"]])
+    answers = read_answers(path, CLASSES, QUERIED, KNOWN)
+    assert [(a.label, a.excluded) for a in answers[:3]] == [(2, False), (0, False), (None, True)]
+    assert class_legend(CLASSES) == "1 = normal, 2 = Benign, 3 = malignant"
+    assert class_label(2, CLASSES) == "3 (malignant)"
+    path = _write(
+        tmp_path / "b.csv",
+        [["id", "expert_label"], ["s1", "0"], ["s2", "maligant"], ["s3", "Excluded"], ["s4", "EXCLUDE"]],
+    )
+    with pytest.raises(AnswerError) as info:
+        read_answers(path, CLASSES, QUERIED, KNOWN)
+    zero, typo = info.value.problems  # "Excluded" and "EXCLUDE" are exclusions, any case
+    assert "row 2: class number 0 is out of range: classes are numbered 1-3" in zero
+    assert "1 = normal, 2 = Benign, 3 = malignant" in zero
+    assert "row 3: expert_label 'maligant' is not valid (did you mean 'malignant'?)" in typo
 
 
 def test_integer_like_class_names_disable_index_answers(tmp_path):

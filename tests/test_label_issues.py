@@ -6,6 +6,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from alr_monai.cli import main
@@ -64,9 +65,69 @@ def test_cli_writes_the_file_and_prints_the_top(tmp_path: Path, capsys):
     folder = _phase1_folder(tmp_path, {"a": 0.5}, {"a": [1.0, 2.0, 3.0, 4.0]})
     main(["issues", "--run_dir", str(folder), "--top", "2"])
     out = capsys.readouterr().out
-    assert "4 samples ranked, 2 suspect" in out and len([line for line in out.splitlines() if "suspicion" in line]) == 2
+    assert "4 samples ranked, 2 open suspects" in out
+    assert len([line for line in out.splitlines() if "suspicion" in line]) == 2
+    assert "no suggested labels or label quality" in out and "run_config.json" in out  # no model in this folder
     with open(folder / "label_issues.csv", newline="") as handle:
         reader = csv.DictReader(handle)
         assert reader.fieldnames == LABEL_ISSUE_COLUMNS and len(list(reader)) == 4
     path, _ = write_label_issues(folder, tmp_path / "elsewhere.csv")
     assert path.is_file()
+
+
+def test_answered_and_excluded_samples_are_marked_and_ranked_last(tmp_path: Path):
+    # Before issue 25 an excluded sample stayed at the top and answered ones filled the list.
+    losses = {"a": [1.0, 2.0, 3.0, 4.0, 5.0], "b": [1.0, 2.0, 3.0, 4.0, 5.0]}
+    folder = _phase1_folder(tmp_path, {"a": 0.6, "b": 0.6}, losses)
+    # s4 (a, the largest loss of a) answered as b; s9 (the largest of b) excluded
+    rows = label_issues(folder, answers={"s4": 1, "s9": -1})
+    assert [(r["id"], r["status"], r["expert_label"]) for r in rows[-2:]] == [
+        ("s4", "answered", "b"),
+        ("s9", "excluded", ""),
+    ]
+    assert all(r["status"] == "open" and r["expert_label"] == "" for r in rows[:-2])
+
+
+def test_answers_are_read_from_the_relabel_state(tmp_path: Path):
+    from alr_monai.relabel import Answer, RoundState
+
+    folder = _phase1_folder(tmp_path, {"a": 0.5}, {"a": [1.0, 2.0, 3.0, 4.0]})
+    (folder / "relabel").mkdir()
+    state = RoundState.initial(["s0", "s1", "s2", "s3"], [0, 0, 0, 0], [True, True, False, False], ["a"])
+    state.begin_round(1, ["s2", "s3"])
+    state.apply_answers(1, [Answer("s3", None, True), Answer("s2", 0)], "expert")
+    state.save(folder / "relabel" / "state.json")
+    rows = label_issues(folder)
+    assert [(r["id"], r["status"]) for r in rows] == [
+        ("s1", "open"),
+        ("s0", "open"),
+        ("s2", "answered"),
+        ("s3", "excluded"),
+    ]
+
+
+def test_model_suggestion_and_label_quality_come_from_the_probabilities(tmp_path: Path):
+    folder = _phase1_folder(tmp_path, {"a": 0.5, "b": 0.5}, {"a": [1.0, 2.0], "b": [3.0, 4.0]})
+    probs = np.array([[0.9, 0.1], [0.3, 0.7], [0.2, 0.8], [0.6, 0.4]])
+    by_id = {r["id"]: r for r in label_issues(folder, probs, answers={})}
+    assert (by_id["s1"]["suggested_label"], by_id["s1"]["suggested_probability"], by_id["s1"]["label_quality"]) == (
+        "b",
+        0.7,
+        0.3,  # cleanlab's self-confidence: the probability of the GIVEN label
+    )
+    assert (by_id["s3"]["suggested_label"], by_id["s3"]["label_quality"]) == ("a", 0.4)
+
+
+def test_classes_take_turns_by_their_estimated_wrong_labels(tmp_path: Path):
+    # "big" (20 samples, 50% wrong: 10 estimated errors) and "small" (10 samples, 50%: 5). By suspicion alone the
+    # top would alternate arbitrarily or follow one class; interleaved, big gets two places for small's one, and
+    # every suspect of both classes comes before any sample past no cut.
+    losses = {"big": [float(v) for v in range(20)], "small": [float(v) for v in range(10)]}
+    rows = label_issues(_phase1_folder(tmp_path, {"big": 0.5, "small": 0.5}, losses), answers={})
+    top = [r["given_label"] for r in rows[:15]]
+    assert top.count("big") == 10 and top.count("small") == 5
+    for end in (3, 6, 9, 12, 15):
+        assert top[:end].count("big") == 2 * end // 3, top
+    assert all(r["suspect"] for r in rows[:15]) and not any(r["suspect"] for r in rows[15:])
+    big = [r["loss"] for r in rows if r["given_label"] == "big"]
+    assert big == sorted(big, reverse=True), "within a class the order is by loss"

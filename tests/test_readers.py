@@ -125,7 +125,10 @@ def test_a_simulated_round_with_two_oracle_readers_and_an_adjudicator(tmp_path):
 
     driver = _driver(tmp_path, readers=2)
     _, _, truth = _data()
-    driver.oracle = OracleExpert(dict(zip(driver.ids, truth, strict=True)), 3, error_rate=0.5, seed=3)
+    # the oracle answers with the run's class names, as the bundle builds it (bare numbers count from 1)
+    driver.oracle = OracleExpert(
+        dict(zip(driver.ids, truth, strict=True)), 3, error_rate=0.5, seed=3, class_names=driver.class_names
+    )
     driver.open()
     assert driver.advance_to(1) == RoundOutcome.APPLIED
     folder = driver.dir / "answers" / "round_1"

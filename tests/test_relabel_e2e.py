@@ -223,8 +223,8 @@ def test_interactive_round_with_expert_answers(phase1_run, tmp_path, capsys, mon
     assert not answers_path.exists() and not (relabel_dir / "audit.csv").exists()
     assert trained_indices == [], "no recalibration may train before the expert answers"
 
-    # The expert fills in the query file itself: a name (any case), an index, a blank, an exclusion, and a
-    # confirmation of the given label; the remaining rows are left blank.
+    # The expert fills in the query file itself: a name (any case), a class number (from 1, as on the page), a
+    # blank, an exclusion, and a confirmation of the given label; the remaining rows are left blank.
     header, query = rows_of(query_path)
     names = state.class_names
     k = len(names)
@@ -234,7 +234,7 @@ def test_interactive_round_with_expert_answers(phase1_run, tmp_path, capsys, mon
     new_index = (given[r_index] + 2) % k
     filled = {
         r_name: names[new_name].upper(),
-        r_index: str(new_index),
+        r_index: str(new_index + 1),
         r_blank: "",
         r_exclude: "exclude",
         r_same: names[given[r_same]],

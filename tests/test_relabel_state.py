@@ -306,7 +306,9 @@ def test_rounds_with_the_oracle_through_files(tmp_path):
 
     start_round(state_path, query_path, 1, _query_rows(["s2", "s3", "s4"]), rng_state=[1, 2, 3])
     # A rerun of the same step while the expert is filling the query file in leaves that file alone.
-    half_filled = query_path.read_text().replace("s2,,normal,benign,0.6,0.5,,,", "s2,,normal,benign,0.6,0.5,,benign,")
+    half_filled = query_path.read_text().replace(
+        "s2,,normal,benign,0.6000,0.5000,,,", "s2,,normal,benign,0.6000,0.5000,,benign,"
+    )
     assert half_filled != query_path.read_text()
     query_path.write_text(half_filled)
     start_round(state_path, query_path, 1, _query_rows(["s2", "s3", "s4"]))

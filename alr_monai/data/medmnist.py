@@ -71,6 +71,19 @@ class MedMNISTSplit:
         ]
 
 
+def npz_reference(item: dict) -> str:
+    """Where a MedMNIST item's image lives, for a person: ``npz:<split>_images[<position>]``, its position in
+    the .npz file's ``<split>_images`` array (ids are ``<split>_<position>``, see :func:`load_medmnist`); "" for an
+    item read from an image file (its path says where it is). No "/" in it, so a page showing a path's last part
+    shows all of it."""
+    if isinstance(item.get("image"), (str, Path)):
+        return ""
+    split, _, position = str(item.get("id", "")).rpartition("_")
+    if split and position.isdigit():
+        return f"npz:{split}_images[{position}]"
+    return f"npz:[{item.get('index', '')}]"
+
+
 @dataclass
 class MedMNISTData:
     """The three splits of a MedMNIST-layout file plus what was read from it.

@@ -32,6 +32,24 @@ QUOTA_MODES: tuple[str, ...] = ("off", "given", "predicted")
 predicted labels, evenly."""
 
 
+SCORE_MEANINGS: dict[str, str] = {
+    "entropy": "the entropy of the model's predicted class probabilities (0 = sure; ln C = no idea)",
+    "least_confidence": "1 - the model's top class probability",
+    "margin": "1 - (the model's top class probability - its second)",
+    "bald": "BALD: how much the MC-dropout passes disagree (mutual information)",
+    "coreset": "the coreset pick order (1 = picked first, falling to 0)",
+    "random": "a random number (the random baseline: the order means nothing)",
+    "label_quality": "1 - the model's probability of the given label (cleanlab's self-confidence, turned round)",
+}
+"""What the query file's ``score`` column is, per acquisition; for every one, higher = more worth a look."""
+
+
+def score_meaning(acquisition: str) -> str:
+    """One line a person reads beside a query: what its ``score`` is under ``acquisition``."""
+    what = SCORE_MEANINGS.get(acquisition, f"the {acquisition} acquisition's score")
+    return f"{what} (relabel#acquisition {acquisition}); higher = more worth a look, and the round asks the highest"
+
+
 def quota_mode(value: str | bool | None) -> str:
     """``value`` as one of :data:`QUOTA_MODES`; true and false (the key was a switch before) mean given and off."""
     if value is None or value is False:

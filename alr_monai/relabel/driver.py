@@ -27,11 +27,11 @@ from alr_monai.algorithms.stability import (
 )
 from alr_monai.distributed import is_main_process
 from alr_monai.evaluation import evaluate_loader, predict
-from alr_monai.relabel.acquire import acquire, quota_mode
-from alr_monai.relabel.expert import OracleExpert
+from alr_monai.relabel.acquire import acquire, quota_mode, score_meaning
+from alr_monai.relabel.expert import OracleExpert, class_legend
 from alr_monai.relabel.readers import ADJUDICATOR, ReaderSettings, submit_reader_answers, write_reader_settings
 from alr_monai.relabel.recut import TrustedRecut
-from alr_monai.relabel.state import RoundState, apply_answers_file, open_state, start_round
+from alr_monai.relabel.state import RoundState, answer_summary, apply_answers_file, open_state, start_round
 from alr_monai.tables import format_cell, markdown_escape, markdown_table
 from alr_monai.utils import atomic_torch_save, atomic_write_csv, atomic_write_text
 
@@ -184,6 +184,8 @@ class RelabelDriver:
         readers: readers per round (> 1: each answers, ``consensus`` decides, disagreements are adjudicated;
             see :mod:`alr_monai.relabel.readers`). In simulation each reader is an oracle with its own errors.
         consensus: "majority" or "unanimous".
+        image_refs: what the query file's ``image`` column shows for a sample without an image path, by index
+            (``npz:train_images[123]`` for a MedMNIST .npz array, see :func:`alr_monai.data.medmnist.npz_reference`).
     """
 
     def __init__(
@@ -229,6 +231,7 @@ class RelabelDriver:
         readers: int = 1,
         consensus: str = "majority",
         recut: TrustedRecut | None = None,
+        image_refs: Sequence[str] | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -299,6 +302,7 @@ class RelabelDriver:
         self.pseudo_label_threshold = float(pseudo_label_threshold)
         # the round-1 audit and the trusted set re-cut at the expert-corrected rates (off: phase 1's cut stands)
         self.recut = recut if recut is not None and recut.enabled else None
+        self.image_refs = None if image_refs is None else [str(r) for r in image_refs]
         # the label each suspected, unqueried sample trains with this round (-1 = not trained on)
         self.pseudo_labels = torch.full((len(self.ids),), -1, dtype=torch.long)
         # the incumbent: the weights a round must match (best so far for "best"), their score, its standard error
@@ -475,13 +479,21 @@ class RelabelDriver:
         """What a person does when round ``round_index`` waits for the expert."""
         query = self.query_path(round_index)
         page, run_dir = query.with_suffix(".html"), self.dir.parent
-        column = "the expert_label column (a class name or index; blank = skip; 'exclude' drops the image)"
+        column = (
+            "the expert_label column (a class name or its number as on the page; blank = skip; 'exclude' drops the "
+            "image)"
+        )
+        legend = (
+            f"  Class numbers (page keys and expert_label): {class_legend(self.class_names)}\n"
+            f"  Query score (the score column): {score_meaning(self.acquisition)}\n"
+        )
         if not page.is_file():  # a round queried before the sheet existed, or whose sheet could not be written
             return (
                 f"\nRound {round_index} is waiting for the expert.\n"
                 f"  1. Open {query} and fill {column}.\n"
                 f"  2. Save it as {self.answers_path(round_index)} (or run: alr answer <your file> --run_dir {run_dir}).\n"
                 f"  3. Resume with: {self.resume_command}\n"
+                f"{legend}"
             )
         readers = self.reader_settings.readers
         apply_line = (
@@ -498,6 +510,7 @@ class RelabelDriver:
             f"     Without a browser: open {query} and fill {column}.\n"
             f"{apply_line}"
             f"  3. Resume with: {self.resume_command}\n"
+            f"{legend}"
         )
 
     def apply_round(self, round_index: int) -> RoundState:
@@ -512,10 +525,7 @@ class RelabelDriver:
             source=source,
         )
         entry = state.history[-1]
-        self.logger.info(
-            f"round {round_index}: {entry['labels_spent']} labels spent, {entry['labels_changed']} changed, "
-            f"{entry['excluded']} excluded, {entry['skipped']} skipped"
-        )
+        self.logger.info(f"round {round_index}: {answer_summary(entry)}")
         return state
 
     def _answered(self, state: RoundState) -> list[bool]:
@@ -560,7 +570,7 @@ class RelabelDriver:
         return [
             {
                 "id": self.ids[i],
-                "image": self.image_paths[i] if self.image_paths else "",
+                "image": self._image_column(i),
                 "given_label": state.current_labels[i],
                 "predicted_label": int(predicted[by_index[i]]),
                 "predicted_probability": float(confidence[by_index[i]]),
@@ -603,7 +613,7 @@ class RelabelDriver:
             rows.append(
                 {
                     "id": self.ids[index],
-                    "image": self.image_paths[index] if self.image_paths else "",
+                    "image": self._image_column(index),
                     "given_label": state.current_labels[index],
                     "predicted_label": picked.predicted_labels[rank],
                     "predicted_probability": picked.predicted_probabilities[rank],
@@ -615,6 +625,12 @@ class RelabelDriver:
         if self.group_by_patient:
             rows = [rows[k] for k in patient_grouped_order([row["patient_id"] for row in rows])]
         return rows
+
+    def _image_column(self, index: int) -> str:
+        """The query file's ``image`` cell: the image's path, else its reference (an array of a .npz file)."""
+        if self.image_paths and self.image_paths[index]:
+            return self.image_paths[index]
+        return self.image_refs[index] if self.image_refs else ""
 
     def _loader(self, indices: Sequence[int]) -> DataLoader:
         subset = Subset(self.scoring_dataset, list(indices))

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from alr_monai.csvcells import escape_row, unescape_cell
-from alr_monai.data.classes import EXCLUDE, check_class_names
+from alr_monai.data.classes import EXCLUDE, EXCLUDED, check_class_names
 from alr_monai.data.text import comment_problem, normalize_comment, text_key, text_problem
 from alr_monai.utils import atomic_write_csv, atomic_write_text, read_csv
 
@@ -53,6 +53,8 @@ __all__ = [
     "AnswerError",
     "OracleExpert",
     "check_class_names",
+    "class_label",
+    "class_legend",
     "read_answers",
     "write_query_file",
 ]
@@ -127,22 +129,41 @@ class _Problems:
         return AnswerError(self.kept, self.count)
 
 
+def class_legend(class_names: Sequence[str]) -> str:
+    """The class numbers an expert types or presses: ``"1 = basophil, 2 = eosinophil, ..."``.
+
+    Classes are numbered from 1, as on the query page (keys 1-9) and in ``expert_label``; class index ``i`` (what
+    the code and the saved files use) is number ``i + 1``.
+    """
+    return ", ".join(f"{number} = {name}" for number, name in enumerate(class_names, start=1))
+
+
+def class_label(index: int, class_names: Sequence[str]) -> str:
+    """A class as a person reads it in messages: ``"3 (erythroblast)"`` (its 1-based number and its name)."""
+    return f"{index + 1} ({class_names[index]})"
+
+
 class _LabelParser:
-    """Turns an ``expert_label`` cell into (label, excluded) or a reason it is not a valid answer."""
+    """Turns an ``expert_label`` cell into (label, excluded) or a reason it is not a valid answer.
+
+    A bare number is the class's number from 1, as the query page shows it (key 3 = the third class); 0 and
+    numbers past the last class are refused with the legend, never read as another class.
+    """
 
     def __init__(self, class_names: Sequence[str]) -> None:
         self.names = check_class_names(class_names)
         # the rule class names are unique under: NFC, case and zero-width characters ignored
         self.by_name = {text_key(name): index for index, name in enumerate(self.names)}
         # If any class is itself named like an integer ("1", "2", ...), "1" could mean the class named "1" or
-        # class index 1; accept names only, so an answer can never silently mean two different classes.
+        # class number 1; accept names only, so an answer can never silently mean two different classes.
         self.indices_allowed = not any(_is_int(name.strip()) for name in self.names)
 
     def expected(self) -> str:
-        parts = [f"a class name ({', '.join(self.names)})"]
         if self.indices_allowed:
-            parts.append(f"a class index 0-{len(self.names) - 1}")
-        return ", ".join(parts) + f", '{EXCLUDE}', or blank to skip"
+            choices = f"a class name or number ({class_legend(self.names)})"
+        else:
+            choices = f"a class name ({', '.join(self.names)})"
+        return f"{choices}, '{EXCLUDE}', or blank to skip"
 
     def parse(self, raw: str) -> tuple[int | None, bool, str | None]:
         value = raw.strip()
@@ -151,16 +172,34 @@ class _LabelParser:
             return None, False, f"expert_label {raw!r} {text_problem(value)}"
         if not key:
             return None, False, None
-        if key == EXCLUDE:  # casefolded, as every key
+        if key in (EXCLUDE, EXCLUDED):  # casefolded, as every key; class names may be neither (check_class_names)
             return None, True, None
         if key in self.by_name:
             return self.by_name[key], False, None
         if self.indices_allowed and _is_int(value):
-            index = int(value)
-            if 0 <= index < len(self.names):
-                return index, False, None
-            return None, False, f"class index {index} is out of range 0-{len(self.names) - 1}"
-        return None, False, f"expert_label {raw!r} is not valid: expected {self.expected()}"
+            number = int(value)
+            if 1 <= number <= len(self.names):
+                return number - 1, False, None
+            return (
+                None,
+                False,
+                f"class number {number} is out of range: classes are numbered 1-{len(self.names)}, as on the query "
+                f"page ({class_legend(self.names)})",
+            )
+        hint = closest_name(key, list(self.by_name))
+        if hint is not None:
+            hint_text = f" (did you mean {self.names[self.by_name[hint]]!r}?)"
+        else:
+            hint_text = ""
+        return None, False, f"expert_label {raw!r} is not valid{hint_text}: expected {self.expected()}"
+
+
+def closest_name(text: str, names: Sequence[str]) -> str | None:
+    """The name in ``names`` closest to ``text`` (a typo of it), or None when none is close."""
+    import difflib
+
+    matches = difflib.get_close_matches(text, list(names), n=1, cutoff=0.6)
+    return matches[0] if matches else None
 
 
 def _is_int(text: str) -> bool:
@@ -183,7 +222,8 @@ def _label_index(value: object, num_classes: int, what: str) -> int:
 
 def _format_float(value: object) -> str:
     number = float(value)  # type: ignore[arg-type]
-    return "" if math.isnan(number) else f"{number:.6g}"
+    # four decimals in every row, so a column of scores reads (and sorts) evenly in a spreadsheet
+    return "" if math.isnan(number) else f"{number:.4f}"
 
 
 def write_query_file(
@@ -336,8 +376,9 @@ def read_answers(
 
     Required columns are ``id`` and ``expert_label`` (header names ignore case and surrounding whitespace);
     ``comment`` and ``reader`` are optional and any other column is ignored, so the filled-in query file itself is a valid
-    answers file. ``expert_label`` may be a class name (any case), a class index, ``exclude`` (remove the sample
-    from training) or blank (skipped: the sample stays in the pool). Rows whose cells are all blank are ignored;
+    answers file. ``expert_label`` may be a class name (any case), a class number counted from 1 as on the query
+    page (see :func:`class_legend`), ``exclude`` or ``excluded`` in any case (remove the sample from training) or
+    blank (skipped: the sample stays in the pool); a misspelled name is refused with the closest class. Rows whose cells are all blank are ignored;
     every other row must have the header's number of cells (extra cells may only be empty). The CSV is parsed
     strictly: an unterminated or stray quote is an error naming its row, never a silently swallowed row.
 

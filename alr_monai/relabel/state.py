@@ -69,6 +69,7 @@ __all__ = [
     "RoundError",
     "RoundState",
     "StateMissingError",
+    "answer_summary",
     "apply_answers_file",
     "apply_round",
     "audit_digest",
@@ -648,6 +649,18 @@ def _audit_hint(state_path: str | Path) -> str:
         f"Nothing was changed. Restore the file from a backup, or rebuild it from the kept answers files with "
         f"`alr recover --run_dir {_run_dir_of(state_path)}` (it keeps every intact row and says what it re-derived)"
     )
+
+
+def answer_summary(entry: Mapping[str, Any]) -> str:
+    """A round's answers in words: ``"8 answers (5 changed, 2 confirmed, 1 excluded, 92 skipped)"``.
+
+    Every answer is counted once: changed + confirmed (the expert agreed with the current label) + excluded is the
+    number of answers; skipped samples (blank) are not answers and stay in the pool.
+    """
+    spent, changed, excluded = int(entry["labels_spent"]), int(entry["labels_changed"]), int(entry["excluded"])
+    confirmed = spent - changed - excluded
+    noun = "answer" if spent == 1 else "answers"
+    return f"{spent} {noun} ({changed} changed, {confirmed} confirmed, {excluded} excluded, {entry['skipped']} skipped)"
 
 
 def is_label_change(row: Mapping[str, Any]) -> bool:
