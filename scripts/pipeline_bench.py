@@ -217,7 +217,8 @@ def train_throughput(
     device = torch.device(device)
     torch.manual_seed(seed)
     epochs = max(1, int(epochs))
-    dataset = build_dataset(items, image_chain(size), cache=cache, cache_dir=cache_dir)
+    # the memory cache is filled with `workers` threads, as the bundle does (num_workers)
+    dataset = build_dataset(items, image_chain(size), cache=cache, cache_dir=cache_dir, num_workers=workers)
     loader = DataLoader(
         dataset,
         batch_size=batch_size,

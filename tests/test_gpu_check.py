@@ -30,11 +30,10 @@ def test_gpu_check_dry_run_runs_every_step_on_the_cpu(tmp_path):
     assert "| size | network | setting | AMP |" in result.stdout
     report = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
     rows = report["rows"]
-    assert {(r["network"], r["workers"]) for r in rows} == {
-        ("default", 0),
-        ("default", 2),
-        ("resnet18", 0),
-        ("resnet18", 2),
+    assert {(r["network"], r["workers"], r["cache"]) for r in rows} == {
+        (network, workers, cache)
+        for network in ("default", "resnet18")
+        for workers, cache in ((2, "none"), (0, "none"), (2, "memory"))
     }
     assert all(r["images_per_s"] > 0 and 0 <= r["data_wait_share"] <= 1 for r in rows)
     assert all(r["gpu_busy"] is None and r["peak_mem_mib"] is None and r["amp"] is False for r in rows)  # CPU
