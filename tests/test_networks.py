@@ -85,3 +85,74 @@ def test_phase1_trains_one_epoch_with_a_named_network(tmp_path, write_tiny_blood
     assert meta["alr_monai"]["network"]["name"] == "resnet18"
     assert (out / "selection.csv").is_file() and (out / "models" / "model.pt").is_file()
     assert json.loads((out / "metrics.json").read_text())
+
+
+def test_channels_last_trains_the_same_network_as_the_default_format():
+    """The trainer converts the peers in place: the optimizer still updates them, to the same numbers."""
+    from alr_monai.engines import CoTeachingTrainer
+
+    torch.manual_seed(0)
+    base = PeerEnsemble(lambda: build_classifier("resnet18", 2, 1, 3), num_peers=2)
+    generator = torch.Generator().manual_seed(1)
+    batch = {
+        "image": torch.randn(8, 1, 32, 32, generator=generator),
+        "label": torch.arange(8) % 3,
+        "index": torch.arange(8),
+    }
+    weights = {}
+    for channels_last in (False, True):
+        network = PeerEnsemble(lambda: build_classifier("resnet18", 2, 1, 3), num_peers=2)
+        network.load_state_dict(base.state_dict())
+        trainer = CoTeachingTrainer(
+            device="cpu",
+            max_epochs=1,
+            train_data_loader=[batch],
+            network=network,
+            optimizer=torch.optim.SGD(network.parameters(), lr=0.1),
+            forget_rate=0.25,
+            num_gradual=0,
+            channels_last=channels_last,
+        )
+        trainer.run()
+        weights[channels_last] = network.peers[0].conv1.weight.detach()
+    assert weights[True].is_contiguous(memory_format=torch.channels_last)
+    assert not torch.allclose(weights[True], base.peers[0].conv1.weight)  # the step reached the converted weights
+    difference = (weights[True] - weights[False]).abs().max()
+    assert difference < 1e-4, float(difference)
+
+
+def test_channels_last_refuses_batches_that_are_not_images_or_volumes():
+    from alr_monai.engines import CoTeachingTrainer
+
+    network = PeerEnsemble(lambda: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3)), num_peers=2)
+    trainer = CoTeachingTrainer(
+        "cpu", 1, [], network, torch.optim.SGD(network.parameters(), lr=0.1), channels_last=True
+    )
+    with pytest.raises(ValueError, match="channels_last needs 2D or 3D batches"):
+        trainer._to_channels_last(torch.zeros(2, 4))
+
+
+def test_inference_configs_rebuild_the_named_network(tmp_path):
+    from monai.bundle import ConfigParser
+
+    from alr_monai.export import write_model_metadata
+    from alr_monai.workflow import bundle_file
+
+    parser = ConfigParser()
+    parser.read_config(bundle_file("inference.json"))
+    parser.update({"network_name": "densenet121", "in_channels": 1, "num_classes": 3, "spatial_dims": 2})
+    parser["device"] = "cpu"
+    assert type(parser.get_parsed_content("network_def").peers[0]).__name__ == "DenseNet121"
+
+    # a manifest model: inference_manifest.json reads the name from models/metadata.json
+    models = tmp_path / "models"
+    factory = classifier_factory("resnet34", 2, 1, 3, default=lambda: None)
+    write_model_metadata(
+        models / "metadata.json", PeerEnsemble(factory), ["a", "b", "c"], [1, 32, 32], network_factory=factory
+    )
+    parser = ConfigParser()
+    parser.read_config([bundle_file("inference.json"), bundle_file("inference_manifest.json")])
+    parser.update({"output_dir": str(tmp_path), "device": "cpu"})
+    assert parser.get_parsed_content("network_name") == "resnet34"
+    peer = parser.get_parsed_content("network_def").peers[0]
+    assert type(peer).__name__ == "ResNet" and len(peer.layer1) == 3  # ResNet-34: 3 blocks in its first stage
