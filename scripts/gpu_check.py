@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    cuda = torch.cuda.is_available()
+    cuda = torch.cuda.is_available() and not args.dry_run  # the rehearsal runs on the CPU, GPU or not
     device = "cuda" if cuda else "cpu"
     name = torch.cuda.get_device_name(0) if cuda else "CPU (no CUDA device)"
     header = (

@@ -43,6 +43,7 @@ def test_gpu_check_dry_run_runs_every_step_on_the_cpu(tmp_path):
 
 def test_gpu_check_refuses_a_machine_without_cuda_unless_dry(tmp_path):
     env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path), "PYTHONPATH": str(REPO)}
+    env["CUDA_VISIBLE_DEVICES"] = ""  # a machine without CUDA, also when the suite runs on a GPU machine
     result = subprocess.run(
         ["bash", str(REPO / "scripts" / "gpu_check.sh")], env=env, capture_output=True, text=True, timeout=120
     )
