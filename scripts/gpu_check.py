@@ -160,7 +160,7 @@ def amp_accuracy(out: Path, dry_run: bool, device: str) -> dict[str, Any]:
         workflow = ConfigWorkflow(
             config_file=phase1_files(),
             meta_file=bundle_file("metadata.json"),
-            logging_file=False,
+            logging_file=bundle_file("logging.conf"),  # as alr runs it: one console line per epoch
             workflow_type="train",
             output_dir=str(run_dir),
             amp=amp,
