@@ -22,7 +22,7 @@ pytestmark = [
     pytest.mark.cuda,
     pytest.mark.skipif(
         not torch.cuda.is_available(),
-        reason="needs a CUDA device; run `bash scripts/gpu_check.sh` on a GPU machine (README, 'On a GPU')",
+        reason="needs a CUDA device; run `bash scripts/gpu_check.sh` on a GPU machine (README, Development, 'The GPU check')",
     ),
 ]
 
