@@ -59,6 +59,7 @@ INTENSITIES = ("minmax", "none")
 AUGMENT_ON = ("batch", "sample")
 CACHE_POLICIES = ("memory", "disk", "none")
 SAMPLERS = ("shuffle", "class_balanced")
+NETWORK_NAMES = ("resnet18", "resnet34", "resnet50", "densenet121", "efficientnet-b0")
 
 
 class KeyError_(ValueError):
@@ -386,6 +387,21 @@ KEYS: tuple[Key, ...] = (
         minimum=1,
     ),
     Key("simulation#noise_seed", TRAIN, "train", "int", "seed of the injected noise", shown_default="seed", minimum=0),
+    Key(
+        "network_name",
+        TRAIN,
+        "train",
+        "str?",
+        "each peer's network: null = network_factory (small MONAI ResNet), or a MONAI classifier, 2D/3D, untrained",
+        choices=NETWORK_NAMES,
+    ),
+    Key(
+        "channels_last",
+        TRAIN,
+        "train",
+        "bool",
+        "channels-last memory format for the training network and batches (faster convolutions on GPUs with AMP)",
+    ),
     Key(
         "network_def#num_peers",
         TRAIN,

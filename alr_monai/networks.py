@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import pickle
 from collections.abc import Callable
@@ -286,3 +287,76 @@ def load_pretrained(network: nn.Module, path: str | Path | None, strict: bool = 
         loaded.append(len(fitting))
     logger.info("pretrained weights from %s: %d tensors loaded into each of %d peer(s)", path, loaded[0], len(peers))
     return network
+
+
+# Classifiers a user picks by name (``network_name``); ``None`` keeps the bundle's ``network_factory``.
+NETWORK_NAMES = ("resnet18", "resnet34", "resnet50", "densenet121", "efficientnet-b0")
+
+
+def build_classifier(name: str, spatial_dims: int, in_channels: int, num_classes: int) -> nn.Module:
+    """One of MONAI's standard classifiers by name, randomly initialised (``pretrained=False``: nothing is downloaded).
+
+    The ResNets downsample in their first convolution (``conv1_t_stride=2``, as torchvision's and MedicalNet's do;
+    MONAI's default stride 1 costs about 4x the FLOPs at the same input size). Every network ends in one
+    ``nn.Linear`` whose input is the pooled feature vector, which :class:`FeatureTap` (VoG, coreset, prototypes)
+    and MC-dropout BALD use.
+
+    Args:
+        name: one of :data:`NETWORK_NAMES`.
+        spatial_dims: 2 for images, 3 for volumes.
+        in_channels: input channels.
+        num_classes: output logits.
+
+    Returns:
+        The network.
+
+    Raises:
+        ValueError: an unknown ``name`` (the message lists the choices) or ``spatial_dims`` other than 2 or 3.
+    """
+    from monai.networks import nets
+
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"network {name!r}: spatial_dims must be 2 or 3, got {spatial_dims}")
+    resnets = {"resnet18": nets.resnet18, "resnet34": nets.resnet34, "resnet50": nets.resnet50}
+    if name in resnets:
+        return resnets[name](
+            pretrained=False,
+            spatial_dims=spatial_dims,
+            n_input_channels=in_channels,
+            num_classes=num_classes,
+            conv1_t_stride=2,
+        )
+    if name == "densenet121":
+        return nets.DenseNet121(
+            spatial_dims=spatial_dims, in_channels=in_channels, out_channels=num_classes, pretrained=False
+        )
+    if name == "efficientnet-b0":
+        return nets.EfficientNetBN(
+            "efficientnet-b0",
+            pretrained=False,
+            spatial_dims=spatial_dims,
+            in_channels=in_channels,
+            num_classes=num_classes,
+        )
+    raise ValueError(f"unknown network_name {name!r}; choose one of: {', '.join(NETWORK_NAMES)} (or null)")
+
+
+def classifier_factory(
+    name: str | None, spatial_dims: int, in_channels: int, num_classes: int, default: Callable[[], nn.Module]
+) -> Callable[[], nn.Module]:
+    """The peer factory a bundle uses: ``default`` (its ``network_factory``) when ``name`` is None, else the named one.
+
+    Returns a ``functools.partial`` of :func:`build_classifier`, so ``models/metadata.json`` records the name
+    (:func:`alr_monai.export.network_config`). The name is checked here, before anything is trained.
+    """
+    if name is None:
+        return default
+    if name not in NETWORK_NAMES:
+        raise ValueError(f"unknown network_name {name!r}; choose one of: {', '.join(NETWORK_NAMES)} (or null)")
+    return functools.partial(
+        build_classifier,
+        name=name,
+        spatial_dims=int(spatial_dims),
+        in_channels=int(in_channels),
+        num_classes=int(num_classes),
+    )

@@ -97,3 +97,20 @@ def test_a_bundle_run_is_the_same_with_every_cache_policy(tmp_path: Path, write_
         selections[cache] = (output_dir / "selection.csv").read_text()
     assert selections["disk"] == selections["memory"] == selections["none"]
     assert any((tmp_path / "disk" / "cache").glob("*.pt")) and not (tmp_path / "memory" / "cache").exists()
+
+
+def test_the_bundle_fills_the_memory_cache_with_num_workers_threads():
+    """The one-off cache fill decodes every image; with num_workers set it uses that many threads, not one."""
+    from monai.bundle import ConfigParser
+
+    from alr_monai.workflow import bundle_file
+
+    parser = ConfigParser()
+    parser.read_config([bundle_file("train.json"), bundle_file("relabel.json")])
+    parser["num_workers"] = 3
+    for key in ("train#dataset", "validate#dataset", "relabel#scoring_dataset"):
+        assert parser[key]["num_workers"] == "@num_workers", key
+    items = _items(4)
+    dataset = build_dataset(items, build_array_transforms(3), "memory", num_workers=3)
+    assert dataset.num_workers == 3
+    assert torch.equal(dataset[2]["image"], build_dataset(items, build_array_transforms(3), "none")[2]["image"])

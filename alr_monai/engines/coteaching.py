@@ -121,6 +121,9 @@ class CoTeachingTrainer(Trainer):
         loss_function: the per-sample loss ``(logits, labels) -> (B,)`` that ranks the batch and updates the
             peers (the bundle's ``loss`` key, ``torch.nn.CrossEntropyLoss(reduction="none")``); default: cross
             entropy. It must not reduce. VoG's closed-form last-layer gradient assumes cross entropy.
+        channels_last: keep the peers' weights and every batch in channels-last memory format (``channels_last``
+            for 2D, ``channels_last_3d`` for 3D, picked from the first batch): the same numbers, and faster
+            convolutions on GPUs with tensor cores (AMP).
 
     Every peer's gradient is the mean over the samples its peer kept in the global batch: each rank sums its own
     kept losses and scales by ``world_size / global kept count``, and DDP averages over ranks.
@@ -148,6 +151,7 @@ class CoTeachingTrainer(Trainer):
         class_log_prior: Sequence[float] | torch.Tensor | None = None,
         logit_adjustment: float = 0.0,
         loss_function: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        channels_last: bool = False,
     ) -> None:
         super().__init__(
             device=device,
@@ -182,6 +186,8 @@ class CoTeachingTrainer(Trainer):
         self.num_gradual = num_gradual
         self.exponent = exponent
         self.class_forget_rates: torch.Tensor | None = None
+        self.channels_last = bool(channels_last)
+        self._memory_format: torch.memory_format | None = None
         self.selection_policy = SelectionPolicy() if selection_policy is None else selection_policy
         self.add_event_handler(Events.EPOCH_STARTED, lambda _engine: self.selection_policy.start_epoch())
         self._taps = [FeatureTap(peer) for peer in network.peers]
@@ -230,6 +236,16 @@ class CoTeachingTrainer(Trainer):
             )
         return losses
 
+    def _to_channels_last(self, inputs: torch.Tensor) -> torch.Tensor:
+        """``inputs`` in channels-last format; the first call converts the peers' weights too (in place)."""
+        if self._memory_format is None:
+            if inputs.ndim not in (4, 5):
+                raise ValueError(f"channels_last needs 2D or 3D batches (4 or 5 dims), got shape {tuple(inputs.shape)}")
+            self._memory_format = torch.channels_last if inputs.ndim == 4 else torch.channels_last_3d
+            # Module.to keeps the Parameter objects (it swaps their data), so the optimizer still holds them.
+            self.network.to(memory_format=self._memory_format)
+        return inputs.contiguous(memory_format=self._memory_format)
+
     def _iteration(self, engine: Engine, batchdata: dict[str, Any]) -> dict:
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
@@ -238,6 +254,8 @@ class CoTeachingTrainer(Trainer):
             raise KeyError("co-teaching batches need an 'index' entry (each sample's position in the training set)")
         indices = torch.as_tensor(batchdata["index"]).long()
         targets = torch.as_tensor(targets).long().reshape(-1)
+        if self.channels_last:
+            inputs = self._to_channels_last(inputs)
         self.network.train()
         self.optimizer.zero_grad(set_to_none=True)
 
