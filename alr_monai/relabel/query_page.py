@@ -284,7 +284,7 @@ def _render_original(array: np.ndarray, scaled: bool, max_side: int, max_slices:
     step = max(1, math.ceil(depth / max_slices))
     kept = list(range(0, depth, step))
     if step > 1:
-        notes.append(f"every {step}th of {depth} slices kept ({len(kept)} shown, cap {max_slices})")
+        notes.append(f"1 in {step} of {depth} slices kept ({len(kept)} shown, at most {max_slices})")
     views = tuple(
         _encode(np.swapaxes(pixels[:, :, z], 0, 1), f"slice {z + 1} / {depth}", max_side, PNG_BUDGET) for z in kept
     )

@@ -127,6 +127,7 @@
 
   cards.forEach(function (card, i) {
     card.addEventListener("click", function () { select(i, false); });
+    card.addEventListener("focusin", function () { select(i, false); });  // a slider reached with Tab
     card.querySelectorAll("button.choice").forEach(function (button) {
       button.addEventListener("click", function (event) {
         event.stopPropagation(); select(i, false); answer(i, button.dataset.value, false); button.blur();
