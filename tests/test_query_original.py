@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from alr_monai.data.transforms import build_array_transforms, build_image_transforms, original_image_transforms
 from alr_monai.networks import PeerEnsemble
 from alr_monai.relabel import RelabelDriver, RoundOutcome
-from alr_monai.relabel.query_page import Picture, render_original, write_query_page
+from alr_monai.relabel.query_page import Picture, render_original, slices_per_volume, write_query_page
 
 # the Playwright fixtures (Debian's Chromium) of the query page's own tests
 browser = test_query_page.browser
@@ -89,6 +89,10 @@ def test_large_images_are_capped_and_volumes_keep_at_most_max_slices():
     )
     assert all((v.width, v.height) == (12, 10) for v in picture.views)
     assert _shown(picture.views[10])[0, 0] == round(255 * 20 / 99)
+
+    # a page's volumes share a slice budget: 100 queried volumes keep 10 slices each, never fewer than 8
+    assert [slices_per_volume(n) for n in (1, 10, 100, 1000)] == [64, 64, 10, 8]
+    assert len(render_original(volume, scaled=True, max_slices=slices_per_volume(100)).views) == 10
 
     few = render_original(np.zeros((1, 8, 8, 5)), scaled=True)
     assert len(few.views) == 5 and "kept" not in few.note

@@ -972,13 +972,14 @@ class RelabelDriver:
         (the scoring chain's loader and intensity steps, :func:`alr_monai.data.transforms.original_image_transforms`),
         or a one-line note where there is no file (MedMNIST arrays)."""
         from alr_monai.data.transforms import original_image_transforms
-        from alr_monai.relabel.query_page import Picture, render_original
+        from alr_monai.relabel.query_page import Picture, render_original, slices_per_volume
 
         found = original_image_transforms(getattr(self.scoring_dataset, "transform", None))
         if found is None or not self.image_paths:
             note = "no original file (in-memory .npz data such as MedMNIST): the network input above is the image"
             return [Picture(note=note) for _ in indices]
         transform, scaled = found
+        max_slices = slices_per_volume(len(indices))  # the page's volumes share a slice budget
         originals: list[object] = []
         for index in indices:
             path = self.image_paths[index] if index is not None else ""
@@ -986,7 +987,9 @@ class RelabelDriver:
                 originals.append(Picture(note="no single original file for this sample"))
                 continue
             try:
-                originals.append(render_original(transform({"image": path})["image"], scaled=scaled))
+                originals.append(
+                    render_original(transform({"image": path})["image"], scaled=scaled, max_slices=max_slices)
+                )
             except Exception as error:  # a file that does not decode costs its original, not the page
                 originals.append(f"could not load {path}: {type(error).__name__}: {error}")
         return originals

@@ -39,7 +39,7 @@ from alr_monai.data.text import text_key
 from alr_monai.relabel.expert import QUERY_COLUMNS
 from alr_monai.utils import atomic_write_text
 
-__all__ = ["Picture", "View", "render_original", "render_picture", "write_query_page"]
+__all__ = ["Picture", "View", "render_original", "render_picture", "slices_per_volume", "write_query_page"]
 
 
 # The page's markup, style and script are package data (alr_monai/relabel/page/), read once per process.
@@ -66,6 +66,16 @@ MAX_STORED_SIDE = 512
 ORIGINAL_MAX_SIDE = 1024
 ORIGINAL_DISPLAY = 512
 ORIGINAL_MAX_SLICES = 64
+# A page's volumes share this many stored slices (each keeps between 8 and ORIGINAL_MAX_SLICES): a round of 100
+# queried CT volumes would otherwise hold 6400 slices of 512x512, hundreds of megabytes.
+ORIGINAL_PAGE_SLICES = 1024
+
+
+def slices_per_volume(queried: int) -> int:
+    """The most slices each original volume keeps on a page of ``queried`` samples (see ORIGINAL_PAGE_SLICES)."""
+    return max(8, min(ORIGINAL_MAX_SLICES, ORIGINAL_PAGE_SLICES // max(1, int(queried))))
+
+
 # An original whose PNG is larger than this is stored as JPEG (quality JPEG_QUALITY) when that is smaller: a
 # hundred 512x512 CT slices then cost a few megabytes, not tens (sizes measured in docs/notes of issue 26).
 PNG_BUDGET = 96 * 1024
