@@ -68,6 +68,12 @@ def test_original_is_the_file_at_its_resolution_with_the_window_and_monochrome1_
     assert shown[:, :100].min() == 255 and shown[:, -100:].max() == 0
     assert abs(int(np.median(shown[:, 120:200])) - round(255 * 120 / 400)) <= 1
 
+    # soft tissue only (0 and 100 HU, inside the window): shown as the window maps it, not stretched to black/white
+    soft = np.full((20, 30), 1024.0)
+    soft[:, 15:] += 100.0
+    shown = _shown(_original(write_slice(tmp_path / "soft.dcm", soft, intercept=-1024)).views[0])
+    assert shown[0, 0] == round(255 * 160 / 400) and shown[0, -1] == round(255 * 260 / 400)
+
     # minmax: the whole range shown; a raw (unscaled) chain is min-max scaled for the page
     minmax = _shown(_original(tmp_path / "m2.dcm", intensity="minmax").views[0])
     assert minmax[:, :100].max() == 0 and minmax[:, -100:].min() == 255 and 125 <= np.median(minmax[:, 120:200]) <= 140

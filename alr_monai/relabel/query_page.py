@@ -4,11 +4,14 @@
 data URIs, CSS, JavaScript), so it opens from the file system with no server and no network. Per queried sample
 it shows the image (a 2D image as it is, a 3D volume as three mid-slices), the given label, the model's
 prediction and probability, the patient, and a few trusted examples of the given and of the predicted class.
+Below, the original file (:func:`render_original`): a 2D image at its own resolution with the run's intensity window,
+a volume's slices behind a slider, with brightness / contrast controls.
 The expert picks a class, "exclude" or "skip", may add a comment, and saves an answers CSV: the query file's own
 columns with ``expert_label`` and ``comment`` filled, which ``alr answer`` takes as it is.
 
 Keys: 1-9 pick the class shown with that digit, ``x`` excludes, ``s`` skips, ``u`` clears, ``c`` writes a comment,
-arrows or ``j``/``k`` move between samples, Ctrl+S saves.
+arrows or ``j``/``k`` move between samples, ``[``/``]`` change the original volume's slice, ``r`` resets its
+brightness and contrast, Ctrl+S saves.
 
 The page's skeleton, style and script are files of the package (``alr_monai/relabel/page/query.html``,
 ``query.css``, ``query.js``); this module fills the skeleton with the cards, the sheet's data and the pictures.
