@@ -58,6 +58,7 @@ __all__ = [
     "build_image_transforms",
     "build_array_transforms",
     "intensity_transform",
+    "original_image_transforms",
 ]
 
 # PIL modes whose raw arrays are not intensities (palette indices, CMYK ink, ...) and need converting first.
@@ -681,3 +682,40 @@ def build_array_transforms(
     transforms.append(EnsureTyped(keys=keys, data_type="tensor", dtype=torch.float32, track_meta=False))
     transforms.append(EnsureIntd())
     return Compose(transforms)
+
+
+def original_image_transforms(chain: Any) -> tuple[Compose, bool] | None:
+    """The part of a manifest image chain that loads the ORIGINAL image: full resolution, training intensity.
+
+    The expert's query sheet shows each queried file as it is, beside the network input. It is read with the very
+    steps that read it for training (:class:`MedicalImageReader`, so MONOCHROME1 is inverted and CT is in HU,
+    channel first, then the run's intensity: min-max or the CT window), without what follows them for the network
+    (channel forcing, spacing, resize, flips).
+
+    Args:
+        chain: a chain from :func:`build_image_transforms` (a ``Compose``, or a dataset holding one as ``transform``).
+
+    Returns:
+        ``(transform, scaled)``: the transform of a ``{"image": path}`` item, and True when it ends in the run's
+        intensity scaling (values in [0, 1], to be shown as they are) rather than raw values; None when ``chain``
+        does not load files with :class:`MedicalImageReader` (in-memory MedMNIST arrays have no original file).
+    """
+    chain = getattr(chain, "transform", chain)
+    steps = list(getattr(chain, "transforms", ()))
+    loaders = [
+        step
+        for step in steps
+        if isinstance(step, LoadImaged)
+        and any(isinstance(reader, MedicalImageReader) for reader in getattr(step._loader, "readers", ()))
+    ]
+    if not loaders:
+        return None
+    kept: list[Any] = []
+    scaled = False
+    for step in steps:
+        if step is loaders[0] or isinstance(step, EnsureChannelFirstd):
+            kept.append(step)
+        elif isinstance(step, (ScaleIntensityd, ScaleIntensityRanged)):
+            kept.append(step)
+            scaled = True
+    return Compose(kept), scaled

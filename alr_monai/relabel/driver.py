@@ -962,6 +962,7 @@ class RelabelDriver:
                 order = torch.randperm(len(indices), generator=generator)[:examples_per_class].tolist()
                 examples[label] = [picture(indices[k]) for k in sorted(order)]
             images = [picture(position.get(row["id"])) for row in rows]
+            originals = self._original_pictures([position.get(row["id"]) for row in rows])
             write_query_page(
                 page_path,
                 rows,
@@ -971,6 +972,7 @@ class RelabelDriver:
                 columns=header,
                 round_index=round_index,
                 answer_command=f"alr answer <downloaded file> --run_dir {shlex.quote(str(self.dir.parent))}",
+                originals=originals,
             )
         except Exception as error:
             self.logger.warning(
@@ -980,6 +982,33 @@ class RelabelDriver:
             return None
         self.logger.info(f"round {round_index}: wrote the query sheet {page_path} (open it in a web browser)")
         return page_path
+
+    def _original_pictures(self, indices: Sequence[int | None]) -> list[object]:
+        """The query sheet's original images: each queried file read at its own resolution with the run's intensity
+        (the scoring chain's loader and intensity steps, :func:`alr_monai.data.transforms.original_image_transforms`),
+        or a one-line note where there is no file (MedMNIST arrays)."""
+        from alr_monai.data.transforms import original_image_transforms
+        from alr_monai.relabel.query_page import Picture, render_original, slices_per_volume
+
+        found = original_image_transforms(getattr(self.scoring_dataset, "transform", None))
+        if found is None or not self.image_paths:
+            note = "no original file (in-memory .npz data such as MedMNIST): the network input above is the image"
+            return [Picture(note=note) for _ in indices]
+        transform, scaled = found
+        max_slices = slices_per_volume(len(indices))  # the page's volumes share a slice budget
+        originals: list[object] = []
+        for index in indices:
+            path = self.image_paths[index] if index is not None else ""
+            if not path:
+                originals.append(Picture(note="no single original file for this sample"))
+                continue
+            try:
+                originals.append(
+                    render_original(transform({"image": path})["image"], scaled=scaled, max_slices=max_slices)
+                )
+            except Exception as error:  # a file that does not decode costs its original, not the page
+                originals.append(f"could not load {path}: {type(error).__name__}: {error}")
+        return originals
 
 
 def round_tag(key: str) -> str:

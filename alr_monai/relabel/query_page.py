@@ -4,11 +4,14 @@
 data URIs, CSS, JavaScript), so it opens from the file system with no server and no network. Per queried sample
 it shows the image (a 2D image as it is, a 3D volume as three mid-slices), the given label, the model's
 prediction and probability, the patient, and a few trusted examples of the given and of the predicted class.
+Below, the original file (:func:`render_original`): a 2D image at its own resolution with the run's intensity window,
+a volume's slices behind a slider, with brightness / contrast controls.
 The expert picks a class, "exclude" or "skip", may add a comment, and saves an answers CSV: the query file's own
 columns with ``expert_label`` and ``comment`` filled, which ``alr answer`` takes as it is.
 
 Keys: 1-9 pick the class shown with that digit, ``x`` excludes, ``s`` skips, ``u`` clears, ``c`` writes a comment,
-arrows or ``j``/``k`` move between samples, Ctrl+S saves.
+arrows or ``j``/``k`` move between samples, ``[``/``]`` change the original volume's slice, ``r`` resets its
+brightness and contrast, Ctrl+S saves.
 
 The page's skeleton, style and script are files of the package (``alr_monai/relabel/page/query.html``,
 ``query.css``, ``query.js``); this module fills the skeleton with the cards, the sheet's data and the pictures.
@@ -39,7 +42,7 @@ from alr_monai.data.text import text_key
 from alr_monai.relabel.expert import QUERY_COLUMNS
 from alr_monai.utils import atomic_write_text
 
-__all__ = ["Picture", "View", "render_picture", "write_query_page"]
+__all__ = ["Picture", "View", "render_original", "render_picture", "slices_per_volume", "write_query_page"]
 
 
 # The page's markup, style and script are package data (alr_monai/relabel/page/), read once per process.
@@ -61,6 +64,25 @@ VIEW_SIZE = 168  # each of a volume's three views
 EXAMPLE_SIZE = 76
 # Longest side stored in the page: keeps a page of a hundred CT slices a few megabytes, not hundreds.
 MAX_STORED_SIDE = 512
+# The original image (the file itself, not the network input): stored at its own resolution up to this longest side,
+# shown up to ORIGINAL_DISPLAY CSS pixels (a click shows it 1:1); a volume keeps at most ORIGINAL_MAX_SLICES slices.
+ORIGINAL_MAX_SIDE = 1024
+ORIGINAL_DISPLAY = 512
+ORIGINAL_MAX_SLICES = 64
+# A page's volumes share this many stored slices (each keeps between 8 and ORIGINAL_MAX_SLICES): a round of 100
+# queried CT volumes would otherwise hold 6400 slices of 512x512, hundreds of megabytes.
+ORIGINAL_PAGE_SLICES = 1024
+
+
+def slices_per_volume(queried: int) -> int:
+    """The most slices each original volume keeps on a page of ``queried`` samples (see ORIGINAL_PAGE_SLICES)."""
+    return max(8, min(ORIGINAL_MAX_SLICES, ORIGINAL_PAGE_SLICES // max(1, int(queried))))
+
+
+# An original whose PNG is larger than this is stored as JPEG (quality JPEG_QUALITY) when that is smaller: a
+# hundred 512x512 CT slices then cost a few megabytes, not tens (sizes measured in docs/notes of issue 26).
+PNG_BUDGET = 96 * 1024
+JPEG_QUALITY = 90
 
 
 @dataclass(frozen=True)
@@ -78,10 +100,11 @@ class View:
     png: bytes
     width: int
     height: int
+    mime: str = "image/png"
 
     def data_uri(self) -> str:
-        """The PNG as a ``data:`` URI."""
-        return "data:image/png;base64," + base64.b64encode(self.png).decode("ascii")
+        """The encoded image (PNG, or JPEG for a large original) as a ``data:`` URI."""
+        return f"data:{self.mime};base64," + base64.b64encode(self.png).decode("ascii")
 
 
 @dataclass(frozen=True)
@@ -105,11 +128,16 @@ def _as_array(image: Any) -> np.ndarray:
     return np.asarray(image, dtype=np.float64)
 
 
-def _to_uint8(array: np.ndarray) -> tuple[np.ndarray, str]:
-    """Min-max ``array`` to 0-255 over its finite values; non-finite pixels become black."""
+def _to_uint8(array: np.ndarray, value_range: tuple[float, float] | None = None) -> tuple[np.ndarray, str]:
+    """Min-max ``array`` to 0-255 over its finite values (or map ``value_range`` to 0-255, clipping); non-finite
+    pixels become black."""
     finite = np.isfinite(array)
     if not finite.any():
         raise ValueError("no finite pixel value")
+    if value_range is not None:
+        low, high = float(value_range[0]), float(value_range[1])
+        scaled = np.where(finite, (array - low) / (high - low), 0.0)
+        return np.clip(np.rint(scaled * 255.0), 0, 255).astype(np.uint8), ""
     low, high = float(array[finite].min()), float(array[finite].max())
     if high <= low:
         return np.zeros(array.shape, dtype=np.uint8), f"constant image (every pixel {low:g})"
@@ -117,8 +145,9 @@ def _to_uint8(array: np.ndarray) -> tuple[np.ndarray, str]:
     return np.clip(np.rint(scaled * 255.0), 0, 255).astype(np.uint8), ""
 
 
-def _encode(plane: np.ndarray, caption: str, max_side: int) -> View:
-    """PNG of a (H, W) gray or (H, W, 3) RGB uint8 plane, shrunk (never enlarged) to ``max_side``."""
+def _encode(plane: np.ndarray, caption: str, max_side: int, png_budget: int | None = None) -> View:
+    """PNG of a (H, W) gray or (H, W, 3) RGB uint8 plane, shrunk (never enlarged) to ``max_side``; with
+    ``png_budget``, a PNG larger than that many bytes is replaced by a JPEG when the JPEG is smaller."""
     from PIL import Image
 
     picture = Image.fromarray(np.ascontiguousarray(plane))
@@ -128,6 +157,11 @@ def _encode(plane: np.ndarray, caption: str, max_side: int) -> View:
         picture = picture.resize(size, Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
+    if png_budget is not None and buffer.tell() > png_budget:
+        jpeg = io.BytesIO()
+        picture.save(jpeg, format="JPEG", quality=JPEG_QUALITY)
+        if jpeg.tell() < buffer.tell():
+            return View(caption, jpeg.getvalue(), picture.width, picture.height, "image/jpeg")
     return View(caption, buffer.getvalue(), picture.width, picture.height)
 
 
@@ -194,6 +228,80 @@ def _render(array: np.ndarray, x_first: bool, max_side: int) -> Picture:
             plane = np.swapaxes(plane, 0, 1)
         views.append(_encode(plane, caption, max_side))
     return Picture(tuple(views), note=note)
+
+
+def render_original(
+    image: Any,
+    scaled: bool = True,
+    max_side: int = ORIGINAL_MAX_SIDE,
+    max_slices: int = ORIGINAL_MAX_SLICES,
+) -> Picture:
+    """Turn an original image (the file at its own resolution, see
+    :func:`alr_monai.data.transforms.original_image_transforms`) into page views; never raises.
+
+    Args:
+        image: a channel-first (C, x, y) image or (C, x, y, z) volume as MONAI's readers give it (first spatial
+            axis = columns); C = 3 is shown as RGB, any other C as its first channel. A :class:`Picture` is returned
+            as is; a string or an exception becomes a picture whose ``problem`` is that text.
+        scaled: the values are the run's intensity scaling, in [0, 1] (the CT window already clips them): shown as
+            they are, 0 black and 1 white. False min-max scales each image (the run's intensity ``none``).
+        max_side: longest side stored; larger images are shrunk smoothly, and the note says so.
+        max_slices: a volume keeps every k-th axial slice so that at most this many are stored; the note says so.
+
+    Returns:
+        One view for a 2D image, one view per kept axial slice (captioned ``slice i / n``) for a volume, with a note
+        giving the original size and what was reduced; or a picture with ``problem`` set.
+    """
+    if isinstance(image, Picture):
+        return image
+    if image is None or isinstance(image, (str, BaseException)):
+        return render_picture(image)
+    try:
+        return _render_original(_as_array(image), scaled, max_side, max(1, int(max_slices)))
+    except Exception as error:  # a bad image must cost its own picture, never the page
+        return Picture(problem=f"cannot show the original image: {type(error).__name__}: {error}")
+
+
+def _render_original(array: np.ndarray, scaled: bool, max_side: int, max_slices: int) -> Picture:
+    shape = tuple(array.shape)
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim == 4 and array.shape[3] == 1:
+        array = array[..., 0]  # a 2D DICOM or NIfTI read with a singleton third axis
+    if array.ndim not in (3, 4) or min(array.shape) < 1:
+        raise ValueError(f"a tensor of shape {shape} is not a channel-first 2D image or volume")
+    channels = array.shape[0]
+    notes = []
+    if array.ndim == 3 and channels == 3:
+        pixels = np.moveaxis(array, 0, -1)
+    else:
+        pixels = array[0]
+        if channels > 1:
+            notes.append(f"channel 1 of {channels} shown")
+    pixels, constant = _to_uint8(pixels, (0.0, 1.0) if scaled else None)
+    if constant:
+        notes.append(constant)
+    width, height = pixels.shape[0], pixels.shape[1]  # x first: columns, rows
+    if max(width, height) > max_side:
+        scale = max_side / max(width, height)
+        notes.append(
+            f"shown at {max(1, round(width * scale))}x{max(1, round(height * scale))} px, downscaled from "
+            f"{width}x{height} (longest side capped at {max_side} px)"
+        )
+    else:
+        notes.insert(0, f"{width}x{height} px, full resolution")
+    if pixels.ndim == 2 or (pixels.ndim == 3 and array.ndim == 3):
+        plane = np.swapaxes(pixels, 0, 1)  # (x, y[, rgb]) -> rows y, columns x
+        return Picture((_encode(plane, "", max_side, PNG_BUDGET),), note="; ".join(notes))
+    depth = pixels.shape[2]
+    step = max(1, math.ceil(depth / max_slices))
+    kept = list(range(0, depth, step))
+    if step > 1:
+        notes.append(f"1 in {step} of {depth} slices kept ({len(kept)} shown, at most {max_slices})")
+    views = tuple(
+        _encode(np.swapaxes(pixels[:, :, z], 0, 1), f"slice {z + 1} / {depth}", max_side, PNG_BUDGET) for z in kept
+    )
+    return Picture(views, note="; ".join(notes))
 
 
 # ------------------------------------------------------------------------------------------------ the page
@@ -336,6 +444,7 @@ def write_query_page(
     round_index: int | None = None,
     answer_command: str = "",
     title: str = "",
+    originals: Sequence[Any] | None = None,
 ) -> Path:
     """Write a round's query sheet: one self-contained HTML file (atomically) the expert answers in a browser.
 
@@ -355,6 +464,11 @@ def write_query_page(
         answer_command: the command that applies the saved file, shown on the page (e.g.
             ``alr answer <file> --run_dir runs/x``).
         title: the page title (default: "Round <k> query sheet").
+        originals: one per row, or None for none: the original image shown below the network input, at its own
+            resolution with window/level controls (a volume with a slice slider): a :class:`Picture` from
+            :func:`render_original` (a picture with only a ``note`` shows that one line, e.g. MedMNIST has no
+            original file), an array (rendered by :func:`render_original`), a string / exception saying why there
+            is none, or None for no original section on that card.
 
     Returns:
         The path written.
@@ -365,6 +479,8 @@ def write_query_page(
     names = [str(name) for name in class_names]
     if len(images) != len(rows):
         raise ValueError(f"{len(images)} images for {len(rows)} query rows: one image (or reason) per row")
+    if originals is not None and len(originals) != len(rows):
+        raise ValueError(f"{len(originals)} original images for {len(rows)} query rows: one (or None) per row")
     columns = [str(column) for column in columns]
     for required in ("id", "expert_label"):
         if required not in columns:
@@ -393,7 +509,9 @@ def write_query_page(
             else:
                 cards.append('<h2 class="patient nopatient">No patient id</h2>')
         previous_patient = patient
-        cards.append(_card_html(position, row, render_picture(image), names, examples, store))
+        original = originals[position] if originals is not None else None
+        original_html = _original_html(render_original(original), store) if original is not None else ""
+        cards.append(_card_html(position, row, render_picture(image), names, examples, store, original_html))
 
     sheet = {
         "columns": columns,
@@ -416,6 +534,8 @@ def write_query_page(
             ("s", "skip (leave the label as it is, ask again later)"),
             ("u", "clear the answer"),
             ("c", "write a comment (Enter or Esc to leave it)"),
+            ("[</kbd> <kbd>]", "previous / next slice of the original volume"),
+            ("r", "reset the original image's brightness and contrast"),
             ("↓</kbd> <kbd>j", "next sample"),
             ("↑</kbd> <kbd>k", "previous sample"),
             ("Ctrl</kbd>+<kbd>S", "save the answers CSV"),
@@ -450,6 +570,7 @@ def _card_html(
     names: Sequence[str],
     examples: Mapping[int, Sequence[Picture]],
     store: _PictureStore,
+    original_html: str = "",
 ) -> str:
     sample_id = str(row.get("id", ""))
     given = _class_index(row.get("given_label", ""), names)
@@ -519,4 +640,47 @@ def _card_html(
     <div class="choices">{"".join(choices)}</div>
     <input type="text" class="comment" placeholder="Comment (optional) — press c" aria-label="comment for {_e(sample_id)}">
   </div>
+  {original_html}
 </article>"""
+
+
+def _original_html(picture: Picture, store: _PictureStore) -> str:
+    """The card's original-image row: the image at its resolution, window controls, a slice slider for a volume."""
+    head = '<div class="orighead">Original image</div>'
+    if not picture.views:
+        if picture.problem:
+            return f'<div class="origrow">{head}<div class="onote problem">not available: {_e(picture.problem)}</div></div>'
+        return f'<div class="origrow onlynote">{head}<div class="onote">{_e(picture.note or "none")}</div></div>'
+    keys = [store.key(view) for view in picture.views]
+    middle = len(keys) // 2
+    view = picture.views[middle]
+    width, height, enlarged = _display_size(view.width, view.height, ORIGINAL_DISPLAY)
+    note = picture.note
+    if any(v.mime == "image/jpeg" for v in picture.views):
+        note = "; ".join(text for text in (note, f"stored as JPEG quality {JPEG_QUALITY}") if text)
+    slider = ""
+    if len(keys) > 1:
+        slider = (
+            '<label class="slicebox">Slice <input type="range" class="slicer" min="0" '
+            f'max="{len(keys) - 1}" value="{middle}" step="1" data-slices="{",".join(keys)}" '
+            f'data-captions="{_e(json.dumps([v.caption for v in picture.views]))}" aria-label="slice"> '
+            f'<span class="slicetext">{_e(view.caption)}</span></label>'
+        )
+    controls = (
+        '<div class="wl"><label>Brightness <input type="range" class="bright" min="20" max="300" value="100" '
+        'step="5" aria-label="brightness"></label>'
+        '<label>Contrast <input type="range" class="contrast" min="20" max="500" value="100" step="5" '
+        'aria-label="contrast"></label><div class="wlbuttons">'
+        '<button type="button" class="wlpreset" data-bright="100" data-contrast="200" title="contrast x2">Narrow</button>'
+        '<button type="button" class="wlpreset" data-bright="140" data-contrast="100" title="brighter">Bright</button>'
+        '<button type="button" class="wlreset" title="r">Reset</button></div></div>'
+    )
+    image = (
+        f'<img class="orig {"px" if enlarged else "smooth"}" data-pic="{keys[middle]}" src="" width="{width}" '
+        f'height="{height}" data-width="{width}" data-height="{height}" alt="original image" '
+        f'title="original image, {view.width}x{view.height} px (click: 1:1 / fit)">'
+    )
+    return (
+        f'<div class="origrow">{head}<div class="origbody"><div class="origframe">{image}</div>'
+        f'<div class="origside"><div class="onote">{_e(note)}</div>{slider}{controls}</div></div></div>'
+    )

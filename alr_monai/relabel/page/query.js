@@ -127,6 +127,7 @@
 
   cards.forEach(function (card, i) {
     card.addEventListener("click", function () { select(i, false); });
+    card.addEventListener("focusin", function () { select(i, false); });  // a slider reached with Tab
     card.querySelectorAll("button.choice").forEach(function (button) {
       button.addEventListener("click", function (event) {
         event.stopPropagation(); select(i, false); answer(i, button.dataset.value, false); button.blur();
@@ -139,6 +140,54 @@
       if (event.key === "Enter" || event.key === "Escape") { event.preventDefault(); input.blur(); }
     });
   });
+  // the original image: window (CSS brightness / contrast on the stored picture), slice slider, 1:1 on click
+  function windowImage(card) {
+    var box = card.querySelector(".origrow");
+    if (!box) { return; }
+    var img = box.querySelector("img.orig");
+    var bright = box.querySelector("input.bright"), contrast = box.querySelector("input.contrast");
+    if (img && bright && contrast) {
+      img.style.filter = "brightness(" + bright.value + "%) contrast(" + contrast.value + "%)";
+    }
+  }
+  function setWindow(card, b, c) {
+    var box = card.querySelector(".origrow");
+    if (!box || !box.querySelector("input.bright")) { return; }
+    box.querySelector("input.bright").value = b; box.querySelector("input.contrast").value = c;
+    windowImage(card);
+  }
+  function showSlice(card, value) {
+    var slicer = card.querySelector("input.slicer");
+    if (!slicer) { return; }
+    var keys = slicer.dataset.slices.split(","), captions = JSON.parse(slicer.dataset.captions);
+    var i = Math.max(0, Math.min(keys.length - 1, Number(value)));
+    slicer.value = i;
+    card.querySelector("img.orig").src = pictures[keys[i]] || "";
+    card.querySelector(".slicetext").textContent = captions[i];
+  }
+  cards.forEach(function (card) {
+    var box = card.querySelector(".origrow");
+    if (!box) { return; }
+    box.querySelectorAll("input.bright, input.contrast").forEach(function (input) {
+      input.addEventListener("input", function () { windowImage(card); });
+    });
+    box.querySelectorAll("button.wlpreset").forEach(function (button) {
+      button.addEventListener("click", function () { setWindow(card, button.dataset.bright, button.dataset.contrast); button.blur(); });
+    });
+    var reset = box.querySelector("button.wlreset");
+    if (reset) { reset.addEventListener("click", function () { setWindow(card, 100, 100); reset.blur(); }); }
+    var slicer = box.querySelector("input.slicer");
+    if (slicer) { slicer.addEventListener("input", function () { showSlice(card, slicer.value); }); }
+    var img = box.querySelector("img.orig");
+    if (img) {
+      img.addEventListener("click", function () {
+        var actual = img.classList.toggle("actual");
+        img.width = actual ? img.naturalWidth : Number(img.dataset.width);
+        img.height = actual ? img.naturalHeight : Number(img.dataset.height);
+      });
+    }
+  });
+
   document.getElementById("save").addEventListener("click", save);
   document.getElementById("reader").addEventListener("input", store);
 
@@ -146,7 +195,11 @@
     if ((event.ctrlKey || event.metaKey) && event.key.toLowerCase() === "s") { event.preventDefault(); save(); return; }
     if (event.ctrlKey || event.metaKey || event.altKey) { return; }
     var target = event.target;
-    if (target && (target.tagName === "INPUT" || target.tagName === "TEXTAREA" || target.tagName === "SELECT")) { return; }
+    if (target && target.tagName === "INPUT" && target.type === "range") {
+      // a slider keeps the keys that move it; Esc leaves it; every other key still answers
+      if (event.key === "Escape") { target.blur(); event.preventDefault(); return; }
+      if (/^(Arrow|Page|Home$|End$)/.test(event.key)) { return; }
+    } else if (target && (target.tagName === "INPUT" || target.tagName === "TEXTAREA" || target.tagName === "SELECT")) { return; }
     if (!cards.length) { return; }
     if (current < 0) { select(0, true); }
     var key = event.key, handled = true;
@@ -157,6 +210,10 @@
     } else if (key === "s" || key === "S") { answer(current, "", true);
     } else if (key === "u" || key === "U") { answer(current, null, false);
     } else if (key === "c" || key === "C") { cards[current].querySelector("input.comment").focus();
+    } else if (key === "[" || key === "]") {
+      var slicer = cards[current].querySelector("input.slicer");
+      if (slicer) { showSlice(cards[current], Number(slicer.value) + (key === "]" ? 1 : -1)); }
+    } else if (key === "r" || key === "R") { setWindow(cards[current], 100, 100);
     } else if (key === "ArrowDown" || key === "ArrowRight" || key === "j") { select(Math.min(current + 1, cards.length - 1), true);
     } else if (key === "ArrowUp" || key === "ArrowLeft" || key === "k") { select(Math.max(current - 1, 0), true);
     } else { handled = false; }
