@@ -257,6 +257,7 @@ def test_all_presets_parse():
         "prototype": {"selection#rank_by": "prototype", "selection#per_class": True},
         "loss_prototype": {"selection#rank_by": "loss+prototype"},
         "cleanlab_subset": {"cleanlab#train_indices": None, "vog#class_normalise": False},
+        "logit_adjusted": {"imbalance#logit_adjustment": 1.0},
     }
     assert {p.stem for p in PRESETS.glob("*.json")} == set(expected)
     for name, values in expected.items():

@@ -121,10 +121,11 @@ def test_the_query_page_saves_with_the_same_rule():
     """The page's csvCell (JavaScript) escapes as escape_cell does; its two regexes read the same in Python."""
     import re
 
-    from alr_monai.relabel.query_page import _SCRIPT
+    from alr_monai.relabel.query_page import page_file
 
-    start = _SCRIPT.index("function csvCell(value)")
-    formula, number = re.findall(r"/(\^.*?\$?)/\.test\(value\)", _SCRIPT[start : start + 400])[:2]
+    script = page_file("query.js")
+    start = script.index("function csvCell(value)")
+    formula, number = re.findall(r"/(\^.*?\$?)/\.test\(value\)", script[start : start + 400])[:2]
 
     def page_cell(value: str) -> str:
         return "'" + value if re.search(formula, value) and not re.search(number, value) else value

@@ -14,7 +14,7 @@ from alr_monai.keys import NETWORK_NAMES as KEY_NAMES
 from alr_monai.networks import NETWORK_NAMES, FeatureTap, PeerEnsemble, build_classifier, classifier_factory
 
 REPO = Path(__file__).resolve().parents[1]
-TRAIN = REPO / "bundles" / "alr_bloodmnist" / "configs" / "train.json"
+TRAIN = REPO / "bundles" / "alr_classification" / "configs" / "train.json"
 # penultimate feature width of each network (the last linear layer's input)
 FEATURES = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "densenet121": 1024, "efficientnet-b0": 1280}
 
