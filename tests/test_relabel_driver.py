@@ -39,7 +39,7 @@ def _driver(tmp_path, mode="simulation", recipe="trusted", **kwargs) -> RelabelD
         [i % 4 != 0 and i % 3 != 1 for i in range(N)],  # the wrong labels are never trusted
         items,
         val,
-        test_loader=val,
+        test_loader=kwargs.pop("test_loader", val),
         round_budget=3,
         num_rounds=2,
         recalibration_epochs=2,
@@ -127,3 +127,12 @@ def test_scoring_passes_take_the_loader_settings_and_query_the_same_samples(tmp_
         queries.append([row["id"] for row in driver.query_rows(state, 1)])
     # worker processes change where items are loaded, never which samples are asked
     assert queries[0] == queries[1] and len(queries[0]) == 3
+
+
+def test_a_run_without_test_rows_evaluates_on_validation_only(tmp_path):
+    """A manifest without 'test' rows gives an empty test loader: the rounds report validation (it crashed in
+    torch.cat on no batches)."""
+    driver = _driver(tmp_path, test_loader=DataLoader([], batch_size=8))
+    state = driver.open()
+    assert "val_balanced_accuracy" in state.baseline_metrics
+    assert not any(key.startswith("test_") for key in state.baseline_metrics)

@@ -787,7 +787,7 @@ class RelabelDriver:
         """Validation and test metrics of the current model (plus simulation metrics), also sent to TensorBoard."""
         metrics: dict = {}
         for split, loader in (("val", self.val_loader), ("test", self.test_loader)):
-            if loader is None:
+            if loader is None or len(loader.dataset) == 0:  # a manifest without test rows: phase 1 warned already
                 continue
             report = evaluate_loader(self.network, loader, len(self.class_names), self.device)
             for key in ("balanced_accuracy", "macro_f1", "mcc", "auroc"):
