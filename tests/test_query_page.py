@@ -238,6 +238,9 @@ def test_hostile_ids_stay_text_odd_images_show_their_reason_and_the_csv_reads_ba
     assert page.locator("img[src='x']").count() == 0
     assert page.locator("h2.patient .pid").all_inner_texts() == ["P<1>", "P2"]
     assert page.locator("h2.patient").nth(1).inner_text() == "No patient id"
+    # scores with even precision (four decimals, as the query CSV), explained in the tooltip (issue 25 item 9)
+    assert page.locator("span.score").all_inner_texts() == ["1.5000", "0.2000", "0.1000", "0.1000"]
+    assert "higher = more worth a look" in (page.locator("span.score").first.get_attribute("title") or "")
     assert cards.nth(2).locator(".imagecol figcaption").all_inner_texts() == ["axial", "coronal", "sagittal"]
     assert "is not a channel-first 2D or 3D image" in cards.nth(3).locator(".placeholder").inner_text()
     assert f"FileNotFoundError: m.dcm {HOSTILE}" in cards.nth(4).locator(".placeholder").inner_text()

@@ -973,6 +973,7 @@ class RelabelDriver:
                 round_index=round_index,
                 answer_command=f"alr answer <downloaded file> --run_dir {shlex.quote(str(self.dir.parent))}",
                 originals=originals,
+                score_help=score_meaning(self.acquisition),
             )
         except Exception as error:
             self.logger.warning(

@@ -445,6 +445,7 @@ def write_query_page(
     answer_command: str = "",
     title: str = "",
     originals: Sequence[Any] | None = None,
+    score_help: str = "the acquisition score that ranked this sample; higher = more worth a look",
 ) -> Path:
     """Write a round's query sheet: one self-contained HTML file (atomically) the expert answers in a browser.
 
@@ -469,6 +470,8 @@ def write_query_page(
             :func:`render_original` (a picture with only a ``note`` shows that one line, e.g. MedMNIST has no
             original file), an array (rendered by :func:`render_original`), a string / exception saying why there
             is none, or None for no original section on that card.
+        score_help: what a card's "Query score" means (its tooltip), e.g.
+            :func:`alr_monai.relabel.acquire.score_meaning` of the round's acquisition.
 
     Returns:
         The path written.
@@ -511,7 +514,9 @@ def write_query_page(
         previous_patient = patient
         original = originals[position] if originals is not None else None
         original_html = _original_html(render_original(original), store) if original is not None else ""
-        cards.append(_card_html(position, row, render_picture(image), names, examples, store, original_html))
+        cards.append(
+            _card_html(position, row, render_picture(image), names, examples, store, original_html, score_help)
+        )
 
     sheet = {
         "columns": columns,
@@ -571,6 +576,7 @@ def _card_html(
     examples: Mapping[int, Sequence[Picture]],
     store: _PictureStore,
     original_html: str = "",
+    score_help: str = "",
 ) -> str:
     sample_id = str(row.get("id", ""))
     given = _class_index(row.get("given_label", ""), names)
@@ -595,8 +601,8 @@ def _card_html(
         facts.append(("Patient", _e(patient)))
     if image_path:
         facts.append(("File", f'<span class="path" title="{_e(image_path)}">{_e(Path(image_path).name)}</span>'))
-    if score is not None:
-        facts.append(("Query score", f'<span title="the acquisition score that ranked this sample">{score:.3g}</span>'))
+    if score is not None:  # four decimals, as the query CSV writes it: "2.0000" beside "2.0213", never "2" beside it
+        facts.append(("Query score", f'<span class="score" title="{_e(score_help)}">{score:.4f}</span>'))
     facts_html = "".join(f"<dt>{label}</dt><dd>{value}</dd>" for label, value in facts)
 
     if agree:
