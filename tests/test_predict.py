@@ -77,7 +77,8 @@ def test_predict_a_folder_skips_and_lists_unreadable_files(trained_run: Path, tm
     assert code == 0, err
     out_dir = trained_run / "predict" / "incoming"
     predictions = _rows(out_dir / "predictions.csv")
-    assert [r["id"] for r in predictions] == ["a.png", "sub/b.png"]
+    # the extensionless DICOM is found by its preamble and predicted like any other image
+    assert [r["id"] for r in predictions] == ["IM0001", "a.png", "sub/b.png"]
     assert list(predictions[0]) == [
         "id",
         "image",
@@ -89,11 +90,10 @@ def test_predict_a_folder_skips_and_lists_unreadable_files(trained_run: Path, tm
         assert abs(sum(float(row[f"prob_{c}"]) for c in CLASSES) - 1) < 1e-4
         assert row["predicted_label"] in CLASSES and Path(row["image"]).is_file()
     skipped = {r["id"]: r for r in _rows(out_dir / "skipped_images.csv")}
-    assert set(skipped) == {"broken.png", "sub/short.png", "IM0001"}  # found, not silently lost
+    assert set(skipped) == {"broken.png", "sub/short.png"}  # listed, not silently lost
     assert skipped["broken.png"]["kind"] == "undecodable" and skipped["sub/short.png"]["kind"] == "truncated"
-    assert skipped["IM0001"]["kind"] == "unsupported type"
-    assert f"predicted 2 images with {trained_run / 'models' / 'model.pt'}" in out
-    assert "skipped 3 unreadable files" in out and "not images, left out: 1 .txt" in out
+    assert f"predicted 3 images with {trained_run / 'models' / 'model.pt'}" in out
+    assert "skipped 2 unreadable files" in out and "not images, left out: 1 .txt" in out
 
 
 def test_predict_a_manifest_with_a_missing_file_and_a_split(trained_run: Path, tmp_path: Path, capsys):
