@@ -42,7 +42,7 @@ from alr_monai import runlock
 from alr_monai.handlers import RunCheckpointer, TensorBoardImageHandler
 from alr_monai.relabel import RoundError, RoundState, StateMissingError
 from alr_monai.relabel.recover import recover_run
-from alr_monai.utils import read_csv
+from alr_monai.utils import TEMP_SUFFIX, read_csv
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundles" / "alr_bloodmnist" / "configs"
@@ -186,23 +186,23 @@ class WriteRecorder:
     def __enter__(self) -> WriteRecorder:
         real_write, real_append = alr_monai.utils.atomic_write_bytes, alr_monai.utils.append_bytes
 
-        def atomic_write_bytes(path, data):
+        def atomic_write_bytes(path, data, private=False):
             if not self._step("write", path):
-                return real_write(path, data)
+                return real_write(path, data, private)
             self.crashed = True
             path = Path(path)
             if self.kind == "renamed":
-                real_write(path, data)
+                real_write(path, data, private)
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                (path.parent / f".{path.name}.crashed0.tmp").write_bytes(data[: len(data) // 2])
+                (path.parent / f".{path.name}.crashed0{TEMP_SUFFIX}").write_bytes(data[: len(data) // 2])
             raise SimulatedKill(f"killed {'after renaming' if self.kind == 'renamed' else 'while writing'} {path}")
 
-        def append_bytes(path, data):
+        def append_bytes(path, data, private=False):
             if not self._step("append", path):
-                return real_append(path, data)
+                return real_append(path, data, private)
             self.crashed = True
-            real_append(path, data if self.kind == "renamed" else data[: len(data) // 2])
+            real_append(path, data if self.kind == "renamed" else data[: len(data) // 2], private)
             raise SimulatedKill(f"killed while appending to {path}")
 
         self._undo = _patch_everywhere("atomic_write_bytes", atomic_write_bytes)
@@ -258,7 +258,7 @@ def differences(reference: Path, resumed: Path, files: list[str]) -> list[str]:
                 problems.append(name)
         elif expected.read_bytes() != got.read_bytes():
             problems.append(name)
-    stray = [str(p.relative_to(resumed)) for p in resumed.rglob("*.tmp")]
+    stray = [str(p.relative_to(resumed)) for p in resumed.rglob(f"*{TEMP_SUFFIX}")]
     if stray:
         problems.append(f"stray temporary files {stray}")
     return problems

@@ -477,7 +477,7 @@ def build_manifest_from_folder(
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["id", "image", "label", "patient_id"])
     writer.writerows([r["id"], r["image"], r["label"], r["patient_id"]] for r in rows)
-    _keeping_mode(out_path, lambda: atomic_write_text(out_path, buffer.getvalue()))
+    _keeping_mode(out_path, lambda: atomic_write_text(out_path, buffer.getvalue(), private=True))
     return out_path
 
 

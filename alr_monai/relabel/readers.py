@@ -202,7 +202,7 @@ def submit_reader_answers(
     if final.exists():
         raise ValueError(f"round {round_index} is already decided ({final}); its readers' files are in {folder}")
     read_answers(answers_file, class_names, queried_ids, known_ids, allow_empty, reader)  # refuse a bad file
-    atomic_write_bytes(folder / f"{reader}.csv", Path(answers_file).read_bytes())
+    atomic_write_bytes(folder / f"{reader}.csv", Path(answers_file).read_bytes(), private=True)
 
     readers_in = sorted(p.stem for p in folder.glob("*.csv") if p.stem != ADJUDICATOR)
     votes = {
@@ -245,7 +245,7 @@ def submit_reader_answers(
         writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-        atomic_write_bytes(adjudication, buffer.getvalue().encode("utf-8"))
+        atomic_write_bytes(adjudication, buffer.getvalue().encode("utf-8"), private=True)
         result.update(status="adjudication", adjudication_file=str(adjudication), disputed=len(disputed))
         return result
     adjudicated = (
@@ -272,6 +272,6 @@ def submit_reader_answers(
             rows.append(
                 {"id": sample_id, "expert_label": label, "comment": f"{settings.rule}; {said}", "reader": "consensus"}
             )
-    atomic_write_bytes(final, _answers_csv(rows))
+    atomic_write_bytes(final, _answers_csv(rows), private=True)
     result.update(status="decided", answers_file=str(final), disputed=len(disputed))
     return result

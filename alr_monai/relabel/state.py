@@ -36,7 +36,7 @@ from typing import Any
 
 from alr_monai.relabel.expert import Answer, check_class_names, read_answers, write_query_file
 from alr_monai.runlock import run_lock
-from alr_monai.utils import append_bytes, atomic_write_bytes, atomic_write_csv, atomic_write_json
+from alr_monai.utils import append_bytes, atomic_write_bytes, atomic_write_csv, atomic_write_json, refuse_symlink
 
 STATE_FORMAT_VERSION = 1
 SOURCES = ("given", "expert", "oracle", "excluded")
@@ -413,7 +413,7 @@ class RoundState:
     # ----------------------------------------------------------------------------------------- persistence
     def save(self, path: str | Path) -> Path:
         """Write the state as JSON atomically (with ``format_version``)."""
-        return atomic_write_json(path, {"format_version": STATE_FORMAT_VERSION, **asdict(self)})
+        return atomic_write_json(path, {"format_version": STATE_FORMAT_VERSION, **asdict(self)}, private=True)
 
     @classmethod
     def load(cls, path: str | Path) -> RoundState:
@@ -514,6 +514,7 @@ class AuditTrail:
                 different change, which means the answers changed after a partly applied round.
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        refuse_symlink(self.path)  # before the torn-tail truncate below, which would follow a link
         created = not self.path.exists()
         existing: dict[tuple[str, str], dict[str, str]] = {}
         if not created:
@@ -547,7 +548,7 @@ class AuditTrail:
         if created or self.path.stat().st_size == 0:
             writer.writeheader()
         writer.writerows(new)
-        append_bytes(self.path, buffer.getvalue().encode("utf-8"))
+        append_bytes(self.path, buffer.getvalue().encode("utf-8"), private=True)
         return len(new)
 
 
@@ -689,7 +690,7 @@ def apply_answers_file(
                     f"{kept} already holds other answers for round {round_index}; apply that file "
                     f"(alr answer {kept} ...), or move it away to apply {answers_path} instead"
                 )
-            atomic_write_bytes(kept, data)
+            atomic_write_bytes(kept, data, private=True)
         return apply_round(state_path, audit_path, labels_cleaned_path, round_index, answers, source)
 
 

@@ -1,0 +1,158 @@
+"""Hardening (issue 24, part A): nothing outside the run folder changes, nothing is lost or changed silently.
+
+Symbolic links where the tool writes are refused, files with sample or patient ids are private, phase 1 is frozen
+once relabel rounds exist, every writer holds the run lock, a refused command leaves the folder as it found it,
+malformed state is named by file and key, and a lost pending query file is rebuilt.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from alr_monai import runlock
+from alr_monai.relabel.state import AuditTrail, RoundState, apply_answers_file, open_state, start_round
+from alr_monai.utils import UnsafePathError, append_bytes, atomic_write_bytes, atomic_write_csv, atomic_write_json
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+CLASSES = ["normal", "abnormal"]
+IDS = [f"s{i}" for i in range(6)]
+
+
+def _alr(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "alr_monai.cli", *args], capture_output=True, text=True, env=env or ENV, timeout=300
+    )
+
+
+def _pending_round(run_dir: Path) -> Path:
+    """A run folder whose relabel round 1 is pending, and a filled answers file beside it."""
+    relabel = run_dir / "relabel"
+    open_state(relabel / "state.json", IDS, [0] * len(IDS), [False] * len(IDS), CLASSES)
+    rows = [{"id": i, "given_label": 0, "predicted_label": 1, "predicted_probability": 0.9, "score": 1.0} for i in IDS]
+    start_round(relabel / "state.json", relabel / "queries" / "round_1.csv", 1, rows)
+    answers = run_dir.parent / "answers.csv"
+    with open(answers, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "expert_label"])
+        writer.writerows([[i, "abnormal"] for i in IDS])
+    return answers
+
+
+def _snapshot(folder: Path) -> dict[str, bytes | str]:
+    """Every entry below ``folder``: file bytes, or where a link points."""
+    found: dict[str, bytes | str] = {}
+    for path in sorted(folder.rglob("*")):
+        key = str(path.relative_to(folder))
+        if path.is_symlink():
+            found[key] = f"-> {os.readlink(path)}"
+        elif path.is_file():
+            found[key] = path.read_bytes()
+        else:
+            found[key] = "dir"
+    return found
+
+
+# ------------------------------------------------------------------------------------------------ symlinks
+def test_atomic_write_refuses_a_symlink_and_leaves_its_target(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    link = tmp_path / "run" / "selection.csv"
+    link.parent.mkdir()
+    link.symlink_to(victim)
+    for write in (
+        lambda: atomic_write_bytes(link, b"x"),
+        lambda: atomic_write_json(link, {"a": 1}),
+        lambda: atomic_write_csv(link, [{"id": "a"}], ["id"]),
+    ):
+        with pytest.raises(UnsafePathError, match=str(link)):
+            write()
+    assert victim.read_text() == "precious" and link.is_symlink()
+    assert sorted(p.name for p in link.parent.iterdir()) == ["selection.csv"], "no temporary file left"
+
+
+def test_append_refuses_a_symlink_even_a_dangling_one(tmp_path):
+    victim = tmp_path / "victim.csv"
+    victim.write_text("a\n")
+    link = tmp_path / "audit.csv"
+    link.symlink_to(victim)
+    with pytest.raises(UnsafePathError, match="symbolic link"):
+        append_bytes(link, b"b\n")
+    assert victim.read_text() == "a\n"
+    dangling = tmp_path / "new.csv"
+    dangling.symlink_to(tmp_path / "elsewhere.csv")
+    with pytest.raises(UnsafePathError):
+        append_bytes(dangling, b"b\n")
+    assert not (tmp_path / "elsewhere.csv").exists()
+
+
+def test_the_lock_file_as_a_symlink_is_refused_not_truncated(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / runlock.LOCK_NAME).symlink_to(victim)
+    with pytest.raises(UnsafePathError, match=runlock.LOCK_NAME):
+        runlock.acquire(run_dir, "answer")
+    assert victim.read_text() == "precious" and not runlock.is_held(run_dir)
+
+
+def test_an_audit_trail_linked_elsewhere_gets_no_rows(tmp_path):
+    run_dir = tmp_path / "run"
+    answers = _pending_round(run_dir)
+    victim = tmp_path / "victim.csv"
+    header = "id,old_label,new_label,action,round,source,reader,comment,time\n"
+    victim.write_text(header + "x,y")  # a torn tail, which the append would have truncated
+    relabel = run_dir / "relabel"
+    (relabel / "audit.csv").symlink_to(victim)
+    with pytest.raises(ValueError, match="audit.csv is a symbolic link"):
+        apply_answers_file(relabel / "state.json", relabel / "audit.csv", relabel / "labels_cleaned.csv", answers)
+    assert victim.read_text() == header + "x,y"
+    assert RoundState.load(relabel / "state.json").pending_round == 1
+    with pytest.raises(UnsafePathError):
+        AuditTrail(relabel / "audit.csv").append([])
+
+
+def test_alr_answer_with_a_linked_lock_file_refuses_with_the_path(tmp_path):
+    run_dir = tmp_path / "run"
+    answers = _pending_round(run_dir)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (run_dir / runlock.LOCK_NAME).unlink(missing_ok=True)
+    (run_dir / runlock.LOCK_NAME).symlink_to(victim)
+    refused = _alr("answer", str(answers), "--run_dir", str(run_dir))
+    assert refused.returncode == 2, refused.stderr
+    assert "symbolic link" in refused.stderr and str(run_dir / runlock.LOCK_NAME) in refused.stderr
+    assert victim.read_text() == "precious"
+
+
+# ------------------------------------------------------------------------------------------------ file modes
+def test_files_with_ids_are_private_whatever_the_umask(tmp_path):
+    run_dir = tmp_path / "run"
+    old = os.umask(0o022)
+    try:
+        answers = _pending_round(run_dir)
+        relabel = run_dir / "relabel"
+        apply_answers_file(relabel / "state.json", relabel / "audit.csv", relabel / "labels_cleaned.csv", answers)
+        public = atomic_write_json(tmp_path / "metrics.json", {"a": 1})
+    finally:
+        os.umask(old)
+    for name in ["state.json", "audit.csv", "labels_cleaned.csv", "queries/round_1.csv", "answers/round_1.csv"]:
+        assert (relabel / name).stat().st_mode & 0o777 == 0o600, name
+    assert public.stat().st_mode & 0o777 == 0o644  # no ids: the umask decides, as for any file
+
+
+def test_the_private_mode_is_configurable_and_checked(tmp_path, monkeypatch):
+    monkeypatch.setenv("ALR_PRIVATE_FILE_MODE", "640")
+    assert atomic_write_csv(tmp_path / "a.csv", [{"id": "x"}], ["id"]).stat().st_mode & 0o777 == 0o640
+    assert append_bytes(tmp_path / "b.csv", b"x\n", private=True).stat().st_mode & 0o777 == 0o640
+    monkeypatch.setenv("ALR_PRIVATE_FILE_MODE", "rw-r--r--")
+    with pytest.raises(ValueError, match="ALR_PRIVATE_FILE_MODE"):
+        atomic_write_csv(tmp_path / "c.csv", [{"id": "x"}], ["id"])
+    assert not (tmp_path / "c.csv").exists()
