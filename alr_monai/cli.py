@@ -92,10 +92,13 @@ def train(
     if manifest:
         overrides["manifest_path"] = str(Path(manifest).resolve())
     from alr_monai.distributed import is_main_process
+    from alr_monai.relabel.state import refuse_phase1_rerun
     from alr_monai.report import write_report
     from alr_monai.runlock import run_lock
 
+    refuse_phase1_rerun(run_dir)  # phase 1 is frozen once relabel rounds exist: refused before anything is written
     with run_lock(run_dir, "train"):  # before run_config.json: a second process must change nothing
+        refuse_phase1_rerun(run_dir)  # again under the lock: a relabel command may have just finished
         if is_main_process():
             # the files of one process: a later `alr relabel` chooses its own number of processes
             save_run_config(run_dir, config_files=files, overrides=overrides)

@@ -156,3 +156,54 @@ def test_the_private_mode_is_configurable_and_checked(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="ALR_PRIVATE_FILE_MODE"):
         atomic_write_csv(tmp_path / "c.csv", [{"id": "x"}], ["id"])
     assert not (tmp_path / "c.csv").exists()
+
+
+# ------------------------------------------------------------------------------------------------ phase 1 frozen
+def _alr_in_process(argv: list[str], capsys) -> tuple[int, str, str]:
+    from alr_monai import cli
+
+    code = 0
+    try:
+        cli.main(argv)
+    except SystemExit as exit_:
+        code = 0 if exit_.code is None else exit_.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("what", ["applied", "pending", "state only"])
+def test_train_on_a_run_with_relabel_rounds_is_refused_and_writes_nothing(what, pending_run, capsys, monkeypatch):
+    from alr_monai import cli
+
+    monkeypatch.setattr(cli, "run_workflow", lambda *a, **k: pytest.fail("phase 1 ran again"))
+    relabel = pending_run / "relabel"
+    if what == "applied":
+        answers = relabel.parent / "filled.csv"
+        answers.write_text("id,expert_label\ns3,abnormal\ns4,normal\ns5,normal\ns6,normal\n")
+        assert _alr_in_process(["answer", str(answers), "--run_dir", str(pending_run)], capsys)[0] == 0
+    elif what == "state only":  # a relabel command stopped before its first query was written
+        for path in sorted(relabel.rglob("*.csv")):
+            path.unlink()
+    before = _snapshot(pending_run)
+    code, out, err = _alr_in_process(["train", "--output_dir", str(pending_run), "--max_epochs", "10"], capsys)
+    assert code == 2, err
+    assert f"phase 1 of run folder {pending_run} is frozen" in err and "alr train --output_dir <new folder>" in err
+    assert _snapshot(pending_run) == before, "nothing was written"
+
+
+def test_the_bundle_refuses_phase_1_on_a_run_with_rounds_before_taking_the_lock(pending_run):
+    from monai.bundle import ConfigWorkflow
+
+    from alr_monai.relabel.state import Phase1FrozenError
+
+    before = _snapshot(pending_run)
+    workflow = ConfigWorkflow(
+        config_file=str(REPO / "bundles" / "alr_bloodmnist" / "configs" / "train.json"),
+        workflow_type="train",
+        logging_file=False,
+        output_dir=str(pending_run),
+    )
+    with pytest.raises(RuntimeError) as info:
+        workflow.initialize()
+    assert isinstance(info.value.__cause__, Phase1FrozenError)
+    assert _snapshot(pending_run) == before and not runlock.is_held(pending_run)

@@ -62,12 +62,14 @@ __all__ = [
     "SOURCES",
     "STATE_FORMAT_VERSION",
     "AuditTrail",
+    "Phase1FrozenError",
     "RoundError",
     "RoundState",
     "StateMissingError",
     "apply_answers_file",
     "apply_round",
     "open_state",
+    "refuse_phase1_rerun",
     "relabel_outputs",
     "start_round",
 ]
@@ -712,3 +714,29 @@ def open_state(
         if not state_path.exists() and not relabel_outputs(state_path.parent):
             RoundState.initial(ids, given_labels, trusted, class_names).save(state_path)
         return RoundState.load(state_path)
+
+
+class Phase1FrozenError(RoundError):
+    """Phase 1 of a run cannot be trained again once relabel rounds exist on top of it."""
+
+
+def refuse_phase1_rerun(run_dir: str | Path) -> None:
+    """Raise if ``run_dir`` holds relabel rounds (a state file or round outputs): their queries, answers and audit
+    rest on phase 1's selection.csv and model, so retraining phase 1 there would change them silently.
+
+    Call it before anything is written (the bundle's train.json calls it first in ``initialize``).
+
+    Raises:
+        Phase1FrozenError: the message names the run folder, what was found, and how to start a new run.
+    """
+    relabel_dir = Path(run_dir) / "relabel"
+    found = (["state.json"] if (relabel_dir / "state.json").exists() else []) + relabel_outputs(relabel_dir)
+    if not found:
+        return
+    raise Phase1FrozenError(
+        f"phase 1 of run folder {run_dir} is frozen: relabel rounds exist there ({relabel_dir}: "
+        f"{', '.join(found[:4])}{', ...' if len(found) > 4 else ''}), and training phase 1 again would change "
+        "selection.csv and the model under the rounds already asked and answered. Nothing was written. To train "
+        "phase 1 with other settings, start a new run: alr train --output_dir <new folder> ...; to go on with "
+        f"the rounds, run: alr query --run_dir {run_dir}"
+    )
