@@ -207,3 +207,37 @@ def test_the_bundle_refuses_phase_1_on_a_run_with_rounds_before_taking_the_lock(
         workflow.initialize()
     assert isinstance(info.value.__cause__, Phase1FrozenError)
     assert _snapshot(pending_run) == before and not runlock.is_held(pending_run)
+
+
+# ------------------------------------------------------------------------------------------------ malformed state
+@pytest.mark.parametrize(
+    "key, value, words",
+    [
+        ("round", "abc", "key 'round' must be a non-negative integer, got 'abc'"),
+        ("pending_round", "1", "key 'pending_round' must be a positive integer or null, got '1'"),
+        ("queried", {"1": "s3"}, "key 'queried' must map round numbers to lists of ids"),
+        ("current_labels", [0, 1, "2"], "key 'current_labels' must be a list of integers"),
+        ("trusted", 1, "key 'trusted' must be a list of true/false, got 1"),
+    ],
+)
+def test_a_malformed_state_is_named_by_file_and_key_in_status_and_recover(key, value, words, pending_run, capsys):
+    import json
+
+    state_path = pending_run / "relabel" / "state.json"
+    data = json.loads(state_path.read_text())
+    data[key] = value
+    state_path.write_text(json.dumps(data))
+    code, _, err = _alr_in_process(["status", "--run_dir", str(pending_run)], capsys)
+    assert code == 2 and f"relabel state file {state_path} is corrupt: {words}" in err, err
+    assert "alr recover" in err and "unexpected" not in err
+    with pytest.raises(ValueError, match=f"{state_path} is corrupt: {words}"):  # what the driver of `alr query` loads
+        open_state(state_path, ["s0"], [0], [False], CLASSES)
+    # phase 1's files as conftest's pending_run describes them (given labels, s0-s2 trusted)
+    given = [0, 1, 2, 0, 1, 2, 0, 1, 2, 0]
+    lines = ["id,given_label,trusted"] + [f"s{i},{label},{int(i < 3)}" for i, label in enumerate(given)]
+    (pending_run / "selection.csv").write_text("\n".join(lines) + "\n")
+    (pending_run / "classes.json").write_text(json.dumps({"class_names": ["normal", "abnormal", "unclear"]}))
+    code, out, err = _alr_in_process(["recover", "--run_dir", str(pending_run)], capsys)  # rebuilds from the files
+    assert code == 0, err
+    assert RoundState.load(state_path).pending_round == 1
+    assert (state_path.parent / "state.json.unreadable").is_file()

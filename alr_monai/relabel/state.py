@@ -460,9 +460,52 @@ class RoundState:
             raise StateMissingError(
                 f"relabel state file {path} is corrupt (missing {missing}). {_recovery_hint(path)}."
             )
+        for name in names:
+            problem = _field_problem(name, data[name])
+            if problem:  # named by file and key, before any arithmetic on a wrong type fails without context
+                shown = repr(data[name])
+                shown = shown if len(shown) <= 60 else shown[:57] + "..."
+                raise StateMissingError(
+                    f"relabel state file {path} is corrupt: key {name!r} {problem}, got {shown}. {_recovery_hint(path)}."
+                )
         state = cls(**{name: data[name] for name in names})
         state._validate(f"relabel state file {path} is inconsistent")
         return state
+
+
+def _is_int(value: Any) -> bool:
+    return type(value) is int  # bool is an int subclass, and not a count
+
+
+def _is_id_lists(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, list) and all(isinstance(i, str) for i in v) for k, v in value.items()
+    )
+
+
+# What each key of state.json must hold (its meaning is in RoundState's docstring); rng_state is opaque.
+_FIELD_CHECKS: dict[str, tuple[str, Any]] = {
+    "ids": ("must be a list of strings", lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v)),
+    "given_labels": ("must be a list of integers", lambda v: isinstance(v, list) and all(_is_int(i) for i in v)),
+    "current_labels": ("must be a list of integers", lambda v: isinstance(v, list) and all(_is_int(i) for i in v)),
+    "trusted": ("must be a list of true/false", lambda v: isinstance(v, list) and all(type(i) is bool for i in v)),
+    "source": ("must be a list of strings", lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v)),
+    "class_names": ("must be a list of strings", lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v)),
+    "round": ("must be a non-negative integer", lambda v: _is_int(v) and v >= 0),
+    "pending_round": ("must be a positive integer or null", lambda v: v is None or (_is_int(v) and v > 0)),
+    "queried": ("must map round numbers to lists of ids", _is_id_lists),
+    "budget_spent": ("must be a non-negative integer", lambda v: _is_int(v) and v >= 0),
+    "skipped": ("must map round numbers to lists of ids", _is_id_lists),
+    "history": ("must be a list of objects", lambda v: isinstance(v, list) and all(isinstance(i, dict) for i in v)),
+    "baseline_metrics": ("must be an object", lambda v: isinstance(v, dict)),
+    "pool_scope": (f"must be one of {POOL_SCOPES}", lambda v: v in POOL_SCOPES),
+}
+
+
+def _field_problem(name: str, value: Any) -> str | None:
+    """What is wrong with ``value`` as state.json's ``name`` (None if nothing, or if the key is opaque)."""
+    check = _FIELD_CHECKS.get(name)
+    return None if check is None or check[1](value) else check[0]
 
 
 class AuditTrail:
