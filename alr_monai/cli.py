@@ -79,6 +79,7 @@ def train(
         **overrides: bundle keys, e.g. max_epochs=5 or "vog#mix_ratio"=0.1.
     """
     check_overrides(overrides, ("train", "manifest") if manifest else ("train",), "train", strict=False)
+    check_device(overrides.get("device"))
     if _launch_processes(nproc, overrides.get("device")):
         return
     if manifest and not Path(manifest).is_file():
@@ -94,16 +95,24 @@ def train(
     from alr_monai.distributed import is_main_process
     from alr_monai.relabel.state import refuse_phase1_rerun
     from alr_monai.report import write_report
+    from alr_monai.rollback import restore, snapshot
     from alr_monai.runlock import run_lock
 
     refuse_phase1_rerun(run_dir)  # phase 1 is frozen once relabel rounds exist: refused before anything is written
+    before = snapshot(run_dir) if is_main_process() else None
     with run_lock(run_dir, "train"):  # before run_config.json: a second process must change nothing
-        refuse_phase1_rerun(run_dir)  # again under the lock: a relabel command may have just finished
-        if is_main_process():
-            # the files of one process: a later `alr relabel` chooses its own number of processes
-            save_run_config(run_dir, config_files=files, overrides=overrides)
-        started = time.time()
-        run_workflow(with_multi_process_overlay(files), overrides)
+        try:
+            refuse_phase1_rerun(run_dir)  # again under the lock: a relabel command may have just finished
+            if is_main_process():
+                # the files of one process: a later `alr relabel` chooses its own number of processes
+                save_run_config(run_dir, config_files=files, overrides=overrides)
+            started = time.time()
+            run_workflow(with_multi_process_overlay(files), overrides)
+        except Exception as error:
+            # a setting the bundle refused during setup: leave the folder as it was (nothing once an epoch is saved)
+            if before is not None and isinstance(unwrap(error), _user_errors()):
+                restore(before)
+            raise
         if is_main_process():
             print(f"phase 1 finished in {time.time() - started:.0f} s; outputs in {run_dir}", flush=True)
             print(write_report(run_dir).read_text(), flush=True)
@@ -123,9 +132,33 @@ def relabel(run_dir: str = "runs/alr", mode: str = "simulation", nproc: int = 1,
         nproc: processes to recalibrate with (torchrun; rank 0 alone queries and applies the answers).
         **overrides: e.g. "relabel#acquisition"="margin", "relabel#round_budget"=50, "relabel#num_rounds"=3.
     """
+    check_device(_run_device(run_dir, overrides))
     if _launch_processes(nproc, _run_device(run_dir, overrides)):
         return
     _relabel(run_dir, mode, overrides, "relabel")
+
+
+def check_device(device: Any) -> None:
+    """Refuse a ``--device`` this machine does not have, before anything is written.
+
+    Raises:
+        UsageError: not a device name, or a CUDA device on a machine without CUDA or with fewer GPUs.
+    """
+    if device is None or (isinstance(device, str) and device.startswith("$")):  # an expression: the bundle's
+        return
+    import torch
+
+    try:
+        parsed = torch.device(str(device))
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {device!r} is not a device; give cpu, cuda or cuda:<index>") from None
+    if parsed.type != "cuda":
+        return
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise UsageError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    if parsed.index is not None and parsed.index >= count:
+        raise UsageError(f"--device {device}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
 
 
 def _run_device(run_dir: str, overrides: dict[str, Any]) -> str | None:
@@ -155,6 +188,7 @@ def _relabel(run_dir: str, mode: str, overrides: dict[str, Any], command: str) -
     if mode not in MODES:
         raise UsageError(f"--mode {mode!r} is not accepted; choose one of: {', '.join(MODES)}")
     check_overrides(overrides, ("relabel",), command, strict=False)
+    check_device(_run_device(run_dir, overrides))
     run_path = Path(run_dir)
     from alr_monai.runlock import run_lock
 

@@ -241,3 +241,60 @@ def test_a_malformed_state_is_named_by_file_and_key_in_status_and_recover(key, v
     assert code == 0, err
     assert RoundState.load(state_path).pending_round == 1
     assert (state_path.parent / "state.json.unreadable").is_file()
+
+
+# ------------------------------------------------------------------------------------------------ refusals write nothing
+def test_a_device_this_machine_lacks_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    from alr_monai import cli
+
+    monkeypatch.setattr(cli, "run_workflow", lambda *a, **k: pytest.fail("the workflow ran"))
+    run_dir = tmp_path / "run"
+    code, _, err = _alr_in_process(["train", "--output_dir", str(run_dir), "--device", "cuda:99"], capsys)
+    assert code == 2 and "--device cuda:99" in err and "AssertionError" not in err, err
+    assert not run_dir.exists()
+    code, _, err = _alr_in_process(["train", "--output_dir", str(run_dir), "--device", "gpu7"], capsys)
+    assert code == 2 and "is not a device" in err and not run_dir.exists(), err
+
+
+def _manifest(folder: Path, imagefile_png, manifest_write_csv) -> Path:
+    rows = []
+    for i in range(6):
+        imagefile_png(folder / f"img{i}.png", (i * 40 + 10) * __import__("numpy").ones((12, 10)))
+        rows.append({"id": f"img{i}", "image": f"img{i}.png", "label": "ab" if i % 2 else "no"})
+    return manifest_write_csv(folder / "manifest.csv", rows)
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--image_size", "[16]"], "give --image_size 2 entries"),
+        (["--intensity", '{"window": [40, -5]}'], "width > 0"),
+        (["--dataset_dir", "MISSING"], "MedMNIST file not found"),
+    ],
+    ids=["image_size", "negative_window", "missing_dataset"],
+)
+@pytest.mark.parametrize("fresh", [True, False], ids=["new_folder", "existing_run"])
+def test_a_setting_refused_inside_the_bundle_leaves_the_folder_as_it_was(
+    extra, words, fresh, tmp_path, capsys, imagefile_png, manifest_write_csv
+):
+    argv = ["train", "--max_epochs", "1"]
+    if "--dataset_dir" in extra:
+        extra = ["--dataset_dir", str(tmp_path / "no_such_folder")]
+    else:
+        argv += ["--manifest", str(_manifest(tmp_path / "data", imagefile_png, manifest_write_csv))]
+    run_dir = tmp_path / "run"
+    if not fresh:  # a run folder another command left: its files keep their bytes, the lock its inode
+        run_dir.mkdir()
+        (run_dir / "run_config.json").write_text('{"config_files": [], "overrides": {}}\n')
+        (run_dir / "classes.json").write_text('{"class_names": ["x", "y"]}\n')
+        (run_dir / runlock.LOCK_NAME).write_text('{"pid": 1}\n')
+    before = _snapshot(run_dir) if not fresh else None
+    lock_inode = None if fresh else (run_dir / runlock.LOCK_NAME).stat().st_ino
+    code, _, err = _alr_in_process([*argv, "--output_dir", str(run_dir), *extra], capsys)
+    assert code == 2 and words in err, err
+    if fresh:
+        assert not run_dir.exists(), sorted(p.name for p in run_dir.iterdir())
+    else:
+        assert _snapshot(run_dir) == before
+        assert (run_dir / runlock.LOCK_NAME).stat().st_ino == lock_inode
+    runlock.release(run_dir)  # the bundle's own acquire, whose finalize never ran in this process
