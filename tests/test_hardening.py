@@ -298,3 +298,44 @@ def test_a_setting_refused_inside_the_bundle_leaves_the_folder_as_it_was(
         assert _snapshot(run_dir) == before
         assert (run_dir / runlock.LOCK_NAME).stat().st_ino == lock_inode
     runlock.release(run_dir)  # the bundle's own acquire, whose finalize never ran in this process
+
+
+# ------------------------------------------------------------------------------------------------ writers under the lock
+HOLDER = (
+    "import sys, alr_monai.runlock as r; r.acquire(sys.argv[1], 'train'); print('held', flush=True); sys.stdin.read()"
+)
+
+
+@pytest.mark.parametrize("command", ["answer --reader", "issues", "report"])
+def test_every_writer_is_refused_while_another_command_holds_the_lock(command, pending_run, capsys):
+    import json
+
+    relabel = pending_run / "relabel"
+    (relabel / "readers.json").write_text(json.dumps({"readers": 2, "consensus": "majority"}))
+    answers = pending_run.parent / "lee.csv"
+    answers.write_text("id,expert_label\ns3,abnormal\ns4,normal\ns5,normal\ns6,normal\n")
+    argv = {
+        "answer --reader": ["answer", str(answers), "--run_dir", str(pending_run), "--reader", "lee"],
+        "issues": ["issues", "--run_dir", str(pending_run)],
+        "report": ["report", "--run_dir", str(pending_run)],
+    }[command]
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(pending_run)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = _snapshot(pending_run)
+        code, _, err = _alr_in_process(argv, capsys)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    assert code == 2 and f"is in use by process {holder.pid}" in err, err
+    assert _snapshot(pending_run) == before
+    if command == "answer --reader":  # with the lock free, the reader's file is kept
+        code, out, err = _alr_in_process(argv, capsys)
+        assert code == 0 and "kept lee's answers" in out, err
+        assert (relabel / "answers" / "round_1" / "lee.csv").is_file()

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alr_monai.relabel.expert import EXCLUDE, Answer, read_answers
+from alr_monai.runlock import run_lock
 from alr_monai.utils import atomic_write_bytes, atomic_write_json
 
 __all__ = [
@@ -169,6 +170,29 @@ def _vote_text(vote: int | str | None, class_names: Sequence[str]) -> str:
 
 
 def submit_reader_answers(
+    relabel_dir: str | Path,
+    round_index: int,
+    queried_ids: Sequence[str],
+    known_ids: Sequence[str],
+    class_names: Sequence[str],
+    answers_file: str | Path,
+    reader: str,
+    settings: ReaderSettings,
+    allow_empty: bool = False,
+) -> dict:
+    """Keep one reader's answers for a round and, once every reader is in, decide the round, holding the run
+    folder's lock (another alr command writing the run refuses this one; see :func:`_submit_reader_answers`).
+
+    Raises:
+        RunLockedError: another process holds the run folder's lock.
+    """
+    with run_lock(Path(relabel_dir).resolve().parent, "answer", create=False):
+        return _submit_reader_answers(
+            relabel_dir, round_index, queried_ids, known_ids, class_names, answers_file, reader, settings, allow_empty
+        )
+
+
+def _submit_reader_answers(
     relabel_dir: str | Path,
     round_index: int,
     queried_ids: Sequence[str],
