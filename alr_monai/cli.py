@@ -434,6 +434,8 @@ def status(run_dir: str = "runs/alr"):
         query_file = Path(run_dir) / "relabel" / "queries" / f"round_{pending}.csv"
         answers_file = Path(run_dir) / "relabel" / "answers" / f"round_{pending}.csv"
         print(f"waiting: round {pending} query {query_file} ({len(state.pending_ids())} samples)")
+        if not query_file.is_file():
+            print(f"  {query_file} is missing: run `alr query --run_dir {run_dir}` to write it again (same samples)")
         page = query_file.with_suffix(".html")
         if page.is_file():
             print(f"  open {page} in a web browser, answer, save, then: alr answer <saved file> --run_dir {run_dir}")

@@ -485,3 +485,20 @@ def test_rounds_write_tensorboard_with_labels_spent_as_the_step(simulated_run):
     assert {"recalibration/loss", "recalibration/loss_peer0", "recalibration/learning_rate"} <= set(tags["scalars"])
     assert [e.step for e in events.Scalars("recalibration/loss")] == [1, 2]  # one per recalibration epoch
     assert {tag.split("/")[0] for tag in tags["scalars"]} <= {"relabel", "recalibration"}
+
+
+def test_a_deleted_pending_query_file_is_rebuilt_with_the_same_content(phase1_run, tmp_path, capsys):
+    """Issue 24, item 13: `alr status` says the file is missing and how to get it back; `alr query` writes it again,
+    byte for byte (the same model and seed rank the pool the same way), and the round goes on."""
+    run_dir = copy_run(phase1_run, tmp_path)
+    query_path = run_dir / "relabel" / "queries" / "round_1.csv"
+    cli.main(["query", "--run_dir", str(run_dir), *ROUNDS_ARGV])
+    original = query_path.read_bytes()
+    query_path.unlink()
+    capsys.readouterr()
+    cli.main(["status", "--run_dir", str(run_dir)])
+    assert f"{query_path} is missing: run `alr query --run_dir {run_dir}`" in capsys.readouterr().out
+    cli.main(["query", "--run_dir", str(run_dir), *ROUNDS_ARGV])
+    assert query_path.read_bytes() == original
+    assert load_state(run_dir).pending_round == 1
+    assert "is missing" not in capsys.readouterr().out
