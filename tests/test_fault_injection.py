@@ -228,9 +228,11 @@ def _audit_without_time(path: Path) -> list[dict]:
 def _same_tensors(left, right) -> bool:
     if isinstance(left, torch.Tensor):
         return isinstance(right, torch.Tensor) and torch.equal(left.nan_to_num(-7.0), right.nan_to_num(-7.0))
-    if isinstance(left, dict):
+    if isinstance(left, dict):  # in the same key order: the checkpoints' metrics history is compared here too
         return (
-            isinstance(right, dict) and set(left) == set(right) and all(_same_tensors(left[k], right[k]) for k in left)
+            isinstance(right, dict)
+            and list(left) == list(right)
+            and all(_same_tensors(left[k], right[k]) for k in left)
         )
     if isinstance(left, (list, tuple)):
         return len(left) == len(right) and all(_same_tensors(a, b) for a, b in zip(left, right, strict=True))
@@ -249,10 +251,9 @@ def differences(reference: Path, resumed: Path, files: list[str]) -> list[str]:
                 problems.append(name)
         elif name.endswith(".json"):
             left, right = _json_without_wall_clock(expected, reference), _json_without_wall_clock(got, resumed)
-            if left != right:
-                problems.append(
-                    f"{name} (keys {sorted(k for k in left.keys() | right.keys() if left.get(k) != right.get(k))})"
-                )
+            if json.dumps(left) != json.dumps(right):  # key order too (metrics.json once moved vog_mean on resume)
+                differing = sorted(k for k in left.keys() | right.keys() if left.get(k) != right.get(k))
+                problems.append(f"{name} (keys {differing})" if differing else f"{name} (same values, other key order)")
         elif name.endswith(".pt"):
             if not _same_tensors(torch.load(expected, weights_only=True), torch.load(got, weights_only=True)):
                 problems.append(name)

@@ -339,3 +339,25 @@ def test_every_writer_is_refused_while_another_command_holds_the_lock(command, p
         code, out, err = _alr_in_process(argv, capsys)
         assert code == 0 and "kept lee's answers" in out, err
         assert (relabel / "answers" / "round_1" / "lee.csv").is_file()
+
+
+# ------------------------------------------------------------------------------------------------ manifest build
+def test_manifest_build_refuses_links_out_of_the_root_and_writes_nothing(tmp_path, imagefile_png):
+    from alr_monai.data.manifest import build_manifest_from_folder
+
+    root = tmp_path / "root"
+    image = __import__("numpy").zeros((8, 8))
+    imagefile_png(root / "a" / "x.png", image)
+    imagefile_png(root / "b" / "y.png", image)
+    secret = imagefile_png(tmp_path / "elsewhere" / "patient.png", image)
+    (root / "b" / "inside.png").symlink_to(root / "a" / "x.png")  # a link inside the root is fine
+    out = build_manifest_from_folder(root, tmp_path / "ok.csv")
+    assert "b/inside" in out.read_text()
+    (root / "b" / "leak.png").symlink_to(secret)
+    with pytest.raises(ValueError, match=r"1 symbolic link\(s\) under .* point outside it .*leak\.png"):
+        build_manifest_from_folder(root, tmp_path / "m.csv")
+    (root / "b" / "leak.png").unlink()
+    (root / "c").symlink_to(secret.parent, target_is_directory=True)  # a class folder linked elsewhere
+    with pytest.raises(ValueError, match="point outside it"):
+        build_manifest_from_folder(root, tmp_path / "m.csv")
+    assert not (tmp_path / "m.csv").exists()

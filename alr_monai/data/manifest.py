@@ -438,8 +438,9 @@ def build_manifest_from_folder(
         The path of the written manifest.
 
     Raises:
-        ValueError: ``root`` is not a folder, has no class folders, holds no matching images, or two files would
-            get the same id (e.g. ``a/x.png`` and ``a/x.dcm``).
+        ValueError: ``root`` is not a folder, has no class folders, holds no matching images, two files would
+            get the same id (e.g. ``a/x.png`` and ``a/x.dcm``), or a class folder or image is a symbolic link to
+            a place outside ``root`` (links are not followed out of the dataset; links inside it are fine).
     """
     root_path = Path(root).expanduser().absolute()
     out_path = Path(out).expanduser().absolute()
@@ -450,10 +451,17 @@ def build_manifest_from_folder(
     if not class_dirs:
         raise ValueError(f"no class folders under {root_path}: expected ROOT/<class>/<image files>")
 
+    real_root = root_path.resolve()
+    outside = [p for p in class_dirs if not p.resolve().is_relative_to(real_root)]
     rows: list[dict[str, str]] = []
     id_source: dict[str, Path] = {}
     for class_dir in class_dirs:
+        if class_dir in outside:
+            continue
         for file_path in _find_images(class_dir, wanted):
+            if not file_path.resolve().is_relative_to(real_root):
+                outside.append(file_path)
+                continue
             relative = file_path.relative_to(root_path)
             ext = image_extension(file_path, wanted)
             assert ext is not None  # _find_images only yields matching files
@@ -469,6 +477,12 @@ def build_manifest_from_folder(
                     "patient_id": _dicom_patient_id(file_path) if IMAGE_EXTENSIONS.get(ext) == "dicom" else "",
                 }
             )
+    if outside:
+        shown = "; ".join(f"{p} -> {p.resolve()}" for p in outside[:5]) + ("; ..." if len(outside) > 5 else "")
+        raise ValueError(
+            f"{len(outside)} symbolic link(s) under {root_path} point outside it ({shown}); manifest build does not "
+            "follow links out of the dataset root: copy those files into it, or build from a folder that holds them"
+        )
     if not rows:
         raise ValueError(f"no image files with extensions {sorted(wanted)} in the class folders under {root_path}")
 
