@@ -361,3 +361,45 @@ def test_manifest_build_refuses_links_out_of_the_root_and_writes_nothing(tmp_pat
     with pytest.raises(ValueError, match="point outside it"):
         build_manifest_from_folder(root, tmp_path / "m.csv")
     assert not (tmp_path / "m.csv").exists()
+
+
+# ------------------------------------------------------------------------------------------------ byte-identical resume
+def _metrics_run(folder: Path, resume_from: dict | None = None) -> tuple[str, dict]:
+    """Two epochs where a VoG-like metric appears from epoch 2 on and is set before the others (as VoG's commit
+    is); ``resume_from`` is the writer's state after epoch 1 of another run (a resume from its checkpoint)."""
+    from ignite.engine import Engine, Events
+
+    from alr_monai.handlers import MetricsJSONWriter
+
+    engine = Engine(lambda engine, batch: None)
+
+    @engine.on(Events.EPOCH_COMPLETED)
+    def _vog(engine):
+        if engine.state.epoch >= 2:
+            engine.state.metrics["vog_mean"] = 0.5
+
+    @engine.on(Events.EPOCH_COMPLETED)
+    def _loss(engine):
+        engine.state.metrics["loss"] = 1.0 / engine.state.epoch
+
+    writer = MetricsJSONWriter(folder)
+    writer.attach(engine)
+    if resume_from is None:
+        engine.run([0, 1], max_epochs=2)
+    else:
+        writer.load_state_dict(resume_from)
+        engine.load_state_dict({"epoch": 1, "epoch_length": 2, "max_epochs": 2})
+        engine.run([0, 1])
+    return (folder / "metrics.json").read_text(), writer.state_dict()
+
+
+def test_a_resumed_run_writes_metrics_in_the_uninterrupted_key_order(tmp_path):
+    from alr_monai.handlers import MetricsJSONWriter
+
+    uninterrupted, state = _metrics_run(tmp_path / "a")
+    first = MetricsJSONWriter(tmp_path / "b")  # the state the epoch-1 checkpoint held
+    first.load_state_dict({"history": [h for h in state["history"] if h["epoch"] == 1]})
+    resumed, resumed_state = _metrics_run(tmp_path / "b", first.state_dict())
+    assert '"loss": 0.5,\n        "vog_mean": 0.5' in uninterrupted
+    assert resumed == uninterrupted  # text, so key order counts
+    assert [list(h["train"]) for h in resumed_state["history"]] == [list(h["train"]) for h in state["history"]]
