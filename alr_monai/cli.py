@@ -95,12 +95,13 @@ def train(
     from alr_monai.distributed import is_main_process
     from alr_monai.relabel.state import refuse_phase1_rerun
     from alr_monai.report import write_report
-    from alr_monai.rollback import restore, snapshot
+    from alr_monai.rollback import before_lock, restore, snapshot
     from alr_monai.runlock import run_lock
 
     refuse_phase1_rerun(run_dir)  # phase 1 is frozen once relabel rounds exist: refused before anything is written
-    before = snapshot(run_dir) if is_main_process() else None
+    found = before_lock(run_dir)
     with run_lock(run_dir, "train"):  # before run_config.json: a second process must change nothing
+        before = snapshot(run_dir, found) if is_main_process() else None
         try:
             refuse_phase1_rerun(run_dir)  # again under the lock: a relabel command may have just finished
             if is_main_process():
@@ -200,8 +201,19 @@ def _relabel(run_dir: str, mode: str, overrides: dict[str, Any], command: str) -
             f"in {run_dir} trained on given labels with no truth (a manifest run); "
             f"ask an expert instead: alr query --run_dir {shlex.quote(str(run_dir))}"
         )
+    from alr_monai.distributed import is_main_process
+    from alr_monai.rollback import before_lock, restore, snapshot
+
+    found = before_lock(run_path)
     with run_lock(run_path, "relabel", create=False):
-        _relabel_locked(run_path, run_dir, mode, overrides)
+        before = snapshot(run_path, found) if is_main_process() else None
+        try:
+            _relabel_locked(run_path, run_dir, mode, overrides)
+        except Exception as error:
+            # refused before any round's file or checkpoint was written: run_config.json and the state as they were
+            if before is not None and isinstance(unwrap(error), _user_errors()):
+                restore(before)
+            raise
 
 
 def _relabel_locked(run_path: Path, run_dir: str, mode: str, overrides: dict[str, Any]) -> None:

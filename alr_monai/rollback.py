@@ -1,12 +1,13 @@
 """Leave a run folder as it was found when a command is refused during its setup.
 
-``alr train`` checks what it can before it creates anything (arguments, keys, the device), but many settings are
-only checked where the bundle uses them: an ``image_size`` of the wrong length, a window of negative width, a
-missing data folder. By then the lock, ``run_config.json`` and the first outputs (``classes.json``,
-``noise.csv``, ``models/metadata.json``) may exist. :func:`snapshot` records the folder before the command,
-and :func:`restore` undoes the command's setup when it is refused before any training epoch was saved: files it
-created are removed, small files it rewrote get their old bytes back, folders it created are removed if empty.
-Once a checkpoint was written the run has started, and nothing is undone (rerunning resumes it).
+``alr train`` and ``alr relabel``/``query`` check what they can before they create anything (arguments, keys, the
+device), but many settings are only checked where the bundle uses them: an ``image_size`` of the wrong length, a
+window of negative width, a missing data folder, BALD without dropout. By then the lock, ``run_config.json`` and
+the first outputs (``classes.json``, ``noise.csv``, ``models/metadata.json``, ``relabel/state.json``) may exist.
+:func:`snapshot` records the folder before the command, and :func:`restore` undoes the command's setup when it is
+refused before it made progress: files it created are removed, small files it rewrote get their old bytes back,
+folders it created are removed if empty. Progress is a new checkpoint (phase 1 or phase 2), a new or changed query
+or answers file, or a changed audit trail: then the run has started, and nothing is undone (rerunning resumes it).
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from pathlib import Path
 from alr_monai.runlock import LOCK_NAME
 from alr_monai.utils import atomic_write_bytes
 
-__all__ = ["FolderSnapshot", "restore", "snapshot"]
+__all__ = ["FolderSnapshot", "before_lock", "restore", "snapshot"]
 
 # Files up to this size are kept in memory to be restored (run_config.json, classes.json, noise.csv, metadata).
 SMALL_FILE_LIMIT = 16 * 1024 * 1024
-# Folders whose files are kept to be restored: the run folder itself and models/ (model metadata).
-_RESTORED_FOLDERS = ("", "models")
+# Folders whose files are kept to be restored: the run folder itself, models/ (model metadata), relabel/ (state).
+_RESTORED_FOLDERS = ("", "models", "relabel")
+# What shows that a command made progress that must not be undone: checkpoints, rounds' files, the audit trail.
+_PROGRESS_GLOBS = ("checkpoints/*.pt", "relabel/checkpoints/*.pt", "relabel/queries/*", "relabel/answers/**/*")
 
 
 @dataclass
@@ -34,7 +37,7 @@ class FolderSnapshot:
     existed: bool
     entries: set[str] = field(default_factory=set)
     small: dict[str, tuple[bytes, int]] = field(default_factory=dict)
-    checkpoints: set[str] = field(default_factory=set)
+    progress: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 def _entries(root: Path) -> set[str]:
@@ -46,23 +49,55 @@ def _entries(root: Path) -> set[str]:
     return found
 
 
-def _checkpoints(root: Path) -> set[str]:
-    folder = root / "checkpoints"
-    return {p.name for p in folder.glob("*.pt")} if folder.is_dir() and not folder.is_symlink() else set()
+def _progress(root: Path) -> dict[str, tuple[int, int]]:
+    """Size and modification time of every file whose appearance or change means the run made progress."""
+    found = {}
+    paths = [p for pattern in _PROGRESS_GLOBS for p in root.glob(pattern)] + [root / "relabel" / "audit.csv"]
+    for path in paths:
+        if path.is_file():
+            info = path.lstat()
+            found[str(path.relative_to(root))] = (info.st_size, info.st_mtime_ns)
+    return found
 
 
-def snapshot(run_dir: str | Path) -> FolderSnapshot:
-    """Record ``run_dir`` before a command changes it (cheap: names, and the bytes of small top-level files)."""
+def before_lock(run_dir: str | Path) -> tuple[bool, bytes | None]:
+    """Whether ``run_dir`` exists, and its lock file's bytes (None: no lock file), read before the lock is taken:
+    taking it creates the folder and the file and rewrites the holder record, which :func:`snapshot` (taken under
+    the lock, so no other command changes the folder meanwhile) must not mistake for the folder as found."""
+    root = Path(run_dir)
+    lock = root / LOCK_NAME
+    try:
+        record = lock.read_bytes() if lock.is_file() and not lock.is_symlink() else None
+    except OSError:
+        record = None
+    return root.is_dir(), record
+
+
+def snapshot(run_dir: str | Path, before: tuple[bool, bytes | None] | None = None) -> FolderSnapshot:
+    """Record ``run_dir`` before a command changes it (cheap: names, and the bytes of small files).
+
+    Args:
+        run_dir: the run folder.
+        before: :func:`before_lock`'s answer when the snapshot is taken under the lock.
+    """
     root = Path(run_dir)
     if not root.is_dir():
         return FolderSnapshot(root, existed=False)
-    snap = FolderSnapshot(root, existed=True, entries=_entries(root), checkpoints=_checkpoints(root))
+    snap = FolderSnapshot(root, existed=True, entries=_entries(root), progress=_progress(root))
+    if before is not None:
+        snap.existed, record = before
+        if record is None:  # the lock file is this command's: removed on restore
+            snap.entries.discard(LOCK_NAME)
+        else:
+            snap.small[LOCK_NAME] = (record, 0o644)
     for sub in _RESTORED_FOLDERS:
         folder = root / sub
         if not folder.is_dir() or folder.is_symlink():
             continue
         for path in folder.iterdir():
             info = path.lstat()
+            if before is not None and sub == "" and path.name == LOCK_NAME:
+                continue
             if path.is_file() and not path.is_symlink() and info.st_size <= SMALL_FILE_LIMIT:
                 snap.small[str(path.relative_to(root))] = (path.read_bytes(), info.st_mode & 0o777)
     return snap
@@ -78,7 +113,7 @@ def _rewrite_in_place(path: Path, data: bytes) -> None:
 
 
 def restore(snap: FolderSnapshot) -> list[str]:
-    """Undo what was done to the folder since :func:`snapshot`, unless a new checkpoint shows training started.
+    """Undo what was done to the folder since :func:`snapshot`, unless the command made progress (see above).
 
     Call it while still holding the run lock, so no other alr command writes meanwhile.
 
@@ -86,7 +121,7 @@ def restore(snap: FolderSnapshot) -> list[str]:
         The relative paths removed or restored ([] when nothing was undone).
     """
     root = snap.root
-    if not root.is_dir() or _checkpoints(root) - snap.checkpoints:
+    if not root.is_dir() or _progress(root) != snap.progress:
         return []
     changed: list[str] = []
     created = sorted(_entries(root) - snap.entries, key=lambda name: name.count(os.sep), reverse=True)
