@@ -403,3 +403,13 @@ def test_a_resumed_run_writes_metrics_in_the_uninterrupted_key_order(tmp_path):
     assert '"loss": 0.5,\n        "vog_mean": 0.5' in uninterrupted
     assert resumed == uninterrupted  # text, so key order counts
     assert [list(h["train"]) for h in resumed_state["history"]] == [list(h["train"]) for h in state["history"]]
+
+
+def test_rounds_in_another_relabel_folder_freeze_phase_1_too(tmp_path):
+    from alr_monai.relabel.state import Phase1FrozenError, refuse_phase1_rerun
+
+    run_dir = tmp_path / "run"
+    refuse_phase1_rerun(run_dir)  # no folder yet: nothing to refuse
+    open_state(run_dir / "relabel_margin" / "state.json", IDS, [0] * len(IDS), [False] * len(IDS), CLASSES)
+    with pytest.raises(Phase1FrozenError, match="relabel_margin: state.json"):
+        refuse_phase1_rerun(run_dir)

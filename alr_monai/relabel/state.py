@@ -767,14 +767,19 @@ def refuse_phase1_rerun(run_dir: str | Path) -> None:
     """Raise if ``run_dir`` holds relabel rounds (a state file or round outputs): their queries, answers and audit
     rest on phase 1's selection.csv and model, so retraining phase 1 there would change them silently.
 
-    Call it before anything is written (the bundle's train.json calls it first in ``initialize``).
+    Call it before anything is written (the bundle's train.json calls it first in ``initialize``). Rounds kept in
+    another subfolder (``relabel#dir``, e.g. the benchmark's ``relabel_<acquisition>``) count too.
 
     Raises:
         Phase1FrozenError: the message names the run folder, what was found, and how to start a new run.
     """
-    relabel_dir = Path(run_dir) / "relabel"
-    found = (["state.json"] if (relabel_dir / "state.json").exists() else []) + relabel_outputs(relabel_dir)
-    if not found:
+    run_dir = Path(run_dir)
+    others = sorted(p.parent for p in run_dir.glob("*/state.json") if p.parent.name != "relabel")
+    for relabel_dir in [run_dir / "relabel", *others]:
+        found = (["state.json"] if (relabel_dir / "state.json").exists() else []) + relabel_outputs(relabel_dir)
+        if found:
+            break
+    else:
         return
     raise Phase1FrozenError(
         f"phase 1 of run folder {run_dir} is frozen: relabel rounds exist there ({relabel_dir}: "
