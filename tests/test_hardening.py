@@ -413,3 +413,31 @@ def test_rounds_in_another_relabel_folder_freeze_phase_1_too(tmp_path):
     open_state(run_dir / "relabel_margin" / "state.json", IDS, [0] * len(IDS), [False] * len(IDS), CLASSES)
     with pytest.raises(Phase1FrozenError, match="relabel_margin: state.json"):
         refuse_phase1_rerun(run_dir)
+
+
+def test_bundle_inference_takes_the_run_lock(tmp_path):
+    """predictions.csv is written into output_dir: not while another command writes the run (issue 24, item 9)."""
+    from monai.bundle import ConfigWorkflow
+
+    from alr_monai.runlock import RunLockedError
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(run_dir)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=ENV
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        workflow = ConfigWorkflow(
+            config_file=str(REPO / "bundles" / "alr_bloodmnist" / "configs" / "inference.json"),
+            workflow_type="infer",
+            logging_file=False,
+            output_dir=str(run_dir),
+        )
+        with pytest.raises(RuntimeError) as info:
+            workflow.initialize()
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    assert isinstance(info.value.__cause__, RunLockedError)
+    assert sorted(p.name for p in run_dir.iterdir()) == [runlock.LOCK_NAME]
