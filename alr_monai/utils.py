@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+_LOCK_NAME = ".alr.lock"  # runlock.LOCK_NAME (runlock imports this module)
 PRIVATE_MODE_ENV = "ALR_PRIVATE_FILE_MODE"
 DEFAULT_PRIVATE_MODE = 0o600
 # Our temporary files end in this suffix, so start-up clean-up never takes another program's ``*.tmp``.
@@ -37,15 +38,26 @@ class UnsafePathError(ValueError):
 
 
 def refuse_symlink(path: str | Path) -> None:
-    """Raise :class:`UnsafePathError` if ``path`` itself is a symbolic link (a dangling one included).
+    """Raise :class:`UnsafePathError` if ``path`` itself is a symbolic link (a dangling one included), or if a
+    folder between it and its run folder (the nearest folder above holding ``.alr.lock``, at most 3 levels up) is
+    one: ``run/relabel`` linked elsewhere would take the rounds' files there. The run folder itself may be a link.
 
     Raises:
         UnsafePathError: the message names the link and where it points.
     """
-    if os.path.islink(path):
+    path = Path(path)
+    linked = [path] if os.path.islink(path) else []
+    if not linked:
+        folders = [path.parent, path.parent.parent, path.parent.parent.parent]
+        for depth, folder in enumerate(folders):
+            if os.path.lexists(folder / _LOCK_NAME):  # the run folder: the folders below it must be real ones
+                linked = [f for f in folders[:depth] if os.path.islink(f)]
+                break
+    if linked:
         raise UnsafePathError(
-            f"{path} is a symbolic link (to {os.readlink(path)}); alr never writes through a link, which could change "
-            "a file outside the run folder. Remove the link (or replace it by the file itself) and rerun"
+            f"{linked[0]} is a symbolic link (to {os.readlink(linked[0])}); alr never writes through a link, which "
+            "could change a file outside the run folder. Remove the link (or replace it by the file or folder "
+            "itself) and rerun"
         )
 
 
@@ -122,6 +134,7 @@ def append_bytes(path: str | Path, data: bytes, private: bool = False) -> Path:
     path = Path(path)
     mode = _file_mode(private)
     path.parent.mkdir(parents=True, exist_ok=True)
+    refuse_symlink(path)  # a linked folder between it and the run folder (O_NOFOLLOW covers only the file)
     created = not os.path.lexists(path)
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     try:

@@ -441,3 +441,21 @@ def test_bundle_inference_takes_the_run_lock(tmp_path):
         holder.wait(timeout=60)
     assert isinstance(info.value.__cause__, RunLockedError)
     assert sorted(p.name for p in run_dir.iterdir()) == [runlock.LOCK_NAME]
+
+
+def test_a_run_subfolder_linked_elsewhere_is_refused_but_a_linked_run_folder_is_fine(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    run_dir = tmp_path / "run"
+    (run_dir / "relabel").mkdir(parents=True)
+    (run_dir / runlock.LOCK_NAME).write_text("")
+    (run_dir / "models").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(UnsafePathError, match=r"models is a symbolic link"):
+        atomic_write_bytes(run_dir / "models" / "model.pt", b"x")
+    (run_dir / "relabel" / "queries").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(UnsafePathError, match=r"queries is a symbolic link"):
+        append_bytes(run_dir / "relabel" / "queries" / "round_1.csv", b"x")
+    assert list(elsewhere.iterdir()) == []
+    linked_run = tmp_path / "runs_link"
+    linked_run.symlink_to(run_dir, target_is_directory=True)  # e.g. runs/ on a bigger disk
+    assert atomic_write_bytes(linked_run / "relabel" / "state.json", b"{}").read_bytes() == b"{}"
