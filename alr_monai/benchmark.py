@@ -249,7 +249,7 @@ def run_benchmark(
             run_workflow(relabel_files(files), relabel_overrides)
             _log_time(out, method, kind, rate, seed, f"relabel_{acquisition}", time.time() - step_started)
     rows = collect_results(out, cells, acquisitions, recorded)
-    atomic_write_csv(out / "results.csv", rows, RESULT_COLUMNS)
+    atomic_write_csv(out / "results.csv", rows, RESULT_COLUMNS, private=False)  # no sample ids
     atomic_write_text(out / "results.md", summary_markdown(rows, rounds, config.get("budget", 100)))
     plot_results(rows, out, _class_names(out, cells))
     print(f"benchmark finished in {time.time() - started:.0f} s: {out / 'results.md'}", flush=True)

@@ -114,6 +114,7 @@ def _phase1(
     that prints (not torchrun's launcher, not a rank > 0)."""
     check_overrides(overrides, ("train", "manifest") if manifest else ("train",), "train", strict=False)
     tracking_keys = tracking_overrides(tracking, tracking_uri, experiment_name)
+    check_device(overrides.get("device"))
     if _launch_processes(nproc, overrides.get("device")):
         return False
     if manifest and not Path(manifest).is_file():
@@ -133,15 +134,27 @@ def _phase1(
     if manifest:
         overrides["manifest_path"] = str(Path(manifest).resolve())
     from alr_monai.distributed import is_main_process
+    from alr_monai.relabel.state import refuse_phase1_rerun
     from alr_monai.report import write_report
+    from alr_monai.rollback import before_lock, restore, snapshot
     from alr_monai.runlock import run_lock
 
+    refuse_phase1_rerun(run_dir)  # phase 1 is frozen once relabel rounds exist: refused before anything is written
+    found = before_lock(run_dir)
     with run_lock(run_dir, "train"):  # before run_config.json: a second process must change nothing
-        if is_main_process():
-            # the files of one process: a later `alr relabel` chooses its own number of processes
-            save_run_config(run_dir, config_files=files, overrides=overrides)
-        started = time.time()
-        run_workflow(with_multi_process_overlay(files), {**overrides, **tracking_keys}, tracking=tracking)
+        before = snapshot(run_dir, found) if is_main_process() else None
+        try:
+            refuse_phase1_rerun(run_dir)  # again under the lock: a relabel command may have just finished
+            if is_main_process():
+                # the files of one process: a later `alr relabel` chooses its own number of processes
+                save_run_config(run_dir, config_files=files, overrides=overrides)
+            started = time.time()
+            run_workflow(with_multi_process_overlay(files), {**overrides, **tracking_keys}, tracking=tracking)
+        except Exception as error:
+            # a setting the bundle refused during setup: leave the folder as it was (nothing once an epoch is saved)
+            if before is not None and isinstance(unwrap(error), _user_errors()):
+                restore(before)
+            raise
         if is_main_process():
             from alr_monai.report import phase1_story
 
@@ -190,9 +203,33 @@ def relabel(run_dir: str = "runs/alr", mode: str = "simulation", nproc: int = 1,
         nproc: processes to recalibrate with (torchrun; rank 0 alone queries and applies the answers).
         **overrides: e.g. "relabel#acquisition"="margin", "relabel#round_budget"=50, "relabel#num_rounds"=3.
     """
+    check_device(_run_device(run_dir, overrides))
     if _launch_processes(nproc, _run_device(run_dir, overrides)):
         return
     _relabel(run_dir, mode, overrides, "relabel")
+
+
+def check_device(device: Any) -> None:
+    """Refuse a ``--device`` this machine does not have, before anything is written.
+
+    Raises:
+        UsageError: not a device name, or a CUDA device on a machine without CUDA or with fewer GPUs.
+    """
+    if device is None or (isinstance(device, str) and device.startswith("$")):  # an expression: the bundle's
+        return
+    import torch
+
+    try:
+        parsed = torch.device(str(device))
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {device!r} is not a device; give cpu, cuda or cuda:<index>") from None
+    if parsed.type != "cuda":
+        return
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise UsageError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    if parsed.index is not None and parsed.index >= count:
+        raise UsageError(f"--device {device}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
 
 
 def _run_device(run_dir: str, overrides: dict[str, Any]) -> str | None:
@@ -222,6 +259,7 @@ def _relabel(run_dir: str, mode: str, overrides: dict[str, Any], command: str) -
     if mode not in MODES:
         raise UsageError(f"--mode {mode!r} is not accepted; choose one of: {', '.join(MODES)}")
     check_overrides(overrides, ("relabel",), command, strict=False)
+    check_device(_run_device(run_dir, overrides))
     run_path = Path(run_dir)
     from alr_monai.runlock import run_lock
 
@@ -233,8 +271,19 @@ def _relabel(run_dir: str, mode: str, overrides: dict[str, Any], command: str) -
             f"in {run_dir} trained on given labels with no truth (a manifest run); "
             f"ask an expert instead: alr query --run_dir {shlex.quote(str(run_dir))}"
         )
+    from alr_monai.distributed import is_main_process
+    from alr_monai.rollback import before_lock, restore, snapshot
+
+    found = before_lock(run_path)
     with run_lock(run_path, "relabel", create=False):
-        _relabel_locked(run_path, run_dir, mode, overrides)
+        before = snapshot(run_path, found) if is_main_process() else None
+        try:
+            _relabel_locked(run_path, run_dir, mode, overrides)
+        except Exception as error:
+            # refused before any round's file or checkpoint was written: run_config.json and the state as they were
+            if before is not None and isinstance(unwrap(error), _user_errors()):
+                restore(before)
+            raise
 
 
 def _relabel_locked(run_path: Path, run_dir: str, mode: str, overrides: dict[str, Any]) -> None:
@@ -526,6 +575,8 @@ def status(run_dir: str = "runs/alr"):
         query_file = Path(run_dir) / "relabel" / "queries" / f"round_{pending}.csv"
         answers_file = Path(run_dir) / "relabel" / "answers" / f"round_{pending}.csv"
         print(f"waiting: round {pending} of {rounds}, query {query_file} ({len(state.pending_ids())} samples)")
+        if not query_file.is_file():
+            print(f"  {query_file} is missing: run `alr query --run_dir {run_dir}` to write it again (same samples)")
         page = query_file.with_suffix(".html")
         if page.is_file():
             print(f"  open {page} in a web browser, answer, and press 'Save answers CSV'")

@@ -226,8 +226,17 @@ def interleave(rows: list[dict], rates: Sequence[float]) -> list[dict]:
 def write_label_issues(
     run_dir: str | Path, out: str | Path | None = None, probabilities: np.ndarray | None = None
 ) -> tuple[Path, list[dict]]:
-    """Write ``label_issues.csv`` (default: into the run folder), atomically; returns its path and rows."""
-    rows = label_issues(run_dir, probabilities)
-    path = Path(out) if out is not None else Path(run_dir) / "label_issues.csv"
-    atomic_write_csv(path, rows, LABEL_ISSUE_COLUMNS)
+    """Write ``label_issues.csv`` (default: into the run folder), atomically; returns its path and rows.
+
+    Holds the run folder's lock, so it never writes while another alr command changes the run.
+
+    Raises:
+        RunLockedError: another process holds the run folder's lock.
+    """
+    from alr_monai.runlock import run_lock
+
+    with run_lock(run_dir, "issues", create=False):
+        rows = label_issues(run_dir, probabilities)
+        path = Path(out) if out is not None else Path(run_dir) / "label_issues.csv"
+        atomic_write_csv(path, rows, LABEL_ISSUE_COLUMNS)
     return path, rows

@@ -18,12 +18,11 @@ has the ``refit`` section, written last.
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from alr_monai.utils import atomic_write_json, read_csv
+from alr_monai.utils import atomic_write_bytes, atomic_write_json, read_csv
 
 __all__ = ["SELECTION_DIR", "run_refit"]
 
@@ -77,8 +76,7 @@ def _write_outputs(run_dir: Path, selection_dir: Path, num_trusted: int, num_sam
     metrics = _metrics(path)
     if "test" not in metrics:
         raise RuntimeError(f"{path}: the refitted model has no test metrics; rerun to finish its training")
-    shutil.copyfile(selection_dir / "selection.csv", run_dir / ".selection.csv.tmp")
-    (run_dir / ".selection.csv.tmp").replace(run_dir / "selection.csv")
+    atomic_write_bytes(run_dir / "selection.csv", (selection_dir / "selection.csv").read_bytes(), private=True)
     selection_metrics = _metrics(selection_dir / "metrics.json")
     train = selection_metrics["last"]["train"]
     metrics["last"]["train"].update(train)

@@ -595,11 +595,20 @@ def render_html(blocks: list[tuple], run_dir: Path) -> str:
 
 
 def write_report(run_dir: str | Path) -> Path:
-    """Write ``report.md`` (plots in ``report/``) and ``report.html`` into ``run_dir``; returns report.md's path."""
+    """Write ``report.md`` (plots in ``report/``) and ``report.html`` into ``run_dir``; returns report.md's path.
+
+    Holds the run folder's lock (re-entrant: train and relabel call it under theirs).
+
+    Raises:
+        RunLockedError: another process holds the run folder's lock.
+    """
+    from alr_monai.runlock import run_lock
+
     run_dir = Path(run_dir)
-    blocks = _sections(run_dir)
-    atomic_write_text(run_dir / "report.html", render_html(blocks, run_dir))
-    return atomic_write_text(run_dir / "report.md", render_markdown(blocks, run_dir))
+    with run_lock(run_dir, "report", create=False):
+        blocks = _sections(run_dir)
+        atomic_write_text(run_dir / "report.html", render_html(blocks, run_dir))
+        return atomic_write_text(run_dir / "report.md", render_markdown(blocks, run_dir))
 
 
 def _reader_blocks(relabel_dir: Path) -> list[tuple]:

@@ -15,6 +15,7 @@ other ranks belong to the same command, and only rank 0 writes).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from alr_monai.utils import remove_stray_temp_files
+from alr_monai.utils import refuse_symlink, remove_stray_temp_files
 
 LOCK_NAME = ".alr.lock"
 
@@ -98,10 +99,22 @@ def _describe(holder: dict) -> str:
     return text
 
 
+def _open_lock_file(path: Path, flags: int) -> int:
+    """``os.open`` without following a symbolic link: a link at the lock's path would have its target truncated."""
+    try:
+        return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except OSError as error:
+        if error.errno == errno.ELOOP or os.path.islink(path):
+            refuse_symlink(path)
+        raise
+
+
 def acquire(run_dir: str | Path, purpose: str = "write", create: bool = True) -> Path:
     """Take the run folder's lock, or raise at once if another process holds it.
 
-    On the first (not re-entrant) acquisition, temporary files a killed writer left in the folder are deleted.
+    On the first (not re-entrant) acquisition, temporary files a killed writer left in the run's folders are
+    deleted (our own temporary names only, see :func:`~alr_monai.utils.remove_stray_temp_files`). A symbolic link
+    at the lock's path is refused (:class:`~alr_monai.utils.UnsafePathError`), never followed.
 
     Args:
         run_dir: the run folder.
@@ -129,7 +142,7 @@ def acquire(run_dir: str | Path, purpose: str = "write", create: bool = True) ->
             run_dir.mkdir(parents=True, exist_ok=True)
         elif not run_dir.is_dir():
             raise FileNotFoundError(f"run folder {run_dir} does not exist")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = _open_lock_file(path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -186,7 +199,7 @@ def holder(run_dir: str | Path) -> dict | None:
         return _read_holder(_HOLDS[_key(run_dir)].fd)
     if not path.exists():
         return None
-    fd = os.open(path, os.O_RDONLY)
+    fd = _open_lock_file(path, os.O_RDONLY)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)

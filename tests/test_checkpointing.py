@@ -90,7 +90,7 @@ def test_a_restart_with_resume_false_drops_checkpoints_of_the_old_timeline(tmp_p
 
 
 def test_stray_temporary_files_of_an_interrupted_save_are_removed(tmp_path):
-    stray = tmp_path / ".checkpoint_epoch=2.pt.k3j_x9a2.tmp"
+    stray = tmp_path / ".checkpoint_epoch=2.pt.k3j_x9a2.alr-tmp"
     stray.write_bytes(b"half")
     _run(tmp_path, max_epochs=1)
     assert _names(tmp_path) == ["checkpoint_epoch=1.pt"]
@@ -110,9 +110,34 @@ def test_atomic_write_leaves_the_old_file_when_interrupted(tmp_path, monkeypatch
     assert target.read_bytes() == b"old" and _names(tmp_path) == ["state.json"]
     assert append_bytes(tmp_path / "audit.csv", b"a\n").read_bytes() == b"a\n"
     assert append_bytes(tmp_path / "audit.csv", b"b\n").read_bytes() == b"a\nb\n"
-    (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / ".x.csv.abcdefgh.tmp").write_text("")
-    assert [p.name for p in remove_stray_temp_files(tmp_path)] == [".x.csv.abcdefgh.tmp"]
+    (tmp_path / "relabel").mkdir()
+    (tmp_path / "relabel" / ".x.csv.abcdefgh.alr-tmp").write_text("")
+    assert [p.name for p in remove_stray_temp_files(tmp_path)] == [".x.csv.abcdefgh.alr-tmp"]
+
+
+def test_clean_up_takes_only_our_temporary_names_in_our_folders(tmp_path):
+    """A run folder may sit in a shared folder: another program's temp files, and ours outside the tool's
+    folders, stay (the clean-up once deleted every ``.*.XXXXXXXX.tmp`` below the run folder)."""
+    ours = [
+        tmp_path / ".selection.csv.abcd1234.alr-tmp",
+        tmp_path / "relabel" / "queries" / ".round_1.csv.x_y_z_12.alr-tmp",
+    ]
+    theirs = [
+        tmp_path / ".notes.txt.abcdefgh.tmp",  # another program's mkstemp name
+        tmp_path / "relabel" / ".state.json.abcdefgh.tmp",
+        tmp_path / "other_project" / ".data.csv.abcdefgh.alr-tmp",  # not one of the tool's folders
+        tmp_path / "relabel" / "queries" / "round_1.csv.alr-tmp",  # not our name pattern
+    ]
+    for path in ours + theirs:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / ".model.pt.abcdefgh.alr-tmp").symlink_to(victim)  # a link is never deleted
+    assert sorted(remove_stray_temp_files(tmp_path)) == sorted(ours)
+    assert all(path.exists() for path in theirs) and victim.read_text() == "keep"
+    assert (tmp_path / "models" / ".model.pt.abcdefgh.alr-tmp").is_symlink()
 
 
 def test_reseed_handler_makes_dropout_a_function_of_seed_and_epoch():

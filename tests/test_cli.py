@@ -488,7 +488,8 @@ def test_settings_may_change_before_any_round_is_written(phase1_dir, monkeypatch
     monkeypatch.setattr(cli, "run_workflow", failing)
     code, _, err = run_cli(["relabel", "--run_dir", str(phase1_dir), "--relabel#acquisition", "bald"], capsys)
     assert code == 2 and "network_def#dropout" in err
-    assert json.loads((phase1_dir / "run_config.json").read_text())["relabel"] == {"relabel#acquisition": "bald"}
+    # the refused command leaves run_config.json as it found it (issue 24): the refused setting is not saved
+    assert "relabel" not in json.loads((phase1_dir / "run_config.json").read_text())
     monkeypatch.setattr(cli, "run_workflow", lambda files, overrides: None)
     monkeypatch.setattr("alr_monai.report.write_report", lambda run_dir: Path(run_dir) / "report.md")
     assert run_cli(["relabel", "--run_dir", str(phase1_dir), "--relabel#acquisition", "margin"], capsys)[0] == 0

@@ -42,7 +42,7 @@ from alr_monai import runlock
 from alr_monai.handlers import RunCheckpointer, TensorBoardImageHandler
 from alr_monai.relabel import RoundError, RoundState, StateMissingError
 from alr_monai.relabel.recover import recover_run
-from alr_monai.utils import read_csv
+from alr_monai.utils import TEMP_SUFFIX, read_csv
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundles" / "alr_classification" / "configs"
@@ -186,23 +186,23 @@ class WriteRecorder:
     def __enter__(self) -> WriteRecorder:
         real_write, real_append = alr_monai.utils.atomic_write_bytes, alr_monai.utils.append_bytes
 
-        def atomic_write_bytes(path, data):
+        def atomic_write_bytes(path, data, private=False):
             if not self._step("write", path):
-                return real_write(path, data)
+                return real_write(path, data, private)
             self.crashed = True
             path = Path(path)
             if self.kind == "renamed":
-                real_write(path, data)
+                real_write(path, data, private)
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                (path.parent / f".{path.name}.crashed0.tmp").write_bytes(data[: len(data) // 2])
+                (path.parent / f".{path.name}.crashed0{TEMP_SUFFIX}").write_bytes(data[: len(data) // 2])
             raise SimulatedKill(f"killed {'after renaming' if self.kind == 'renamed' else 'while writing'} {path}")
 
-        def append_bytes(path, data):
+        def append_bytes(path, data, private=False):
             if not self._step("append", path):
-                return real_append(path, data)
+                return real_append(path, data, private)
             self.crashed = True
-            real_append(path, data if self.kind == "renamed" else data[: len(data) // 2])
+            real_append(path, data if self.kind == "renamed" else data[: len(data) // 2], private)
             raise SimulatedKill(f"killed while appending to {path}")
 
         self._undo = _patch_everywhere("atomic_write_bytes", atomic_write_bytes)
@@ -236,9 +236,11 @@ def _audit_without_time(path: Path) -> list[dict]:
 def _same_tensors(left, right) -> bool:
     if isinstance(left, torch.Tensor):
         return isinstance(right, torch.Tensor) and torch.equal(left.nan_to_num(-7.0), right.nan_to_num(-7.0))
-    if isinstance(left, dict):
+    if isinstance(left, dict):  # in the same key order: the checkpoints' metrics history is compared here too
         return (
-            isinstance(right, dict) and set(left) == set(right) and all(_same_tensors(left[k], right[k]) for k in left)
+            isinstance(right, dict)
+            and list(left) == list(right)
+            and all(_same_tensors(left[k], right[k]) for k in left)
         )
     if isinstance(left, (list, tuple)):
         return len(left) == len(right) and all(_same_tensors(a, b) for a, b in zip(left, right, strict=True))
@@ -257,16 +259,15 @@ def differences(reference: Path, resumed: Path, files: list[str]) -> list[str]:
                 problems.append(name)
         elif name.endswith(".json"):
             left, right = _json_without_wall_clock(expected, reference), _json_without_wall_clock(got, resumed)
-            if left != right:
-                problems.append(
-                    f"{name} (keys {sorted(k for k in left.keys() | right.keys() if left.get(k) != right.get(k))})"
-                )
+            if json.dumps(left) != json.dumps(right):  # key order too (metrics.json once moved vog_mean on resume)
+                differing = sorted(k for k in left.keys() | right.keys() if left.get(k) != right.get(k))
+                problems.append(f"{name} (keys {differing})" if differing else f"{name} (same values, other key order)")
         elif name.endswith(".pt"):
             if not _same_tensors(torch.load(expected, weights_only=True), torch.load(got, weights_only=True)):
                 problems.append(name)
         elif expected.read_bytes() != got.read_bytes():
             problems.append(name)
-    stray = [str(p.relative_to(resumed)) for p in resumed.rglob("*.tmp")]
+    stray = [str(p.relative_to(resumed)) for p in resumed.rglob(f"*{TEMP_SUFFIX}")]
     if stray:
         problems.append(f"stray temporary files {stray}")
     return problems

@@ -351,7 +351,7 @@ def test_bald_without_dropout_names_the_setting(phase1_run, tmp_path):
     messages = [str(error) for error in exception_chain(info.value)]
     assert any("network_def#dropout" in message for message in messages), messages
     assert not (run_dir / "relabel" / "queries" / "round_1.csv").exists()
-    assert load_state(run_dir).pending_round is None
+    assert not (run_dir / "relabel" / "state.json").exists()  # a refused command leaves no state (issue 24)
 
 
 def test_bald_with_dropout_runs_a_round(one_thread, tmp_path):
@@ -555,3 +555,33 @@ def test_audit_in_round_one_corrects_the_estimate_and_recuts_the_trusted_set(pha
         assert math.isfinite(metrics[key]), key
     _, query2 = rows_of(run_dir / "relabel" / "queries" / "round_2.csv")
     assert not {row["id"] for row in query2} & queried  # nobody is asked twice
+
+
+def test_a_deleted_pending_query_file_is_rebuilt_with_the_same_content(phase1_run, tmp_path, capsys):
+    """Issue 24, item 13: `alr status` says the file is missing and how to get it back; `alr query` writes it again,
+    byte for byte (the same model and seed rank the pool the same way), and the round goes on."""
+    run_dir = copy_run(phase1_run, tmp_path)
+    query_path = run_dir / "relabel" / "queries" / "round_1.csv"
+    cli.main(["query", "--run_dir", str(run_dir), *ROUNDS_ARGV])
+    original = query_path.read_bytes()
+    query_path.unlink()
+    capsys.readouterr()
+    cli.main(["status", "--run_dir", str(run_dir)])
+    assert f"{query_path} is missing: run `alr query --run_dir {run_dir}`" in capsys.readouterr().out
+    cli.main(["query", "--run_dir", str(run_dir), *ROUNDS_ARGV])
+    assert query_path.read_bytes() == original
+    assert load_state(run_dir).pending_round == 1
+    assert "is missing" not in capsys.readouterr().out
+
+
+def test_a_relabel_refused_during_setup_leaves_the_run_folder_as_it_was(phase1_run, tmp_path):
+    """Issue 24, item 11: BALD without dropout is refused inside the bundle, after run_config.json took the new
+    settings and relabel/ got its state; all of it is undone (and phase 1 is not frozen by a state of no round)."""
+    run_dir = copy_run(phase1_run, tmp_path)
+    before = {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["query", "--run_dir", str(run_dir), "--relabel#acquisition", "bald", *ROUNDS_ARGV])
+    assert exit_.value.code == 2
+    after = {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+    assert after == before
+    assert not (run_dir / "relabel").exists()

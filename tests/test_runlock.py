@@ -79,7 +79,7 @@ def test_the_lock_is_reentrant_within_a_process_and_freed_by_the_last_release(tm
 
 def test_first_acquisition_removes_stray_temporary_files(tmp_path):
     run_dir = tmp_path / "run"
-    stray = run_dir / "relabel" / ".state.json.ab12cd_9.tmp"
+    stray = run_dir / "relabel" / ".state.json.ab12cd_9.alr-tmp"
     stray.parent.mkdir(parents=True)
     stray.write_bytes(b"{")
     keep = run_dir / "relabel" / "notes.tmp"  # not a name the atomic writer makes

@@ -537,7 +537,9 @@ def build_manifest_from_folder(
 
     Raises:
         ValueError: ``root`` is not a folder, has no class folders, holds no matching images, two files would get
-            the same id (e.g. ``a/x.png`` and ``a/x.dcm``), or a file lies above ``patient_level``.
+            the same id (e.g. ``a/x.png`` and ``a/x.dcm``), a file lies above ``patient_level``, or a class folder
+            or image is a symbolic link to a place outside ``root`` (links are not followed out of the dataset;
+            links inside it are fine).
     """
     root_path = Path(root).expanduser().absolute()
     out_path = Path(out).expanduser().absolute()
@@ -553,11 +555,18 @@ def build_manifest_from_folder(
         raise ValueError(f"no class folders under {root_path}: expected ROOT/<class>/<image files>")
     left_out: dict[str, list[str]] = {} if skipped is None else skipped
 
+    real_root = root_path.resolve()
+    outside = [p for p in class_dirs if not p.resolve().is_relative_to(real_root)]
     rows: list[dict[str, str]] = []
     id_source: dict[str, Path] = {}
     for class_dir in class_dirs:
+        if class_dir in outside:
+            continue
         for entry in _scan_class_folder(class_dir, wanted, series, left_out, root_path):
             sample_id, path = entry["id"], entry["path"]
+            if not Path(path).resolve().is_relative_to(real_root):
+                outside.append(Path(path))
+                continue
             if sample_id in id_source:
                 raise ValueError(f"files {id_source[sample_id]} and {path} would both get id {sample_id!r}")
             id_source[sample_id] = path
@@ -573,6 +582,12 @@ def build_manifest_from_folder(
                 patient = entry["patient_id"]
             image = _path_for_csv(path, out_path.parent) + (f"{SERIES_SEPARATOR}{entry['uid']}" if entry["uid"] else "")
             rows.append({"id": sample_id, "image": image, "label": class_dir.name, "patient_id": patient})
+    if outside:
+        shown = "; ".join(f"{p} -> {p.resolve()}" for p in outside[:5]) + ("; ..." if len(outside) > 5 else "")
+        raise ValueError(
+            f"{len(outside)} symbolic link(s) under {root_path} point outside it ({shown}); manifest build does not "
+            "follow links out of the dataset root: copy those files into it, or build from a folder that holds them"
+        )
     if not rows:
         raise ValueError(f"no image files with extensions {sorted(wanted)} in the class folders under {root_path}")
 
@@ -581,7 +596,7 @@ def build_manifest_from_folder(
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["id", "image", "label", "patient_id"])
     writer.writerows(escape_row([r["id"], r["image"], r["label"], r["patient_id"]]) for r in rows)
-    _keeping_mode(out_path, lambda: atomic_write_text(out_path, buffer.getvalue()))
+    _keeping_mode(out_path, lambda: atomic_write_text(out_path, buffer.getvalue(), private=True))
     return out_path
 
 

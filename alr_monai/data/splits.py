@@ -182,7 +182,7 @@ def split_manifest(
         writer.writerow(escape_row(row))
     target = Path(out) if out is not None else Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(target, buffer.getvalue())
+    atomic_write_text(target, buffer.getvalue(), private=True)
     pairs = list(zip(labels, splits, patients, strict=True))
     table: list[list] = [
         [name, *(sum(1 for label, split, _ in pairs if label == index and split == n) for n in SPLIT_NAMES)]

@@ -72,16 +72,38 @@ def _blank_nan(value: float) -> float | str:
 
 class MetricsJSONWriter:
     """Writes ``metrics.json`` after every epoch: the trainer's and the evaluator's latest scalar metrics,
-    the best validation metric and its epoch, and a per-epoch history."""
+    the best validation metric and its epoch, and a per-epoch history.
+
+    A resumed run starts with an empty ``engine.state.metrics``, so its keys would be inserted in another order
+    than in the uninterrupted run (``vog_mean`` moved up) and a metric not recomputed every epoch would be missing;
+    the first epoch after a resume therefore starts from the last recorded epoch's metrics, as the uninterrupted
+    run's dict does, and metrics.json and the checkpoints' history end byte-identical.
+    """
 
     def __init__(self, output_dir: str | Path, evaluator: Engine | None = None, extra: dict | None = None) -> None:
         self.path = Path(output_dir) / "metrics.json"
         self.evaluator = evaluator
         self.extra = dict(extra or {})
         self.history: list[dict] = []
+        self._carried = False
 
     def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._start)
+        engine.add_event_handler(Events.EPOCH_STARTED, self._carry_over)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def _start(self, engine: Engine) -> None:
+        self._carried = False
+
+    def _carry_over(self, engine: Engine) -> None:
+        # EPOCH_STARTED, not STARTED: the checkpointer restores the history at STARTED, after this handler's turn
+        if self._carried:
+            return
+        self._carried = True
+        previous = [h for h in self.history if h["epoch"] == engine.state.epoch - 1]
+        if previous:
+            for name, value in previous[-1]["train"].items():
+                engine.state.metrics.setdefault(name, value)
 
     def __call__(self, engine: Engine) -> None:
         if idist.get_rank() != 0:

@@ -31,7 +31,14 @@ from alr_monai.relabel.acquire import acquire, quota_mode, score_meaning
 from alr_monai.relabel.expert import OracleExpert, class_legend
 from alr_monai.relabel.readers import ADJUDICATOR, ReaderSettings, submit_reader_answers, write_reader_settings
 from alr_monai.relabel.recut import TrustedRecut
-from alr_monai.relabel.state import RoundState, answer_summary, apply_answers_file, open_state, start_round
+from alr_monai.relabel.state import (
+    RoundError,
+    RoundState,
+    answer_summary,
+    apply_answers_file,
+    open_state,
+    start_round,
+)
 from alr_monai.tables import format_cell, markdown_escape, markdown_table
 from alr_monai.utils import atomic_torch_save, atomic_write_csv, atomic_write_text
 
@@ -440,8 +447,11 @@ class RelabelDriver:
             start_round(self.state_path, query_path, round_index, rows, scope=scope)
             self.logger.info(f"round {round_index}: wrote {len(rows)} queries to {query_path}")
             self._write_query_page(round_index, query_path)
-        elif not query_path.with_suffix(".html").exists():  # a crash, or an older version, left the round without one
-            self._write_query_page(round_index, query_path)
+        else:
+            if not query_path.exists():  # deleted while the round waits: ranked again, the same rows come back
+                self._rebuild_query_file(state, round_index, query_path)
+            if not query_path.with_suffix(".html").exists():  # a crash, or an older version, left it without one
+                self._write_query_page(round_index, query_path)
         if self.mode == "simulation" and not answers_path.exists():
             if self.reader_settings.readers == 1:
                 self.oracle.fill_query_file(query_path, answers_path, round_index)
@@ -451,6 +461,24 @@ class RelabelDriver:
             return RoundOutcome.WAITING
         self.apply_round(round_index)
         return RoundOutcome.APPLIED
+
+    def _rebuild_query_file(self, state: RoundState, round_index: int, query_path: Path) -> None:
+        """Write the pending round's lost query file again: the pool ranked by the same model and seed gives the
+        same rows, checked against the ids the state recorded before anything is written.
+
+        Raises:
+            RoundError: the ranking now gives other ids (the model changed), so the file cannot be rebuilt as asked.
+        """
+        rows = self.query_rows(state, round_index)
+        recorded = state.queried[str(round_index)]
+        if [str(row["id"]) for row in rows] != recorded:
+            raise RoundError(
+                f"query file {query_path} of pending round {round_index} is missing, and ranking the pool again "
+                f"does not give the {len(recorded)} samples the state records (relabel/state.json, "
+                f"queried[{round_index!r}]), so it cannot be rebuilt as it was asked: restore the file from a backup"
+            )
+        start_round(self.state_path, query_path, round_index, rows)
+        self.logger.warning(f"round {round_index}: rebuilt the missing query file {query_path} ({len(rows)} samples)")
 
     def _simulate_readers(self, round_index: int, query_path: Path) -> None:
         """Simulation with several readers: each oracle reader answers, then (if needed) an oracle adjudicator."""

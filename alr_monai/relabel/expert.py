@@ -297,7 +297,7 @@ def write_query_file(
                 f"query file {path} already exists with different content, and an expert may be filling it in; "
                 "move it away, or pass overwrite=True to replace it"
             )
-    return atomic_write_text(path, text)
+    return atomic_write_text(path, text, private=True)
 
 
 def _ordered(ids: Collection[str]) -> list[str]:

@@ -565,7 +565,7 @@ def write_query_page(
         sheet=_json_for_script(sheet),
         pictures=_json_for_script(store.uris),
     )
-    return atomic_write_text(path, document)
+    return atomic_write_text(path, document, private=True)
 
 
 def _card_html(

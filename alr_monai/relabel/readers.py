@@ -24,6 +24,7 @@ from pathlib import Path
 
 from alr_monai.csvcells import escape_dict
 from alr_monai.relabel.expert import EXCLUDE, Answer, read_answers
+from alr_monai.runlock import run_lock
 from alr_monai.utils import atomic_write_bytes, atomic_write_json
 
 __all__ = [
@@ -180,6 +181,29 @@ def submit_reader_answers(
     settings: ReaderSettings,
     allow_empty: bool = False,
 ) -> dict:
+    """Keep one reader's answers for a round and, once every reader is in, decide the round, holding the run
+    folder's lock (another alr command writing the run refuses this one; see :func:`_submit_reader_answers`).
+
+    Raises:
+        RunLockedError: another process holds the run folder's lock.
+    """
+    with run_lock(Path(relabel_dir).resolve().parent, "answer", create=False):
+        return _submit_reader_answers(
+            relabel_dir, round_index, queried_ids, known_ids, class_names, answers_file, reader, settings, allow_empty
+        )
+
+
+def _submit_reader_answers(
+    relabel_dir: str | Path,
+    round_index: int,
+    queried_ids: Sequence[str],
+    known_ids: Sequence[str],
+    class_names: Sequence[str],
+    answers_file: str | Path,
+    reader: str,
+    settings: ReaderSettings,
+    allow_empty: bool = False,
+) -> dict:
     """Keep one reader's answers for a round and, once every reader is in, decide the round.
 
     The file is validated like any answers file, then kept as ``answers/round_<k>/<reader>.csv`` (atomically;
@@ -203,7 +227,7 @@ def submit_reader_answers(
     if final.exists():
         raise ValueError(f"round {round_index} is already decided ({final}); its readers' files are in {folder}")
     read_answers(answers_file, class_names, queried_ids, known_ids, allow_empty, reader)  # refuse a bad file
-    atomic_write_bytes(folder / f"{reader}.csv", Path(answers_file).read_bytes())
+    atomic_write_bytes(folder / f"{reader}.csv", Path(answers_file).read_bytes(), private=True)
 
     readers_in = sorted(p.stem for p in folder.glob("*.csv") if p.stem != ADJUDICATOR)
     votes = {
@@ -246,7 +270,7 @@ def submit_reader_answers(
         writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
         writer.writeheader()
         writer.writerows(escape_dict(row) for row in rows)
-        atomic_write_bytes(adjudication, buffer.getvalue().encode("utf-8"))
+        atomic_write_bytes(adjudication, buffer.getvalue().encode("utf-8"), private=True)
         result.update(status="adjudication", adjudication_file=str(adjudication), disputed=len(disputed))
         return result
     adjudicated = (
@@ -273,6 +297,6 @@ def submit_reader_answers(
             rows.append(
                 {"id": sample_id, "expert_label": label, "comment": f"{settings.rule}; {said}", "reader": "consensus"}
             )
-    atomic_write_bytes(final, _answers_csv(rows))
+    atomic_write_bytes(final, _answers_csv(rows), private=True)
     result.update(status="decided", answers_file=str(final), disputed=len(disputed))
     return result

@@ -39,7 +39,7 @@ from typing import Any
 from alr_monai.csvcells import escape_dict, unescape_dict
 from alr_monai.relabel.expert import Answer, check_class_names, read_answers, write_query_file
 from alr_monai.runlock import run_lock
-from alr_monai.utils import append_bytes, atomic_write_bytes, atomic_write_csv, atomic_write_json
+from alr_monai.utils import append_bytes, atomic_write_bytes, atomic_write_csv, atomic_write_json, refuse_symlink
 
 STATE_FORMAT_VERSION = 1
 SOURCES = ("given", "expert", "oracle", "excluded")
@@ -66,6 +66,7 @@ __all__ = [
     "STATE_FORMAT_VERSION",
     "AuditError",
     "AuditTrail",
+    "Phase1FrozenError",
     "RoundError",
     "RoundState",
     "StateMissingError",
@@ -75,6 +76,7 @@ __all__ = [
     "audit_digest",
     "check_audit",
     "open_state",
+    "refuse_phase1_rerun",
     "relabel_outputs",
     "start_round",
 ]
@@ -435,7 +437,7 @@ class RoundState:
     # ----------------------------------------------------------------------------------------- persistence
     def save(self, path: str | Path) -> Path:
         """Write the state as JSON atomically (with ``format_version``)."""
-        return atomic_write_json(path, {"format_version": STATE_FORMAT_VERSION, **asdict(self)})
+        return atomic_write_json(path, {"format_version": STATE_FORMAT_VERSION, **asdict(self)}, private=True)
 
     @classmethod
     def load(cls, path: str | Path) -> RoundState:
@@ -481,9 +483,52 @@ class RoundState:
             raise StateMissingError(
                 f"relabel state file {path} is corrupt (missing {missing}). {_recovery_hint(path)}."
             )
+        for name in names:
+            problem = _field_problem(name, data[name])
+            if problem:  # named by file and key, before any arithmetic on a wrong type fails without context
+                shown = repr(data[name])
+                shown = shown if len(shown) <= 60 else shown[:57] + "..."
+                raise StateMissingError(
+                    f"relabel state file {path} is corrupt: key {name!r} {problem}, got {shown}. {_recovery_hint(path)}."
+                )
         state = cls(**{name: data[name] for name in names})
         state._validate(f"relabel state file {path} is inconsistent")
         return state
+
+
+def _is_int(value: Any) -> bool:
+    return type(value) is int  # bool is an int subclass, and not a count
+
+
+def _is_id_lists(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, list) and all(isinstance(i, str) for i in v) for k, v in value.items()
+    )
+
+
+# What each key of state.json must hold (its meaning is in RoundState's docstring); rng_state is opaque.
+_FIELD_CHECKS: dict[str, tuple[str, Any]] = {
+    "ids": ("must be a list of strings", lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v)),
+    "given_labels": ("must be a list of integers", lambda v: isinstance(v, list) and all(_is_int(i) for i in v)),
+    "current_labels": ("must be a list of integers", lambda v: isinstance(v, list) and all(_is_int(i) for i in v)),
+    "trusted": ("must be a list of true/false", lambda v: isinstance(v, list) and all(type(i) is bool for i in v)),
+    "source": ("must be a list of strings", lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v)),
+    "class_names": ("must be a list of strings", lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v)),
+    "round": ("must be a non-negative integer", lambda v: _is_int(v) and v >= 0),
+    "pending_round": ("must be a positive integer or null", lambda v: v is None or (_is_int(v) and v > 0)),
+    "queried": ("must map round numbers to lists of ids", _is_id_lists),
+    "budget_spent": ("must be a non-negative integer", lambda v: _is_int(v) and v >= 0),
+    "skipped": ("must map round numbers to lists of ids", _is_id_lists),
+    "history": ("must be a list of objects", lambda v: isinstance(v, list) and all(isinstance(i, dict) for i in v)),
+    "baseline_metrics": ("must be an object", lambda v: isinstance(v, dict)),
+    "pool_scope": (f"must be one of {POOL_SCOPES}", lambda v: v in POOL_SCOPES),
+}
+
+
+def _field_problem(name: str, value: Any) -> str | None:
+    """What is wrong with ``value`` as state.json's ``name`` (None if nothing, or if the key is opaque)."""
+    check = _FIELD_CHECKS.get(name)
+    return None if check is None or check[1](value) else check[0]
 
 
 class AuditTrail:
@@ -537,6 +582,7 @@ class AuditTrail:
                 different change, which means the answers changed after a partly applied round.
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        refuse_symlink(self.path)  # before the torn-tail truncate below, which would follow a link
         created = not self.path.exists()
         existing: dict[tuple[str, str], dict[str, str]] = {}
         if not created:
@@ -570,7 +616,7 @@ class AuditTrail:
         if created or self.path.stat().st_size == 0:
             writer.writeheader()
         writer.writerows(escape_dict(row) for row in new)
-        append_bytes(self.path, buffer.getvalue().encode("utf-8"))
+        append_bytes(self.path, buffer.getvalue().encode("utf-8"), private=True)
         return len(new)
 
 
@@ -807,7 +853,7 @@ def apply_answers_file(
                     f"{kept} already holds other answers for round {round_index}; apply that file "
                     f"(alr answer {kept} ...), or move it away to apply {answers_path} instead"
                 )
-            atomic_write_bytes(kept, data)
+            atomic_write_bytes(kept, data, private=True)
         return apply_round(state_path, audit_path, labels_cleaned_path, round_index, answers, source)
 
 
@@ -829,3 +875,34 @@ def open_state(
         if not state_path.exists() and not relabel_outputs(state_path.parent):
             RoundState.initial(ids, given_labels, trusted, class_names).save(state_path)
         return RoundState.load(state_path)
+
+
+class Phase1FrozenError(RoundError):
+    """Phase 1 of a run cannot be trained again once relabel rounds exist on top of it."""
+
+
+def refuse_phase1_rerun(run_dir: str | Path) -> None:
+    """Raise if ``run_dir`` holds relabel rounds (a state file or round outputs): their queries, answers and audit
+    rest on phase 1's selection.csv and model, so retraining phase 1 there would change them silently.
+
+    Call it before anything is written (the bundle's train.json calls it first in ``initialize``). Rounds kept in
+    another subfolder (``relabel#dir``, e.g. the benchmark's ``relabel_<acquisition>``) count too.
+
+    Raises:
+        Phase1FrozenError: the message names the run folder, what was found, and how to start a new run.
+    """
+    run_dir = Path(run_dir)
+    others = sorted(p.parent for p in run_dir.glob("*/state.json") if p.parent.name != "relabel")
+    for relabel_dir in [run_dir / "relabel", *others]:
+        found = (["state.json"] if (relabel_dir / "state.json").exists() else []) + relabel_outputs(relabel_dir)
+        if found:
+            break
+    else:
+        return
+    raise Phase1FrozenError(
+        f"phase 1 of run folder {run_dir} is frozen: relabel rounds exist there ({relabel_dir}: "
+        f"{', '.join(found[:4])}{', ...' if len(found) > 4 else ''}), and training phase 1 again would change "
+        "selection.csv and the model under the rounds already asked and answered. Nothing was written. To train "
+        "phase 1 with other settings, start a new run: alr train --output_dir <new folder> ...; to go on with "
+        f"the rounds, run: alr query --run_dir {run_dir}"
+    )
