@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from alr_monai.benchmark import _finite_mean, _mean_std, _num
 from alr_monai.tables import markdown_table
 from alr_monai.utils import atomic_write_csv, atomic_write_json, atomic_write_text
 
@@ -187,25 +188,8 @@ def collect_suite(out: Path, names: Sequence[str]) -> list[dict[str, Any]]:
     return rows
 
 
-def _num(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return float("nan")
-
-
-def _mean(values: Sequence[float]) -> float:
-    finite = [v for v in values if not math.isnan(v)]
-    return float(np.mean(finite)) if finite else float("nan")
-
-
-def _mean_std(values: Sequence[float]) -> str:
-    finite = [v for v in values if not math.isnan(v)]
-    if not finite:
-        return "n/a"
-    if len(finite) == 1:
-        return f"{finite[0]:.3f}"
-    return f"{np.mean(finite):.3f} ± {np.std(finite, ddof=1):.3f}"
+# the one-data-set tables' number helpers, so both read numbers and blanks alike
+_mean = _finite_mean
 
 
 def _per_seed(rows: Sequence[dict], column: str) -> list[float]:

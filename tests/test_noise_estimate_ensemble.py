@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from test_noise_estimate_handler import _batches
 from torch import nn
 
 from alr_monai.algorithms.losses import class_log_prior, logit_adjusted_cross_entropy
@@ -69,17 +70,6 @@ def test_logit_adjusted_loss_shifts_towards_the_rare_class():
     with pytest.raises(ValueError, match="outside the 2 classes"):
         class_log_prior([0, 2], 2)
     assert torch.isfinite(class_log_prior([0, 0], 3)).all()  # smoothing: an absent class is not -inf
-
-
-def _batches(labels: torch.Tensor, images: torch.Tensor, batch_size: int = 16) -> list[dict]:
-    return [
-        {
-            "image": images[s : s + batch_size],
-            "label": labels[s : s + batch_size],
-            "index": torch.arange(s, min(s + batch_size, len(labels))),
-        }
-        for s in range(0, len(labels), batch_size)
-    ]
 
 
 def _problem():
