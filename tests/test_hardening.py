@@ -198,7 +198,7 @@ def test_the_bundle_refuses_phase_1_on_a_run_with_rounds_before_taking_the_lock(
 
     before = _snapshot(pending_run)
     workflow = ConfigWorkflow(
-        config_file=str(REPO / "bundles" / "alr_bloodmnist" / "configs" / "train.json"),
+        config_file=str(REPO / "bundles" / "alr_classification" / "configs" / "train.json"),
         workflow_type="train",
         logging_file=False,
         output_dir=str(pending_run),
@@ -429,7 +429,7 @@ def test_bundle_inference_takes_the_run_lock(tmp_path):
     try:
         assert holder.stdout.readline().strip() == "held"
         workflow = ConfigWorkflow(
-            config_file=str(REPO / "bundles" / "alr_bloodmnist" / "configs" / "inference.json"),
+            config_file=str(REPO / "bundles" / "alr_classification" / "configs" / "inference.json"),
             workflow_type="infer",
             logging_file=False,
             output_dir=str(run_dir),
