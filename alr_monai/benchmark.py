@@ -38,7 +38,7 @@ METHOD_PRESETS = {
     "cleanlab": ["ce"],
     # our selection (train.json alone) inside, then the CE recipe refitted on its trusted set: the rounds are CE's
     "ours_refit": ["ce"],
-    "ours_la": ["logit_adjusted"],
+    "ours_plain_loss": ["plain_loss"],
 }
 RESULT_COLUMNS = [
     "method",

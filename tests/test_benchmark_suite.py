@@ -128,7 +128,7 @@ def test_suite_presets_parse_and_name_their_data(tmp_path):
     assert {"symmetric", "pairflip", "confusion", "instance"} <= kinds
     assert any(cell["data"] is None for _, cell in cells)  # the embedded set
     assert {Path(cell["data"]).name for _, cell in cells if cell["data"]} == {"bloodmnist.npz", "breastmnist.npz"}
-    assert set(suite["methods"]) == {"ce", "coteaching", "cleanlab", "ours", "ours_la"} and len(suite["seeds"]) == 3
+    assert set(suite["methods"]) == {"ce", "coteaching", "cleanlab", "ours"} and len(suite["seeds"]) == 3
     with pytest.raises(ValueError, match=r"cell 'blood_ir50_confusion0.4': data file .*bloodmnist.npz not found"):
         cell_presets(suite, path, tmp_path / "elsewhere")
 

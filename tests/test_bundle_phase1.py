@@ -251,13 +251,18 @@ def test_all_presets_parse():
         "smoke": {"max_epochs": 3, "vog#num_snapshots": 2},
         "coteaching": {"vog#mix_ratio": 0.0, "coteaching#forget_rate": None, "selection#per_class": False},
         "paper_recipe": {"coteaching#forget_rate": 0.6, "vog#class_normalise": False, "vog#mix_ratio": 0.2},
-        "ce": {"network_def#num_peers": 1, "coteaching#forget_rate": 0.0, "vog#mix_ratio": 0.0},
+        "ce": {
+            "network_def#num_peers": 1,
+            "coteaching#forget_rate": 0.0,
+            "vog#mix_ratio": 0.0,
+            "imbalance#logit_adjustment": 0.0,
+        },
         "noise_estimate_val": {"noise_estimate#method": "prototype_matching", "selection#per_class": False},
         "vog_global": {"noise_estimate#method": "gmm", "selection#per_class": False, "coteaching#trusted_rule": "any"},
         "prototype": {"selection#rank_by": "prototype", "selection#per_class": True},
         "loss_prototype": {"selection#rank_by": "loss+prototype"},
         "cleanlab_subset": {"cleanlab#train_indices": None, "vog#class_normalise": False},
-        "logit_adjusted": {"imbalance#logit_adjustment": 1.0},
+        "plain_loss": {"imbalance#logit_adjustment": 0.0},
     }
     assert {p.stem for p in PRESETS.glob("*.json")} == set(expected)
     for name, values in expected.items():
