@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from test_noise_estimate_handler import _batches
+from test_noise_estimate_handler import _batches, _setup
 from torch import nn
 
 from alr_monai.algorithms.losses import class_log_prior, logit_adjusted_cross_entropy
@@ -72,19 +72,8 @@ def test_logit_adjusted_loss_shifts_towards_the_rare_class():
     assert torch.isfinite(class_log_prior([0, 0], 3)).all()  # smoothing: an absent class is not -inf
 
 
-def _problem():
-    generator = torch.Generator().manual_seed(0)
-    true = torch.arange(NUM_SAMPLES) % NUM_CLASSES
-    images = torch.nn.functional.one_hot(true, 4).float() * 3 + 0.3 * torch.randn(NUM_SAMPLES, 4, generator=generator)
-    given = true.clone()
-    given[:9] = (true[:9] + 1) % NUM_CLASSES
-    val_true = torch.arange(24) % NUM_CLASSES
-    val_images = torch.nn.functional.one_hot(val_true, 4).float() * 3 + 0.3 * torch.randn(24, 4, generator=generator)
-    return true, given, images, val_true, val_images
-
-
 def _run(method: str, latest_epoch: int | None, max_epochs: int = 6, logit_adjustment: float = 0.0, prior=None):
-    true, given, images, val_true, val_images = _problem()
+    true, given, images, val_true, val_images = _setup(flipped=9)
     torch.manual_seed(0)
     network = PeerEnsemble(lambda: nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, NUM_CLASSES)), num_peers=2)
     selection = SmallLossSelectionHandler(NUM_SAMPLES, 2, ["a", "b", "c"])

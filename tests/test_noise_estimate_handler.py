@@ -35,12 +35,13 @@ def _batches(labels: torch.Tensor, images: torch.Tensor, batch_size: int = 16) -
     ]
 
 
-def _setup():
+def _setup(flipped: int = 6):
+    """Three separable classes; the first ``flipped`` given labels are moved to the next class."""
     generator = torch.Generator().manual_seed(0)
     true = torch.arange(NUM_SAMPLES) % NUM_CLASSES
     images = torch.nn.functional.one_hot(true, 4).float() * 3 + 0.3 * torch.randn(NUM_SAMPLES, 4, generator=generator)
     given = true.clone()
-    given[:6] = (true[:6] + 1) % NUM_CLASSES
+    given[:flipped] = (true[:flipped] + 1) % NUM_CLASSES
     val_true = torch.arange(24) % NUM_CLASSES
     val_images = torch.nn.functional.one_hot(val_true, 4).float() * 3 + 0.3 * torch.randn(24, 4, generator=generator)
     return true, given, images, val_true, val_images

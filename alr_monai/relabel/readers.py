@@ -181,29 +181,6 @@ def submit_reader_answers(
     settings: ReaderSettings,
     allow_empty: bool = False,
 ) -> dict:
-    """Keep one reader's answers for a round and, once every reader is in, decide the round, holding the run
-    folder's lock (another alr command writing the run refuses this one; see :func:`_submit_reader_answers`).
-
-    Raises:
-        RunLockedError: another process holds the run folder's lock.
-    """
-    with run_lock(Path(relabel_dir).resolve().parent, "answer", create=False):
-        return _submit_reader_answers(
-            relabel_dir, round_index, queried_ids, known_ids, class_names, answers_file, reader, settings, allow_empty
-        )
-
-
-def _submit_reader_answers(
-    relabel_dir: str | Path,
-    round_index: int,
-    queried_ids: Sequence[str],
-    known_ids: Sequence[str],
-    class_names: Sequence[str],
-    answers_file: str | Path,
-    reader: str,
-    settings: ReaderSettings,
-    allow_empty: bool = False,
-) -> dict:
     """Keep one reader's answers for a round and, once every reader is in, decide the round.
 
     The file is validated like any answers file, then kept as ``answers/round_<k>/<reader>.csv`` (atomically;
@@ -216,87 +193,98 @@ def _submit_reader_answers(
     Returns:
         ``status``: "waiting" (readers missing: ``missing``), "adjudication" (``adjudication_file``, ``disputed``) or
         "decided" (``answers_file``); plus the agreement summary (:func:`reader_agreement`) once all are in.
-    """
-    if not _NAME.match(reader):
-        raise ValueError(
-            f"reader name {reader!r}: use letters, digits, spaces, '.', '_' or '-' (up to 64), e.g. --reader dr_lee"
-        )
-    relabel_dir = Path(relabel_dir)
-    folder = relabel_dir / "answers" / f"round_{round_index}"
-    final = relabel_dir / "answers" / f"round_{round_index}.csv"
-    if final.exists():
-        raise ValueError(f"round {round_index} is already decided ({final}); its readers' files are in {folder}")
-    read_answers(answers_file, class_names, queried_ids, known_ids, allow_empty, reader)  # refuse a bad file
-    atomic_write_bytes(folder / f"{reader}.csv", Path(answers_file).read_bytes(), private=True)
 
-    readers_in = sorted(p.stem for p in folder.glob("*.csv") if p.stem != ADJUDICATOR)
-    votes = {
-        name: {
-            a.id: ReaderVote.of(a)
-            for a in read_answers(folder / f"{name}.csv", class_names, queried_ids, known_ids, True, name)
-        }
-        for name in readers_in
-    }
-    result: dict = {"readers_in": readers_in}
-    if len(readers_in) < settings.readers:
-        result.update(status="waiting", missing=settings.readers - len(readers_in))
-        return result
-    result.update(reader_agreement(votes))
-    atomic_write_json(folder / "agreement.json", {k: v for k, v in result.items() if k != "readers_in"})
-    decided: dict[str, int | str | None] = {}
-    disputed: list[str] = []
-    for sample_id in queried_ids:
-        sample_votes = [votes[name][sample_id] for name in readers_in if sample_id in votes[name]]
-        decision = consensus(sample_votes, len(readers_in), settings.rule)
-        if decision is None and any(v.vote is not None for v in sample_votes):
-            disputed.append(sample_id)
-        decided[sample_id] = decision
-    adjudication = relabel_dir / "queries" / f"round_{round_index}_adjudication.csv"
-    adjudicator_file = folder / f"{ADJUDICATOR}.csv"
-    if disputed and not adjudicator_file.exists():
-        rows = [
-            {
-                "id": i,
-                **{
-                    f"reader_{n}": _vote_text(votes[n][i].vote if i in votes[n] else None, class_names)
-                    for n in readers_in
-                },
-                "expert_label": "",
-                "comment": "",
-            }
-            for i in disputed
-        ]
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(escape_dict(row) for row in rows)
-        atomic_write_bytes(adjudication, buffer.getvalue().encode("utf-8"), private=True)
-        result.update(status="adjudication", adjudication_file=str(adjudication), disputed=len(disputed))
-        return result
-    adjudicated = (
-        {a.id: a for a in read_answers(adjudicator_file, class_names, disputed, known_ids, True, ADJUDICATOR)}
-        if disputed
-        else {}
-    )
-    rows = []
-    for sample_id in queried_ids:
-        said = "; ".join(
-            f"{n}: {_vote_text(votes[n][sample_id].vote, class_names)}"
-            + (f" ({votes[n][sample_id].comment})" if votes[n][sample_id].comment else "")
-            for n in readers_in
-            if sample_id in votes[n]
-        )
-        if sample_id in adjudicated:
-            answer = adjudicated[sample_id]
-            label = _vote_text(ReaderVote.of(answer).vote, class_names) if not answer.skipped else ""
-            comment = f"adjudicated; {said}" + (f"; adjudicator: {answer.comment}" if answer.comment else "")
-            rows.append({"id": sample_id, "expert_label": label, "comment": comment, "reader": ADJUDICATOR})
-        else:
-            vote = decided[sample_id]
-            label = "" if vote is None else _vote_text(vote, class_names)
-            rows.append(
-                {"id": sample_id, "expert_label": label, "comment": f"{settings.rule}; {said}", "reader": "consensus"}
+    Raises:
+        RunLockedError: another process holds the run folder's lock (another alr command writing the run
+            refuses this one).
+    """
+    # the whole submission holds the run folder's lock: a reader's file and the round's decision change together
+    with run_lock(Path(relabel_dir).resolve().parent, "answer", create=False):
+        if not _NAME.match(reader):
+            raise ValueError(
+                f"reader name {reader!r}: use letters, digits, spaces, '.', '_' or '-' (up to 64), e.g. --reader dr_lee"
             )
-    atomic_write_bytes(final, _answers_csv(rows), private=True)
-    result.update(status="decided", answers_file=str(final), disputed=len(disputed))
-    return result
+        relabel_dir = Path(relabel_dir)
+        folder = relabel_dir / "answers" / f"round_{round_index}"
+        final = relabel_dir / "answers" / f"round_{round_index}.csv"
+        if final.exists():
+            raise ValueError(f"round {round_index} is already decided ({final}); its readers' files are in {folder}")
+        read_answers(answers_file, class_names, queried_ids, known_ids, allow_empty, reader)  # refuse a bad file
+        atomic_write_bytes(folder / f"{reader}.csv", Path(answers_file).read_bytes(), private=True)
+
+        readers_in = sorted(p.stem for p in folder.glob("*.csv") if p.stem != ADJUDICATOR)
+        votes = {
+            name: {
+                a.id: ReaderVote.of(a)
+                for a in read_answers(folder / f"{name}.csv", class_names, queried_ids, known_ids, True, name)
+            }
+            for name in readers_in
+        }
+        result: dict = {"readers_in": readers_in}
+        if len(readers_in) < settings.readers:
+            result.update(status="waiting", missing=settings.readers - len(readers_in))
+            return result
+        result.update(reader_agreement(votes))
+        atomic_write_json(folder / "agreement.json", {k: v for k, v in result.items() if k != "readers_in"})
+        decided: dict[str, int | str | None] = {}
+        disputed: list[str] = []
+        for sample_id in queried_ids:
+            sample_votes = [votes[name][sample_id] for name in readers_in if sample_id in votes[name]]
+            decision = consensus(sample_votes, len(readers_in), settings.rule)
+            if decision is None and any(v.vote is not None for v in sample_votes):
+                disputed.append(sample_id)
+            decided[sample_id] = decision
+        adjudication = relabel_dir / "queries" / f"round_{round_index}_adjudication.csv"
+        adjudicator_file = folder / f"{ADJUDICATOR}.csv"
+        if disputed and not adjudicator_file.exists():
+            rows = [
+                {
+                    "id": i,
+                    **{
+                        f"reader_{n}": _vote_text(votes[n][i].vote if i in votes[n] else None, class_names)
+                        for n in readers_in
+                    },
+                    "expert_label": "",
+                    "comment": "",
+                }
+                for i in disputed
+            ]
+            buffer = io.StringIO()
+            writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(escape_dict(row) for row in rows)
+            atomic_write_bytes(adjudication, buffer.getvalue().encode("utf-8"), private=True)
+            result.update(status="adjudication", adjudication_file=str(adjudication), disputed=len(disputed))
+            return result
+        adjudicated = (
+            {a.id: a for a in read_answers(adjudicator_file, class_names, disputed, known_ids, True, ADJUDICATOR)}
+            if disputed
+            else {}
+        )
+        rows = []
+        for sample_id in queried_ids:
+            said = "; ".join(
+                f"{n}: {_vote_text(votes[n][sample_id].vote, class_names)}"
+                + (f" ({votes[n][sample_id].comment})" if votes[n][sample_id].comment else "")
+                for n in readers_in
+                if sample_id in votes[n]
+            )
+            if sample_id in adjudicated:
+                answer = adjudicated[sample_id]
+                label = _vote_text(ReaderVote.of(answer).vote, class_names) if not answer.skipped else ""
+                comment = f"adjudicated; {said}" + (f"; adjudicator: {answer.comment}" if answer.comment else "")
+                rows.append({"id": sample_id, "expert_label": label, "comment": comment, "reader": ADJUDICATOR})
+            else:
+                vote = decided[sample_id]
+                label = "" if vote is None else _vote_text(vote, class_names)
+                rows.append(
+                    {
+                        "id": sample_id,
+                        "expert_label": label,
+                        "comment": f"{settings.rule}; {said}",
+                        "reader": "consensus",
+                    }
+                )
+        atomic_write_bytes(final, _answers_csv(rows), private=True)
+        result.update(status="decided", answers_file=str(final), disputed=len(disputed))
+        return result
