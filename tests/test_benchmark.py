@@ -26,40 +26,46 @@ def _tiny_npz(path: Path, seed: int = 0) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def benchmark_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("benchmark")
+# settings that make a benchmark cell run in seconds on the tiny file
+TINY_OVERRIDES = {
+    "coteaching#num_gradual": 1,
+    "noise_estimate#estimate_epoch": 1,
+    "vog#num_snapshots": 2,
+    "batch_size": 32,
+    "network_factory#block_inplanes": [4, 8, 8, 8],
+}
+
+
+def _run_tiny(root: Path, preset: dict) -> tuple[Path, Path]:
+    """``preset`` on the tiny file, one thread (tiny tensors: threads only add overhead on a shared 2-core machine);
+    returns the output folder and the preset file."""
     data = _tiny_npz(root / "tiny.npz")
-    preset = root / "preset.json"
-    preset.write_text(
-        json.dumps(
-            {
-                "noise_kind": "symmetric",
-                "noise_rates": [0.4, 0.6],
-                "seeds": [0],
-                "methods": ["ce", "coteaching", "ours"],
-                "max_epochs": 2,
-                "acquisitions": ["entropy", "random"],
-                "rounds": 1,
-                "budget": 8,
-                "recalibration_epochs": 1,
-                "overrides": {
-                    "coteaching#num_gradual": 1,
-                    "noise_estimate#estimate_epoch": 1,
-                    "vog#num_snapshots": 2,
-                    "batch_size": 32,
-                    "network_factory#block_inplanes": [4, 8, 8, 8],
-                },
-            }
-        )
-    )
+    path = root / "preset.json"
+    path.write_text(json.dumps(preset))
     previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: threads only add overhead on a shared 2-core machine
+    torch.set_num_threads(1)
     try:
-        out = run_benchmark(preset, root / "out", data=str(data))
+        out = run_benchmark(path, root / "out", data=str(data))
     finally:
         torch.set_num_threads(previous)
-    return out, preset
+    return out, path
+
+
+@pytest.fixture(scope="module")
+def benchmark_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    preset = {
+        "noise_kind": "symmetric",
+        "noise_rates": [0.4, 0.6],
+        "seeds": [0],
+        "methods": ["ce", "coteaching", "ours"],
+        "max_epochs": 2,
+        "acquisitions": ["entropy", "random"],
+        "rounds": 1,
+        "budget": 8,
+        "recalibration_epochs": 1,
+        "overrides": TINY_OVERRIDES,
+    }
+    return _run_tiny(tmp_path_factory.mktemp("benchmark"), preset)
 
 
 def test_results_csv_has_every_cell_round_and_finite_numbers(benchmark_run):
@@ -224,39 +230,19 @@ def test_cells_whose_folders_are_gone_keep_their_results_rows_and_are_not_rerun(
 
 # ------------------------------------------------------------------ issue 28 item 5: ours_refit
 @pytest.fixture(scope="module")
-def refit_benchmark(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("refit")
-    data = _tiny_npz(root / "tiny.npz")
-    preset = root / "preset.json"
-    preset.write_text(
-        json.dumps(
-            {
-                "noise_settings": [["symmetric", 0.4]],
-                "seeds": [0],
-                "methods": ["ours_refit"],
-                "max_epochs": 2,
-                "acquisitions": ["entropy"],
-                "rounds": 1,
-                "budget": 8,
-                "recalibration_epochs": 1,
-                "overrides": {
-                    "coteaching#num_gradual": 1,
-                    "noise_estimate#estimate_epoch": 1,
-                    "vog#num_snapshots": 2,
-                    "batch_size": 32,
-                    "network_factory#block_inplanes": [4, 8, 8, 8],
-                    "imbalance#logit_adjustment": 1.0,
-                },
-            }
-        )
-    )
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        out = run_benchmark(preset, root / "out", data=str(data))
-    finally:
-        torch.set_num_threads(previous)
-    return out
+def refit_benchmark(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    preset = {
+        "noise_settings": [["symmetric", 0.4]],
+        "seeds": [0],
+        "methods": ["ours_refit"],
+        "max_epochs": 2,
+        "acquisitions": ["entropy"],
+        "rounds": 1,
+        "budget": 8,
+        "recalibration_epochs": 1,
+        "overrides": {**TINY_OVERRIDES, "imbalance#logit_adjustment": 1.0},
+    }
+    return _run_tiny(tmp_path_factory.mktemp("refit"), preset)[0]
 
 
 def test_refit_trains_on_the_selections_trusted_set_and_rounds_run_on_it(refit_benchmark):
