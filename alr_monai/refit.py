@@ -17,20 +17,15 @@ has the ``refit`` section, written last.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from alr_monai.utils import atomic_write_bytes, atomic_write_json, read_csv
+from alr_monai.utils import atomic_write_bytes, atomic_write_json, read_csv, read_json_or_empty
 
 __all__ = ["SELECTION_DIR", "run_refit"]
 
 SELECTION_DIR = "selection"
-
-
-def _metrics(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def run_refit(
@@ -52,10 +47,10 @@ def run_refit(
     from alr_monai.workflow import preset_files, run_workflow
 
     run_dir = Path(overrides["output_dir"])
-    if "refit" in _metrics(run_dir / "metrics.json"):
+    if "refit" in read_json_or_empty(run_dir / "metrics.json"):
         return run_dir
     selection_dir = run_dir / SELECTION_DIR
-    if not _metrics(selection_dir / "metrics.json").get("test"):
+    if not read_json_or_empty(selection_dir / "metrics.json").get("test"):
         log("selection: our phase 1")
         run_workflow([files[0]], {**overrides, "output_dir": str(selection_dir)})
     header, rows = read_csv(selection_dir / "selection.csv")
@@ -63,7 +58,7 @@ def run_refit(
     if not trusted:
         raise ValueError(f"{selection_dir / 'selection.csv'}: the selection trusted no sample; nothing to refit on")
     refit_files = [*files, *preset_files(["cleanlab_subset"])]
-    if not _metrics(run_dir / "metrics.json").get("test"):
+    if not read_json_or_empty(run_dir / "metrics.json").get("test"):
         log(f"refit: one network from scratch on the {len(trusted)} of {len(rows)} trusted samples")
         run_workflow(refit_files, {**overrides, "cleanlab#train_indices": trusted})
     _write_outputs(run_dir, selection_dir, len(trusted), len(rows))
@@ -73,11 +68,11 @@ def run_refit(
 def _write_outputs(run_dir: Path, selection_dir: Path, num_trusted: int, num_samples: int) -> None:
     """The selection's selection.csv and metrics into the run folder; the ``refit`` section last."""
     path = run_dir / "metrics.json"
-    metrics = _metrics(path)
+    metrics = read_json_or_empty(path)
     if "test" not in metrics:
         raise RuntimeError(f"{path}: the refitted model has no test metrics; rerun to finish its training")
     atomic_write_bytes(run_dir / "selection.csv", (selection_dir / "selection.csv").read_bytes(), private=True)
-    selection_metrics = _metrics(selection_dir / "metrics.json")
+    selection_metrics = read_json_or_empty(selection_dir / "metrics.json")
     train = selection_metrics["last"]["train"]
     metrics["last"]["train"].update(train)
     if metrics.get("history"):

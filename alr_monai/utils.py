@@ -260,6 +260,12 @@ def atomic_torch_save(path: str | Path, obj: Any) -> Path:
     return atomic_write_bytes(path, buffer.getbuffer())
 
 
+def read_json_or_empty(path: str | Path) -> dict:
+    """The JSON object in ``path``, or ``{}`` when the file does not exist yet (e.g. a run step not done)."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def read_csv(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
     """Read a CSV (utf-8, BOM tolerated) and return its header and rows as string dicts, the spreadsheet-safe
     escaping of :mod:`alr_monai.csvcells` undone."""

@@ -246,10 +246,10 @@ def save_run_config(run_dir: str | Path, **sections: Any) -> Path:
     Sections in use: ``config_files`` and ``overrides`` (phase 1, written by ``alr train``), and ``relabel``
     (the phase-2 settings, written by the first ``alr relabel`` / ``alr query``).
     """
-    from alr_monai.utils import atomic_write_json
+    from alr_monai.utils import atomic_write_json, read_json_or_empty
 
     path = Path(run_dir) / RUN_CONFIG
-    saved = json.loads(path.read_text()) if path.is_file() else {}
+    saved = read_json_or_empty(path)
     saved.update(sections)
     return atomic_write_json(path, saved)
 

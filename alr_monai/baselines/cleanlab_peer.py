@@ -32,13 +32,14 @@ when metrics.json also has the ``cleanlab`` section, written last.
 from __future__ import annotations
 
 import io
-import json
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from alr_monai.utils import read_json_or_empty
 
 __all__ = ["OVERLAY", "run_cleanlab_peer", "stratified_folds", "subset_items"]
 
@@ -108,10 +109,6 @@ def _parse(config_files: Sequence[str], overrides: Mapping[str, Any]):
     return parser
 
 
-def _metrics(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 def _predict_probs(network, items: Sequence[Mapping[str, Any]], transform, device) -> np.ndarray:
     """Softmax probabilities (len(items), C) in eval mode, un-augmented, in the order of ``items``."""
     import torch
@@ -158,7 +155,7 @@ def run_cleanlab_peer(
         raise ValueError("run_cleanlab_peer: overrides must set output_dir (the run folder)")
     run_dir = Path(overrides["output_dir"])
     state_dir = run_dir / "cleanlab"
-    if "cleanlab" in _metrics(run_dir / "metrics.json"):
+    if "cleanlab" in read_json_or_empty(run_dir / "metrics.json"):
         return run_dir
     base_files = list(config_files)
     subset_files = [*base_files, *preset_files([OVERLAY])]
@@ -217,7 +214,7 @@ def run_cleanlab_peer(
 
     issues, quality = _label_issues(state_dir / "label_issues.npz", given, pred_probs)
     kept = np.flatnonzero(~issues)
-    if not _metrics(run_dir / "metrics.json").get("test"):
+    if not read_json_or_empty(run_dir / "metrics.json").get("test"):
         say(f"cleanlab final model: CE on the {len(kept)} of {len(items)} samples cleanlab keeps")
         run_workflow(subset_files, {**overrides, "cleanlab#train_indices": kept.tolist()})
     _write_outputs(run_dir, items, class_names, given, pred_probs, issues, quality, num_folds, fold_epochs)
@@ -315,7 +312,7 @@ def _write_outputs(
             train[f"kept_fraction/{name}"] = fraction
 
     path = run_dir / "metrics.json"
-    metrics = _metrics(path)
+    metrics = read_json_or_empty(path)
     if "test" not in metrics:
         raise RuntimeError(f"{path}: the final cleanlab model has no test metrics; rerun to finish its training")
     metrics["last"]["train"].update(train)
