@@ -16,7 +16,9 @@ __all__ = [
     "ClassBalancedSampler",
     "build_dataset",
     "build_train_sampler",
+    "class_balanced_weights",
     "pin_memory_for",
+    "weighted_draw",
 ]
 
 CACHE_POLICIES = ("memory", "disk", "none")
@@ -82,6 +84,18 @@ def pin_memory_for(pin_memory: bool, device: str | object) -> bool:
     return bool(pin_memory) and torch.device(str(device)).type == "cuda" and torch.cuda.is_available()
 
 
+def class_balanced_weights(labels: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    """Each sample's draw weight, 1 / (size of its label's class), so every class is drawn about equally often."""
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    return 1.0 / torch.bincount(labels)[labels].double()
+
+
+def weighted_draw(weights: torch.Tensor, count: int, seed: int) -> list[int]:
+    """``count`` positions drawn with replacement by ``weights``, the same for the same seed (resumes agree)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.multinomial(weights, count, replacement=True, generator=generator).tolist()
+
+
 class ClassBalancedSampler(torch.utils.data.DistributedSampler):
     """Draws each epoch's indices with replacement, each sample weighted by 1 / (size of its GIVEN class).
 
@@ -112,13 +126,11 @@ class ClassBalancedSampler(torch.utils.data.DistributedSampler):
             raise ValueError(f"{len(labels_t)} labels for a dataset of {len(dataset)} samples")
         if len(labels_t) and int(labels_t.min()) < 0:
             raise ValueError("class-balanced sampling needs a class index (>= 0) for every sample")
-        counts = torch.bincount(labels_t)
-        self.weights = 1.0 / counts[labels_t].double()
+        self.weights = class_balanced_weights(labels_t)
 
     def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        draw = torch.multinomial(self.weights, self.total_size, replacement=True, generator=generator)
-        return iter(draw[self.rank : self.total_size : self.num_replicas].tolist())
+        draw = weighted_draw(self.weights, self.total_size, self.seed + self.epoch)
+        return iter(draw[self.rank : self.total_size : self.num_replicas])
 
 
 def build_train_sampler(

@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import Sampler
 
 from alr_monai import distributed
+from alr_monai.data.datasets import class_balanced_weights, weighted_draw
 
 
 class LabelStore:
@@ -96,18 +97,16 @@ class SubsetShuffleSampler(Sampler[int]):
         if self.class_balanced:
             if labels is None:
                 raise ValueError("class-balanced sampling needs the labels of the subset")
-            subset_labels = torch.as_tensor(labels)[torch.as_tensor(self.indices)]
-            counts = torch.bincount(subset_labels)
-            self._weights = 1.0 / counts[subset_labels].double()
+            self._weights = class_balanced_weights(torch.as_tensor(labels)[torch.as_tensor(self.indices)])
 
     def __iter__(self) -> Iterator[int]:
         if self.class_balanced and self._weights is None:
             raise RuntimeError("class-balanced sampling: call set_indices(indices, labels) before iterating")
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
         rank, replicas = self._share()
         if self._weights is not None:
-            picks = torch.multinomial(self._weights, self.num_samples, replacement=True, generator=generator)
-            return iter([self.indices[i] for i in picks.tolist()[rank::replicas]])
+            picks = weighted_draw(self._weights, self.num_samples, self.seed + self.epoch)
+            return iter([self.indices[i] for i in picks[rank::replicas]])
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
         order: list[int] = []
         while len(order) < self.num_samples:
             order.extend(torch.randperm(len(self.indices), generator=generator).tolist())
