@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["class_log_prior", "logit_adjusted_cross_entropy"]
+__all__ = ["adjust_logits", "class_log_prior", "logit_adjusted_cross_entropy"]
 
 
 def class_log_prior(labels: Sequence[int] | Tensor, num_classes: int, smoothing: float = 1.0) -> Tensor:
@@ -44,6 +44,20 @@ def class_log_prior(labels: Sequence[int] | Tensor, num_classes: int, smoothing:
     return torch.log(counts / counts.sum()).float()
 
 
+def adjust_logits(logits: Tensor, log_prior: Tensor | None, tau: float = 1.0) -> Tensor:
+    """``logits + tau * log_prior`` (the logits unchanged when ``log_prior`` is None or tau 0): what a
+    logit-adjusted loss sees, while inference keeps the plain logits.
+
+    Raises:
+        ValueError: the prior's class count differs from the logits'.
+    """
+    if log_prior is None or tau == 0.0:
+        return logits
+    if log_prior.numel() != logits.shape[-1]:
+        raise ValueError(f"log prior has {log_prior.numel()} classes, the logits {logits.shape[-1]}")
+    return logits + tau * log_prior.to(device=logits.device, dtype=logits.dtype)
+
+
 def logit_adjusted_cross_entropy(
     logits: Tensor, targets: Tensor, log_prior: Tensor | None = None, tau: float = 1.0, reduction: str = "none"
 ) -> Tensor:
@@ -56,8 +70,4 @@ def logit_adjusted_cross_entropy(
         tau: adjustment strength.
         reduction: as in :func:`torch.nn.functional.cross_entropy`.
     """
-    if log_prior is not None and tau != 0.0:
-        if log_prior.numel() != logits.shape[-1]:
-            raise ValueError(f"log prior has {log_prior.numel()} classes, the logits {logits.shape[-1]}")
-        logits = logits + tau * log_prior.to(device=logits.device, dtype=logits.dtype)
-    return F.cross_entropy(logits, targets, reduction=reduction)
+    return F.cross_entropy(adjust_logits(logits, log_prior, tau), targets, reduction=reduction)

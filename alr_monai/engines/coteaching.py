@@ -22,6 +22,7 @@ from monai.utils.enums import CommonKeys as Keys
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim import Optimizer
 
+from alr_monai.algorithms.losses import adjust_logits
 from alr_monai.algorithms.policy import SelectionPolicy
 from alr_monai.algorithms.selection import forget_rate_schedule
 from alr_monai.distributed import (
@@ -223,9 +224,8 @@ class CoTeachingTrainer(Trainer):
         return torch.tensor([forget_rate_schedule(epoch, r, self.num_gradual, self.exponent) for r in rates])
 
     def _per_sample_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if self.class_log_prior is not None and self.logit_adjustment:
-            # logit adjustment (Menon et al. 2021): the loss sees logits + tau * log prior, inference the plain ones
-            logits = logits + self.logit_adjustment * self.class_log_prior.to(logits.device, logits.dtype)
+        # logit adjustment (Menon et al. 2021): the loss sees logits + tau * log prior, inference the plain ones
+        logits = adjust_logits(logits, self.class_log_prior, self.logit_adjustment)
         if self.loss_function is None:
             return F.cross_entropy(logits, targets, reduction="none")
         losses = self.loss_function(logits, targets)
