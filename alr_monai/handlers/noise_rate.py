@@ -181,11 +181,31 @@ class NoiseRateEstimateHandler:
         # what each estimator said (ensemble), the epoch the estimate was made, the classes cut cautiously
         self.estimator_rates: dict[str, list[float]] = {}
         self.estimated_at: int | None = None
-        self.cautious_classes: list[str] = []
-        self.disagreement: float | None = None
         self._last_val_balanced: float | None = None
         self._class_truth: list[float] | None = None
         self.logger = logging.getLogger(__name__)
+
+    def _combined(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The ensemble's per-class spread and flags, from the estimators' rates (None before an ensemble estimate)."""
+        if not self.estimator_rates:
+            return None
+        rates = {name: torch.tensor(values, dtype=torch.float64) for name, values in self.estimator_rates.items()}
+        _, spread, flagged = combine_estimates(rates, self.disagreement_tolerance)
+        return spread, flagged
+
+    @property
+    def disagreement(self) -> float | None:
+        """The largest spread (max - min) of the ensemble's estimators over the classes."""
+        combined = self._combined()
+        return None if combined is None else float(torch.nan_to_num(combined[0], nan=0.0).max())
+
+    @property
+    def cautious_classes(self) -> list[str]:
+        """The classes whose estimators span more than ``disagreement_tolerance``."""
+        combined = self._combined()
+        if combined is None:
+            return []
+        return [name for name, flag in zip(self.class_names, combined[1].tolist(), strict=True) if flag]
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self._apply_estimate)
@@ -249,12 +269,8 @@ class NoiseRateEstimateHandler:
             else:
                 by_method[method] = torch.tensor(self._estimate_from_losses()[1], dtype=torch.float64)
         if self.method == "ensemble":
-            rates, spread, cautious = combine_estimates(by_method, self.disagreement_tolerance)
+            rates = combine_estimates(by_method, self.disagreement_tolerance)[0]
             self.estimator_rates = {name: [float(r) for r in values] for name, values in by_method.items()}
-            self.disagreement = float(torch.nan_to_num(spread, nan=0.0).max())
-            self.cautious_classes = [
-                name for name, flag in zip(self.class_names, cautious.tolist(), strict=True) if flag
-            ]
         else:
             rates = by_method[self.method]
         counts = torch.bincount(given, minlength=self.num_classes).double()
@@ -370,10 +386,6 @@ class NoiseRateEstimateHandler:
             state["class_truth"] = torch.tensor(self._class_truth, dtype=torch.float64)
         state["estimated_at"] = -1 if self.estimated_at is None else int(self.estimated_at)
         state["last_val_balanced"] = -1.0 if self._last_val_balanced is None else float(self._last_val_balanced)
-        state["disagreement"] = -1.0 if self.disagreement is None else float(self.disagreement)
-        state["cautious_classes"] = torch.tensor(
-            [self.class_names.index(name) for name in self.cautious_classes], dtype=torch.long
-        )
         state["estimator_rates"] = {
             name: torch.tensor(rates, dtype=torch.float64) for name, rates in self.estimator_rates.items()
         }
@@ -394,9 +406,6 @@ class NoiseRateEstimateHandler:
             self.estimated_at = self.estimate_epoch
         last = float(state_dict.get("last_val_balanced", -1.0))
         self._last_val_balanced = None if last < 0 else last
-        disagreement = float(state_dict.get("disagreement", -1.0))
-        self.disagreement = None if disagreement < 0 else disagreement
-        self.cautious_classes = [self.class_names[int(i)] for i in state_dict.get("cautious_classes", [])]
         self.estimator_rates = {
             name: [float(r) for r in rates] for name, rates in state_dict.get("estimator_rates", {}).items()
         }
