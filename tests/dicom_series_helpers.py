@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from conftest import new_dicom_dataset
 
 
 def write_slice(
@@ -25,18 +26,9 @@ def write_slice(
     with_pixels: bool = True,
 ) -> Path:
     """Writes one single-frame 16-bit DICOM slice (rows x columns = ``pixels.shape``)."""
-    import pydicom
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import CTImageStorage
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds = new_dicom_dataset(CTImageStorage)
     ds.Modality = modality
     if patient_id is not None:
         ds.PatientID = patient_id
