@@ -264,3 +264,15 @@ def test_refit_trains_on_the_selections_trusted_set_and_rounds_run_on_it(refit_b
     with open(refit_benchmark / "results.csv", newline="") as handle:
         results = [row for row in csv.DictReader(handle) if row["method"] == "ours_refit"]
     assert {row["round"] for row in results} == {"0", "1"}
+
+
+def test_every_benchmark_method_names_presets_that_exist():
+    # a method whose preset was renamed would otherwise fail only hours into a suite run
+    from alr_monai.benchmark import METHOD_PRESETS
+    from alr_monai.workflow import preset_files
+
+    for method, presets in METHOD_PRESETS.items():
+        files = preset_files(presets)
+        assert len(files) == len(presets), method
+        assert all(Path(f).is_file() for f in files), method
+    assert METHOD_PRESETS["ours_adaptive_estimate"] == ["adaptive_estimate"]

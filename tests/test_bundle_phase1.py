@@ -263,6 +263,8 @@ def test_all_presets_parse():
         "loss_prototype": {"selection#rank_by": "loss+prototype"},
         "cleanlab_subset": {"cleanlab#train_indices": None, "vog#class_normalise": False},
         "plain_loss": {"imbalance#logit_adjustment": 0.0},
+        "adaptive_estimate": {"noise_estimate#method": "ensemble", "noise_estimate#latest_epoch": 6},
+        "class_balanced": {"imbalance#sampler": "class_balanced", "imbalance#logit_adjustment": 0.0},
     }
     assert {p.stem for p in PRESETS.glob("*.json")} == set(expected)
     for name, values in expected.items():
