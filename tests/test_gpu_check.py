@@ -1,4 +1,4 @@
-"""The prepared GPU check, rehearsed on the CPU (``--dry-run``), and the input-pipeline benchmark at tiny sizes."""
+"""The prepared GPU check, rehearsed on the CPU (``--dry-run``), and the CPU-side speed scripts (input pipeline, val interval)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SKIP_LINE = "dry run: skipping the CUDA-only parts"
@@ -71,3 +73,16 @@ def test_pipeline_bench_measures_png_and_dicom_stages_and_loader_settings(tmp_pa
     settings = {(r["format"], r["workers"], r["cache"]) for r in result["epochs"]}
     assert settings == {("png", 0, "none"), ("png", 2, "disk"), ("dicom", 0, "none"), ("dicom", 2, "disk")}
     assert all(r["images_per_s"] > 0 for r in result["epochs"])
+
+
+def test_val_interval_study_finds_the_choice_an_even_interval_would_miss():
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import val_interval_study
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    curve = [0.50, 0.70, 0.90, 0.80]  # best at epoch 3, which an interval of 2 never validates
+    history = [{"epoch": e, "val": {"val_balanced_accuracy": v}} for e, v in enumerate(curve, 1)]
+    changed, given_up = val_interval_study.choice_change(history, 2)
+    assert changed and given_up == pytest.approx(0.10)
+    assert val_interval_study.choice_change(history[:2], 2) == (False, 0.0)  # best at epoch 2: kept

@@ -292,6 +292,79 @@ def test_selection_csv_writer_one_peer_leaves_net2_blank(tmp_path):
     assert {r["kept_by_net1"] for r in rows} == {"1"}  # forget rate 0 in epoch 1 of the ramp keeps everything
 
 
+class _EpochDraws:
+    """A loader whose epochs draw given index lists (as a class-balanced sampler does): each epoch the next plan,
+    the last one repeating; every plan has the same number of batches, as an epoch length must."""
+
+    def __init__(self, plans: list[list[list[int]]]) -> None:
+        batches = _batches()
+        images = torch.cat([b["image"] for b in batches])
+        labels = torch.cat([b["label"] for b in batches])
+        self.epochs = [
+            [
+                {"image": images[idx], "label": labels[idx], "index": torch.tensor(idx), "id": [f"s{i}" for i in idx]}
+                for idx in plan
+            ]
+            for plan in plans
+        ]
+        self.drawn = 0
+
+    def __len__(self) -> int:
+        return len(self.epochs[0])
+
+    def __iter__(self):
+        epoch = self.epochs[min(self.drawn, len(self.epochs) - 1)]
+        self.drawn += 1
+        return iter(epoch)
+
+
+def _run_draws(handlers: list, plans: list[list[list[int]]], max_epochs: int) -> CoTeachingTrainer:
+    torch.manual_seed(0)
+    network = PeerEnsemble(_tiny_net, num_peers=2)
+    trainer = CoTeachingTrainer(
+        device="cpu",
+        max_epochs=max_epochs,
+        train_data_loader=_EpochDraws(plans),
+        network=network,
+        optimizer=torch.optim.SGD(network.parameters(), lr=0.1),
+        forget_rate=0.25,
+        num_gradual=1,
+        train_handlers=handlers,
+    )
+    trainer.run()
+    return trainer
+
+
+def test_selection_tracker_keeps_the_last_record_of_samples_an_epoch_did_not_draw():
+    # epoch 1 draws everyone; epoch 2 draws 0-15 only (0-7 twice), as class-balanced draws with replacement can
+    first, second = list(range(8)), list(range(8, 16))
+    plans = [[first, second, list(range(16, 24))], [first, second, first]]
+    selection = SmallLossSelectionHandler(NUM_SAMPLES, 2, CLASS_NAMES, trusted_rule="class_cut")
+    after_epoch: dict[int, torch.Tensor] = {}
+    trainer = _run_draws([selection], plans, max_epochs=1)
+    after_epoch[1] = selection.losses.clone()
+    _continue(trainer, 2)
+    assert bool(selection.seen.all())  # drawn once is enough: not dropped from the trusted set's candidates
+    assert torch.equal(selection.losses[:, 16:], after_epoch[1][:, 16:])  # epoch 1's record, kept
+    assert not torch.equal(selection.losses[:, :16], after_epoch[1][:, :16])  # epoch 2's record
+    assert int(selection.trusted().sum()) == round(NUM_SAMPLES * 0.75)  # 8 per class, at forget rate 0.25
+
+
+def test_selection_tracker_names_samples_no_epoch_has_drawn(tmp_path):
+    # without the ids and labels given up front, a sample never drawn would leave selection.csv a blank id and
+    # label -1, and phase 2 refuses such a file
+    plans = [[list(range(8)), list(range(8, 16)), list(range(8))]]
+    ids, labels = [f"s{i}" for i in range(NUM_SAMPLES)], [i % NUM_CLASSES for i in range(NUM_SAMPLES)]
+    selection = SmallLossSelectionHandler(NUM_SAMPLES, 2, CLASS_NAMES, trusted_rule="class_cut", ids=ids, labels=labels)
+    _run_draws([selection, SelectionCSVWriter(selection, tmp_path)], plans, max_epochs=1)
+    _, rows = _read_csv(tmp_path / "selection.csv")
+    assert [r["id"] for r in rows] == ids and [int(r["given_label"]) for r in rows] == labels
+    assert not bool(selection.seen[16:].any()) and not bool(selection.trusted()[16:].any())
+    assert bool(selection.mean_loss()[16:].isnan().all())
+    with pytest.raises(ValueError, match="23 ids for a training set of 24"):
+        SmallLossSelectionHandler(NUM_SAMPLES, 2, CLASS_NAMES, ids=ids[:-1])
+
+
 def test_selection_tracker_rejects_out_of_range_index():
     selection = SmallLossSelectionHandler(NUM_SAMPLES - 1, 2, CLASS_NAMES)
     with pytest.raises(IndexError):

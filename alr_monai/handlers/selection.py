@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 
 import torch
 from ignite.engine import Engine, Events
@@ -16,8 +17,11 @@ TRUSTED_RULES = ("any", "all", "class_cut")
 class SmallLossSelectionHandler:
     """Records every sample's per-peer loss and selection in each epoch, keyed on the batch ``index``.
 
-    At the end of an epoch the epoch's record becomes the "last completed" record, from which the trusted
-    set is read by ``trusted_rule``:
+    At the end of an epoch the epoch's record of each sample it drew replaces that sample's "last completed"
+    record, from which the trusted set is read by ``trusted_rule``. A shuffling sampler draws every sample every
+    epoch, so the record is that epoch's; a class-balanced sampler (drawing with replacement) leaves some of a
+    large class out of any one epoch, and those keep the record of the last epoch that drew them. A sample no
+    epoch has drawn yet has no loss and is never trusted:
 
     - ``"any"`` / ``"all"``: samples kept in their batch by any peer / by every peer;
     - ``"class_cut"``: within each GIVEN class, the ``1 - rate`` share with the smallest epoch loss (mean over
@@ -33,6 +37,9 @@ class SmallLossSelectionHandler:
         num_peers: number of peers trained.
         class_names: class names by index, used for metric names.
         trusted_rule: one of :data:`TRUSTED_RULES`.
+        ids: every sample's id, known before training (the batches' ids fill them otherwise, so a sample never
+            drawn would have none: selection.csv must name every sample for phase 2 to match it).
+        labels: every sample's GIVEN label, known before training (as ``ids``).
 
     Memory (per training sample, P peers): the label 8 bytes, the last completed and the running epoch's
     losses 2 x P x 4 bytes, kept flags 2 x P bytes and seen flags 2 bytes (30 bytes for P = 2), plus the sample
@@ -40,9 +47,20 @@ class SmallLossSelectionHandler:
     running epoch's record replaces the last completed one. See :meth:`state_bytes`.
     """
 
-    def __init__(self, num_samples: int, num_peers: int, class_names: list[str], trusted_rule: str = "any") -> None:
+    def __init__(
+        self,
+        num_samples: int,
+        num_peers: int,
+        class_names: list[str],
+        trusted_rule: str = "any",
+        ids: Sequence[str] | None = None,
+        labels: Sequence[int] | torch.Tensor | None = None,
+    ) -> None:
         if trusted_rule not in TRUSTED_RULES:
             raise ValueError(f"trusted_rule must be one of {TRUSTED_RULES}, got {trusted_rule!r}")
+        for name, given in (("ids", ids), ("labels", labels)):
+            if given is not None and len(given) != num_samples:
+                raise ValueError(f"{len(given)} {name} for a training set of {num_samples} samples")
         self.num_samples = num_samples
         self.num_peers = num_peers
         self.class_names = list(class_names)
@@ -51,7 +69,9 @@ class SmallLossSelectionHandler:
         self.losses = torch.full((num_peers, num_samples), float("nan"))
         self.kept = torch.zeros((num_peers, num_samples), dtype=torch.bool)
         self.seen = torch.zeros(num_samples, dtype=torch.bool)
-        self.ids: list[str] = [""] * num_samples
+        self.ids: list[str] = [""] * num_samples if ids is None else [str(i) for i in ids]
+        if labels is not None:
+            self.labels.copy_(torch.as_tensor(labels).long().reshape(-1))
         self.completed_epoch = 0
         # the forget rate of each class in the last completed epoch ("class_cut")
         self.cut_rates = torch.zeros(len(self.class_names), dtype=torch.float64)
@@ -87,9 +107,14 @@ class SmallLossSelectionHandler:
                 self.ids[i] = str(sample_id)
 
     def _complete_epoch(self, engine: Engine) -> None:
-        self.losses.copy_(self._epoch_losses)
-        self.kept.copy_(self._epoch_kept)
-        self.seen.copy_(self._epoch_seen)
+        drawn = self._epoch_seen
+        if bool(drawn.all()):  # every sample drawn (shuffling): the epoch's record is the whole record
+            self.losses.copy_(self._epoch_losses)
+            self.kept.copy_(self._epoch_kept)
+        else:
+            self.losses[:, drawn] = self._epoch_losses[:, drawn]
+            self.kept[:, drawn] = self._epoch_kept[:, drawn]
+        self.seen |= drawn
         self.completed_epoch = engine.state.epoch
         self.cut_rates = self._rates_in_force(engine)
         fractions = per_class_kept_fraction(self.trusted(), self.labels, len(self.class_names))
