@@ -39,7 +39,7 @@ METHOD_PRESETS = {
     # our selection (train.json alone) inside, then the CE recipe refitted on its trusted set: the rounds are CE's
     "ours_refit": ["ce"],
     "ours_plain_loss": ["plain_loss"],
-    "ours_adaptive_estimate": ["adaptive_estimate"],
+    "ours_prototype_estimate": ["prototype_estimate"],
     "ours_class_balanced": ["class_balanced"],
 }
 RESULT_COLUMNS = [

@@ -487,7 +487,7 @@ KEYS: tuple[Key, ...] = (
         "train",
         "int?",
         "estimate once validation balanced accuracy stops rising (by < 0.02 an epoch), at the latest after this "
-        "epoch; null = at estimate_epoch",
+        "epoch (or the run's last); null = at estimate_epoch",
         minimum=1,
     ),
     Key(
@@ -504,7 +504,8 @@ KEYS: tuple[Key, ...] = (
         TRAIN,
         "train",
         "float",
-        "ensemble: a class whose estimators span more than this is cut at the lower estimate",
+        "ensemble: a class on which no majority of the estimators agrees within this is flagged (console, "
+        "metrics.json, report); its rate stays the median",
         minimum=0,
         maximum=1,
     ),

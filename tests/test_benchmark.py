@@ -30,6 +30,8 @@ def _tiny_npz(path: Path, seed: int = 0) -> Path:
 TINY_OVERRIDES = {
     "coteaching#num_gradual": 1,
     "noise_estimate#estimate_epoch": 1,
+    # 2-epoch runs: estimate after epoch 1 rather than wait for the network to level off (by the last epoch)
+    "noise_estimate#latest_epoch": None,
     "vog#num_snapshots": 2,
     "batch_size": 32,
     "network_factory#block_inplanes": [4, 8, 8, 8],
@@ -275,4 +277,4 @@ def test_every_benchmark_method_names_presets_that_exist():
         files = preset_files(presets)
         assert len(files) == len(presets), method
         assert all(Path(f).is_file() for f in files), method
-    assert METHOD_PRESETS["ours_adaptive_estimate"] == ["adaptive_estimate"]
+    assert METHOD_PRESETS["ours_prototype_estimate"] == ["prototype_estimate"]

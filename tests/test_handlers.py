@@ -55,7 +55,7 @@ def _run(handlers: list, max_epochs: int, num_peers: int = 2, num_gradual: int =
     trainer = CoTeachingTrainer(
         device="cpu",
         max_epochs=max_epochs,
-        train_data_loader=_batches(),
+        train_data_loader=kwargs.pop("loader", None) or _batches(),
         network=network,
         optimizer=torch.optim.SGD(network.parameters(), lr=0.1),
         forget_rate=kwargs.pop("forget_rate", 0.25),
@@ -318,30 +318,13 @@ class _EpochDraws:
         return iter(epoch)
 
 
-def _run_draws(handlers: list, plans: list[list[list[int]]], max_epochs: int) -> CoTeachingTrainer:
-    torch.manual_seed(0)
-    network = PeerEnsemble(_tiny_net, num_peers=2)
-    trainer = CoTeachingTrainer(
-        device="cpu",
-        max_epochs=max_epochs,
-        train_data_loader=_EpochDraws(plans),
-        network=network,
-        optimizer=torch.optim.SGD(network.parameters(), lr=0.1),
-        forget_rate=0.25,
-        num_gradual=1,
-        train_handlers=handlers,
-    )
-    trainer.run()
-    return trainer
-
-
 def test_selection_tracker_keeps_the_last_record_of_samples_an_epoch_did_not_draw():
     # epoch 1 draws everyone; epoch 2 draws 0-15 only (0-7 twice), as class-balanced draws with replacement can
     first, second = list(range(8)), list(range(8, 16))
     plans = [[first, second, list(range(16, 24))], [first, second, first]]
     selection = SmallLossSelectionHandler(NUM_SAMPLES, 2, CLASS_NAMES, trusted_rule="class_cut")
     after_epoch: dict[int, torch.Tensor] = {}
-    trainer = _run_draws([selection], plans, max_epochs=1)
+    trainer = _run([selection], max_epochs=1, loader=_EpochDraws(plans))
     after_epoch[1] = selection.losses.clone()
     _continue(trainer, 2)
     assert bool(selection.seen.all())  # drawn once is enough: not dropped from the trusted set's candidates
@@ -356,7 +339,7 @@ def test_selection_tracker_names_samples_no_epoch_has_drawn(tmp_path):
     plans = [[list(range(8)), list(range(8, 16)), list(range(8))]]
     ids, labels = [f"s{i}" for i in range(NUM_SAMPLES)], [i % NUM_CLASSES for i in range(NUM_SAMPLES)]
     selection = SmallLossSelectionHandler(NUM_SAMPLES, 2, CLASS_NAMES, trusted_rule="class_cut", ids=ids, labels=labels)
-    _run_draws([selection, SelectionCSVWriter(selection, tmp_path)], plans, max_epochs=1)
+    _run([selection, SelectionCSVWriter(selection, tmp_path)], max_epochs=1, loader=_EpochDraws(plans))
     _, rows = _read_csv(tmp_path / "selection.csv")
     assert [r["id"] for r in rows] == ids and [int(r["given_label"]) for r in rows] == labels
     assert not bool(selection.seen[16:].any()) and not bool(selection.trusted()[16:].any())

@@ -27,13 +27,19 @@ def test_combine_takes_the_median_and_flags_the_classes_where_estimators_disagre
         "c": torch.tensor([0.14, 0.90, 0.32]),
     }
     rates, spread, flagged = combine_estimates(estimates, tolerance=0.15)
-    assert rates[0] == pytest.approx(0.12) and not flagged[0] and spread[0] == pytest.approx(0.04)
-    assert flagged[1] and spread[1] == pytest.approx(0.8) and rates[1] == pytest.approx(0.5)  # the median stands
-    assert rates[2] == pytest.approx(0.31)  # NaN ignored; an even count takes the mean of the middle two
-    # one failing estimator (0.0 for a class 80% wrong) does not move the median far
-    four = {k: torch.tensor([v]) for k, v in zip("abcd", [0.0, 0.75, 0.8, 0.85], strict=True)}
-    rates, _, flagged = combine_estimates(four, tolerance=0.15)
-    assert flagged[0] and rates[0] == pytest.approx(0.775)
+    # the spread is the narrowest range holding a majority (2 of 3): 0.10-0.12-0.14 -> 0.02
+    assert rates[0] == pytest.approx(0.12) and not flagged[0] and spread[0] == pytest.approx(0.02)
+    # 0.10, 0.50, 0.90: no two within 0.15, so the median is uncertain (it stands, flagged)
+    assert flagged[1] and spread[1] == pytest.approx(0.4) and rates[1] == pytest.approx(0.5)
+    assert rates[2] == pytest.approx(0.31) and not flagged[2]  # NaN ignored; two estimates: their mean
+    # one failing estimator (0.0 for a class 80% wrong) moves neither the median far nor raises the flag:
+    # three of four agree within 0.10
+    four = {k: torch.tensor([v, v / 4]) for k, v in zip("abcd", [0.0, 0.75, 0.8, 0.85], strict=True)}
+    rates, spread, flagged = combine_estimates(four, tolerance=0.15)
+    assert rates[0] == pytest.approx(0.775) and spread[0] == pytest.approx(0.10) and not flagged[0]
+    # split two against two: no majority agrees, flagged
+    split = {k: torch.tensor([v]) for k, v in zip("abcd", [0.1, 0.15, 0.6, 0.65], strict=True)}
+    assert combine_estimates(split, tolerance=0.15)[2].tolist() == [True]
     with pytest.raises(ValueError, match="no estimates"):
         combine_estimates({})
 
@@ -136,6 +142,9 @@ def test_adaptive_estimate_waits_until_validation_stops_rising():
     assert trainer.state.metrics["noise_estimate_epoch"] == adaptive.estimated_at
     never, _ = _run("prototype_matching", latest_epoch=3, max_epochs=3)
     assert never.estimated_at is not None and never.estimated_at <= 3  # latest_epoch forces it
+    # a run shorter than latest_epoch estimates by its last epoch rather than not at all
+    short, _ = _run("prototype_matching", latest_epoch=6, max_epochs=2)
+    assert short.estimated_at == 2
 
 
 def test_latest_epoch_before_estimate_epoch_is_refused():

@@ -557,6 +557,17 @@ def test_audit_in_round_one_corrects_the_estimate_and_recuts_the_trusted_set(pha
     assert not {row["id"] for row in query2} & queried  # nobody is asked twice
 
 
+def test_an_audit_larger_than_the_round_budget_is_refused(phase1_run, tmp_path):
+    # 2 per class from each part of 8 classes is 32 labels, more than the budget of 20: before this check, the
+    # few-images suite cell's audit spent 45 labels in a round of 10
+    run_dir = copy_run(phase1_run, tmp_path)
+    with pytest.raises(Exception) as info:
+        _bundle_relabel(run_dir, **{**ROUNDS, "relabel#audit_per_class": 2})
+    messages = [str(error) for error in exception_chain(info.value)]
+    expected = "relabel#audit_per_class 2 asks up to 32 labels in round 1"
+    assert any(expected in m and "relabel#audit_per_class to 1" in m for m in messages), messages
+
+
 def test_a_deleted_pending_query_file_is_rebuilt_with_the_same_content(phase1_run, tmp_path, capsys):
     """Issue 24, item 13: `alr status` says the file is missing and how to get it back; `alr query` writes it again,
     byte for byte (the same model and seed rank the pool the same way), and the round goes on."""

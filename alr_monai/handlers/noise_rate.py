@@ -230,15 +230,16 @@ class NoiseRateEstimateHandler:
     def _uses_validation(self) -> bool:
         return self.method in VALIDATION_METHODS + ("ensemble",) or self.latest_epoch is not None
 
-    def _ready(self, epoch: int, val: dict[str, torch.Tensor]) -> bool:
+    def _ready(self, epoch: int, val: dict[str, torch.Tensor], max_epochs: int | None = None) -> bool:
         """Whether the network has learned enough to estimate: its validation balanced accuracy has reached
         :func:`separable_balanced_accuracy` and stopped rising fast (by less than ``plateau_delta`` since the
-        last epoch), or ``latest_epoch`` has come. Without ``latest_epoch``, ``estimate_epoch`` decides alone."""
+        last epoch), or ``latest_epoch`` has come, or the run's last epoch (a run shorter than ``latest_epoch``
+        still estimates). Without ``latest_epoch``, ``estimate_epoch`` decides alone."""
         if self.latest_epoch is None:
             return True
         balanced = _balanced_accuracy(val["probs"], val["labels"], self.num_classes)
         previous, self._last_val_balanced = self._last_val_balanced, balanced
-        if epoch >= self.latest_epoch:
+        if epoch >= self.latest_epoch or (max_epochs is not None and epoch >= max_epochs):
             return True
         learned = balanced >= separable_balanced_accuracy(self.num_classes)
         return learned and previous is not None and balanced - previous < self.plateau_delta
@@ -320,7 +321,7 @@ class NoiseRateEstimateHandler:
         epoch = engine.state.epoch
         if self.estimate is None and epoch >= self.estimate_epoch:
             val = _eval_pass(self.network, self.val_loader, self._with_features()) if self._uses_validation() else None
-            if val is None or self._ready(epoch, val):
+            if val is None or self._ready(epoch, val, engine.state.max_epochs):
                 self._estimate(engine, val)
         if self.estimated_at is not None:
             engine.state.metrics["noise_estimate_epoch"] = self.estimated_at

@@ -309,6 +309,17 @@ class RelabelDriver:
         self.pseudo_label_threshold = float(pseudo_label_threshold)
         # the round-1 audit and the trusted set re-cut at the expert-corrected rates (off: phase 1's cut stands)
         self.recut = recut if recut is not None and recut.enabled else None
+        if self.recut is not None:
+            # the audit is asked within round 1's budget; one larger than it would spend labels nobody budgeted
+            most = 2 * self.recut.per_class * self.recut.num_classes
+            if most > round_budget:
+                fits = round_budget // (2 * self.recut.num_classes)
+                raise ValueError(
+                    f"relabel#audit_per_class {self.recut.per_class} asks up to {most} labels in round 1 "
+                    f"({self.recut.per_class} per given class from the trusted set and as many from the pool, "
+                    f"{self.recut.num_classes} classes), more than relabel#round_budget {round_budget}: set "
+                    f"relabel#audit_per_class to {fits}{' (off)' if fits == 0 else ''} or the budget to {most} or more"
+                )
         self.image_refs = None if image_refs is None else [str(r) for r in image_refs]
         # the label each suspected, unqueried sample trains with this round (-1 = not trained on)
         self.pseudo_labels = torch.full((len(self.ids),), -1, dtype=torch.long)
