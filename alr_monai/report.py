@@ -287,9 +287,9 @@ def _estimator_facts(train: dict) -> list[str]:
     cautious = int(train.get("noise_estimate_cautious_classes", 0))
     if cautious:
         line += (
-            f"; they disagree by up to {_fmt(train.get('noise_estimate_disagreement'))} on {cautious} class(es), "
-            "whose rates (the median) are uncertain: an audit in the first round (relabel#audit_per_class) "
-            "measures them"
+            f"; no majority of them agrees on {cautious} class(es) (the closest majority spans "
+            f"{_fmt(train.get('noise_estimate_disagreement'))}), whose rates (the median) are uncertain: an audit "
+            "in the first round (relabel#audit_per_class) measures them"
         )
     return [line]
 

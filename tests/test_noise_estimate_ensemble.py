@@ -209,4 +209,4 @@ def test_report_names_the_estimators_and_their_disagreement():
     }
     (line,) = _estimator_facts(train)
     assert "prototype_matching 0.500" in line and "gmm 0.200" in line and "after epoch 6" in line
-    assert "disagree by up to 0.300 on 2 class(es)" in line
+    assert "no majority of them agrees on 2 class(es) (the closest majority spans 0.300)" in line

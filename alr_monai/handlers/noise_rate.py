@@ -371,10 +371,10 @@ class NoiseRateEstimateHandler:
         self.logger.info(message)
         if self.cautious_classes:
             self.logger.warning(
-                f"noise rate estimators disagree by up to {self.disagreement:.2f} (> "
-                f"{self.disagreement_tolerance:.2f}) on {', '.join(self.cautious_classes)}: their rates (the "
-                "median) are uncertain, so their trusted sets may be off; an audit in the first round "
-                "(--relabel#audit_per_class 3) measures them (per estimator: "
+                f"noise rate estimators disagree on {', '.join(self.cautious_classes)}: no majority of them agrees "
+                f"within {self.disagreement_tolerance:.2f} (the closest majority spans up to {self.disagreement:.2f}),"
+                " so the rates (the median) and the trusted sets of these classes are uncertain; an audit in the "
+                "first round (--relabel#audit_per_class 3) measures them (overall rate per estimator: "
                 + "; ".join(f"{m} {self._weighted(r):.2f}" for m, r in self.estimator_rates.items())
                 + ")"
             )
