@@ -31,7 +31,7 @@ GROUPS = {
     "VoGHandler": "VoG",
     "ValidationHandler": "validation",
     "RunCheckpointer": "checkpoint",
-    "NoiseRateEstimateHandler": "noise-rate estimate (once, epoch 2)",
+    "NoiseRateEstimateHandler": "noise-rate estimate (one-off, epochs 2+)",
     "TensorBoardImageHandler": "TensorBoard charts",
 }
 DATA = "data loading (DataLoader next())"
@@ -45,12 +45,12 @@ ROWS = [
     "VoG",
     "validation",
     "checkpoint",
-    "noise-rate estimate (once, epoch 2)",
+    "noise-rate estimate (one-off, epochs 2+)",
     "TensorBoard charts",
     "other handlers",
     "engine and unaccounted",
 ]
-ONCE = "noise-rate estimate (once, epoch 2)"
+ONCE = "noise-rate estimate (one-off, epochs 2+)"
 
 
 def _owner(handler: Callable) -> Any:

@@ -44,7 +44,7 @@ class SmallLossSelectionHandler:
     Memory (per training sample, P peers): the label 8 bytes, the last completed and the running epoch's
     losses 2 x P x 4 bytes, kept flags 2 x P bytes and seen flags 2 bytes (30 bytes for P = 2), plus the sample
     id as a Python str (about 8 + 49 + len(id) bytes for an ASCII id). No history across epochs is kept: the
-    running epoch's record replaces the last completed one. See :meth:`state_bytes`.
+    running epoch's record replaces the last completed one (sample by sample). See :meth:`state_bytes`.
     """
 
     def __init__(
