@@ -119,8 +119,9 @@ def test_untrained_model_triggers_a_warning(caplog):
         val_loader=_batches(val_true, val_images),
     )
     with caplog.at_level("WARNING", logger="alr_monai.handlers.noise_rate"):
-        estimator._estimate_from_validation(_eval_pass(network, _batches(val_true, val_images), False))
+        estimator._estimate_from_validation(_eval_pass(network, _batches(val_true, val_images), False), epoch=4)
     assert "does not yet separate the classes" in caplog.text
+    assert "validation balanced accuracy at epoch 4 is" in caplog.text  # the epoch it was tried at
 
 
 def test_separability_bar_is_a_seventh_of_the_way_from_chance_to_perfect():
@@ -131,9 +132,9 @@ def test_separability_bar_is_a_seventh_of_the_way_from_chance_to_perfect():
     labels = torch.tensor([0] * 10 + [1] * 10)
     # recall 0.7 on each class: balanced accuracy 0.70, which "twice chance" (1.0) used to refuse
     predicted = torch.cat([torch.tensor([0] * 7 + [1] * 3), torch.tensor([1] * 7 + [0] * 3)])
-    assert binary._classes_separable(nn.functional.one_hot(predicted, 2).float(), labels)
+    assert binary._classes_separable(nn.functional.one_hot(predicted, 2).float(), labels, 2)
     predicted = torch.cat([torch.tensor([0] * 5 + [1] * 5), torch.tensor([1] * 6 + [0] * 4)])  # 0.55: not yet
-    assert not binary._classes_separable(nn.functional.one_hot(predicted, 2).float(), labels)
+    assert not binary._classes_separable(nn.functional.one_hot(predicted, 2).float(), labels, 2)
 
 
 def test_default_method_logs_no_per_class_keys():

@@ -244,13 +244,13 @@ class NoiseRateEstimateHandler:
         learned = balanced >= separable_balanced_accuracy(self.num_classes)
         return learned and previous is not None and balanced - previous < self.plateau_delta
 
-    def _estimate_from_validation(self, val: dict[str, torch.Tensor]) -> tuple[float, list[float]] | None:
+    def _estimate_from_validation(self, val: dict[str, torch.Tensor], epoch: int) -> tuple[float, list[float]] | None:
         train = _eval_pass(self.network, self.train_loader, self._with_features())
         if train["index"].numel() != train["labels"].numel():
             raise KeyError("train_loader batches need an 'index' entry (each sample's position in the training set)")
         order = torch.argsort(train["index"])
         given = train["labels"][order]
-        if not self._classes_separable(val["probs"], val["labels"]):
+        if not self._classes_separable(val["probs"], val["labels"], epoch):
             return None
         methods = ENSEMBLE_METHODS if self.method == "ensemble" else (self.method,)
         by_method: dict[str, torch.Tensor] = {}
@@ -289,7 +289,7 @@ class NoiseRateEstimateHandler:
         wrong = self.true_labels[index] != given
         self._class_truth = _class_means(wrong.double(), given, self.num_classes)
 
-    def _classes_separable(self, probs: torch.Tensor, labels: torch.Tensor) -> bool:
+    def _classes_separable(self, probs: torch.Tensor, labels: torch.Tensor, epoch: int) -> bool:
         # The validation-calibrated estimates assume the model tells the classes apart; a model that has learnt
         # nothing yet makes every class look alike and the estimate arbitrary (it read 0 everywhere on a tiny
         # 1-epoch run), so the handler falls back to the loss mixture then.
@@ -297,10 +297,10 @@ class NoiseRateEstimateHandler:
         needed = separable_balanced_accuracy(self.num_classes)
         if balanced < needed:
             self.logger.warning(
-                f"noise rate estimate ({self.method}): validation balanced accuracy at epoch {self.estimate_epoch} is "
+                f"noise rate estimate ({self.method}): validation balanced accuracy at epoch {epoch} is "
                 f"{balanced:.2f}, under {needed:.2f} (a seventh of the way from chance to perfect); the model does "
                 "not yet separate the classes, so the per-class loss mixture (gmm) estimates instead (estimate "
-                "later: noise_estimate#estimate_epoch)"
+                "later: a larger noise_estimate#latest_epoch, or noise_estimate#estimate_epoch)"
             )
             return False
         return True
@@ -355,7 +355,7 @@ class NoiseRateEstimateHandler:
     def _estimate(self, engine: Engine, val: dict[str, torch.Tensor] | None) -> None:
         epoch = engine.state.epoch
         uses_val = self.method in VALIDATION_METHODS + ("ensemble",)
-        found = self._estimate_from_validation(val) if uses_val and val is not None else None
+        found = self._estimate_from_validation(val, epoch) if uses_val and val is not None else None
         self.estimate, self.class_estimates = found if found is not None else self._estimate_from_losses()
         self.estimated_at = epoch
         message = f"noise rate estimate after epoch {epoch}: {self.estimate:.3f}"
