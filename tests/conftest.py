@@ -14,6 +14,19 @@ import numpy as np
 import pytest
 
 
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    """Run ``alr argv`` in this process; returns (exit code, stdout, stderr)."""
+    from alr_monai import cli
+
+    code = 0
+    try:
+        cli.main(argv)
+    except SystemExit as exit_:
+        code = 0 if exit_.code is None else exit_.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
 def new_dicom_dataset(sop_class_uid: str):
     """An empty DICOM dataset of ``sop_class_uid`` with its file meta (explicit VR little endian) and new UIDs."""
     import pydicom

@@ -8,22 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 from alr_monai import cli
 from alr_monai.relabel import RoundState
 
 CLASSES = ["normal", "abnormal", "unclear"]  # as conftest.PENDING_RUN_CLASSES
-
-
-def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    """Run ``alr argv``; returns (exit code, stdout, stderr)."""
-    code = 0
-    try:
-        cli.main(argv)
-    except SystemExit as exit_:
-        code = 0 if exit_.code is None else exit_.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
 from alr_monai import runlock
 from alr_monai.relabel.state import AuditTrail, RoundState, apply_answers_file, open_state, start_round
@@ -159,18 +160,6 @@ def test_the_private_mode_is_configurable_and_checked(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------------ phase 1 frozen
-def _alr_in_process(argv: list[str], capsys) -> tuple[int, str, str]:
-    from alr_monai import cli
-
-    code = 0
-    try:
-        cli.main(argv)
-    except SystemExit as exit_:
-        code = 0 if exit_.code is None else exit_.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 @pytest.mark.parametrize("what", ["applied", "pending", "state only"])
 def test_train_on_a_run_with_relabel_rounds_is_refused_and_writes_nothing(what, pending_run, capsys, monkeypatch):
     from alr_monai import cli
@@ -180,12 +169,12 @@ def test_train_on_a_run_with_relabel_rounds_is_refused_and_writes_nothing(what, 
     if what == "applied":
         answers = relabel.parent / "filled.csv"
         answers.write_text("id,expert_label\ns3,abnormal\ns4,normal\ns5,normal\ns6,normal\n")
-        assert _alr_in_process(["answer", str(answers), "--run_dir", str(pending_run)], capsys)[0] == 0
+        assert run_cli(["answer", str(answers), "--run_dir", str(pending_run)], capsys)[0] == 0
     elif what == "state only":  # a relabel command stopped before its first query was written
         for path in sorted(relabel.rglob("*.csv")):
             path.unlink()
     before = _snapshot(pending_run)
-    code, out, err = _alr_in_process(["train", "--output_dir", str(pending_run), "--max_epochs", "10"], capsys)
+    code, out, err = run_cli(["train", "--output_dir", str(pending_run), "--max_epochs", "10"], capsys)
     assert code == 2, err
     assert f"phase 1 of run folder {pending_run} is frozen" in err and "alr train --output_dir <new folder>" in err
     assert _snapshot(pending_run) == before, "nothing was written"
@@ -227,7 +216,7 @@ def test_a_malformed_state_is_named_by_file_and_key_in_status_and_recover(key, v
     data = json.loads(state_path.read_text())
     data[key] = value
     state_path.write_text(json.dumps(data))
-    code, _, err = _alr_in_process(["status", "--run_dir", str(pending_run)], capsys)
+    code, _, err = run_cli(["status", "--run_dir", str(pending_run)], capsys)
     assert code == 2 and f"relabel state file {state_path} is corrupt: {words}" in err, err
     assert "alr recover" in err and "unexpected" not in err
     with pytest.raises(ValueError, match=f"{state_path} is corrupt: {words}"):  # what the driver of `alr query` loads
@@ -237,7 +226,7 @@ def test_a_malformed_state_is_named_by_file_and_key_in_status_and_recover(key, v
     lines = ["id,given_label,trusted"] + [f"s{i},{label},{int(i < 3)}" for i, label in enumerate(given)]
     (pending_run / "selection.csv").write_text("\n".join(lines) + "\n")
     (pending_run / "classes.json").write_text(json.dumps({"class_names": ["normal", "abnormal", "unclear"]}))
-    code, out, err = _alr_in_process(["recover", "--run_dir", str(pending_run)], capsys)  # rebuilds from the files
+    code, out, err = run_cli(["recover", "--run_dir", str(pending_run)], capsys)  # rebuilds from the files
     assert code == 0, err
     assert RoundState.load(state_path).pending_round == 1
     assert (state_path.parent / "state.json.unreadable").is_file()
@@ -249,10 +238,10 @@ def test_a_device_this_machine_lacks_is_refused_before_anything_is_written(tmp_p
 
     monkeypatch.setattr(cli, "run_workflow", lambda *a, **k: pytest.fail("the workflow ran"))
     run_dir = tmp_path / "run"
-    code, _, err = _alr_in_process(["train", "--output_dir", str(run_dir), "--device", "cuda:99"], capsys)
+    code, _, err = run_cli(["train", "--output_dir", str(run_dir), "--device", "cuda:99"], capsys)
     assert code == 2 and "--device cuda:99" in err and "AssertionError" not in err, err
     assert not run_dir.exists()
-    code, _, err = _alr_in_process(["train", "--output_dir", str(run_dir), "--device", "gpu7"], capsys)
+    code, _, err = run_cli(["train", "--output_dir", str(run_dir), "--device", "gpu7"], capsys)
     assert code == 2 and "is not a device" in err and not run_dir.exists(), err
 
 
@@ -290,7 +279,7 @@ def test_a_setting_refused_inside_the_bundle_leaves_the_folder_as_it_was(
         (run_dir / runlock.LOCK_NAME).write_text('{"pid": 1}\n')
     before = _snapshot(run_dir) if not fresh else None
     lock_inode = None if fresh else (run_dir / runlock.LOCK_NAME).stat().st_ino
-    code, _, err = _alr_in_process([*argv, "--output_dir", str(run_dir), *extra], capsys)
+    code, _, err = run_cli([*argv, "--output_dir", str(run_dir), *extra], capsys)
     assert code == 2 and words in err, err
     if fresh:
         assert not run_dir.exists(), sorted(p.name for p in run_dir.iterdir())
@@ -329,14 +318,14 @@ def test_every_writer_is_refused_while_another_command_holds_the_lock(command, p
     try:
         assert holder.stdout.readline().strip() == "held"
         before = _snapshot(pending_run)
-        code, _, err = _alr_in_process(argv, capsys)
+        code, _, err = run_cli(argv, capsys)
     finally:
         holder.stdin.close()
         holder.wait(timeout=60)
     assert code == 2 and f"is in use by process {holder.pid}" in err, err
     assert _snapshot(pending_run) == before
     if command == "answer --reader":  # with the lock free, the reader's file is kept
-        code, out, err = _alr_in_process(argv, capsys)
+        code, out, err = run_cli(argv, capsys)
         assert code == 0 and "kept lee's answers" in out, err
         assert (relabel / "answers" / "round_1" / "lee.csv").is_file()
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli
 from monai.bundle import ConfigWorkflow
 from PIL import Image
 
@@ -30,16 +31,6 @@ def _png(path: Path, value: int, seed: int) -> Path:
 def _rows(path: Path) -> list[dict[str, str]]:
     with open(path, newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
-
-
-def _alr(argv: list[str], capsys) -> tuple[int, str, str]:
-    code = 0
-    try:
-        cli.main(argv)
-    except SystemExit as exit_:
-        code = exit_.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +64,7 @@ def test_predict_a_folder_skips_and_lists_unreadable_files(trained_run: Path, tm
     (folder / "sub" / "short.png").write_bytes(_png(tmp_path / "x.png", 5, 3).read_bytes()[:60])
     (folder / "notes.txt").write_text("not an image")
     imagefile_dicom(folder / "IM0001", np.zeros((8, 8), np.int16))  # an extensionless DICOM from a PACS export
-    code, out, err = _alr(["predict", str(folder), "--run_dir", str(trained_run), "--device", "cpu"], capsys)
+    code, out, err = run_cli(["predict", str(folder), "--run_dir", str(trained_run), "--device", "cpu"], capsys)
     assert code == 0, err
     out_dir = trained_run / "predict" / "incoming"
     predictions = _rows(out_dir / "predictions.csv")
@@ -104,7 +95,7 @@ def test_predict_a_manifest_with_a_missing_file_and_a_split(trained_run: Path, t
     )
     out = tmp_path / "out"
     argv = ["predict", str(manifest), "--run_dir", str(trained_run), "--out", str(out), "--split", "test"]
-    code, stdout, err = _alr([*argv, "--model", "phase1", "--device", "cpu"], capsys)
+    code, stdout, err = run_cli([*argv, "--model", "phase1", "--device", "cpu"], capsys)
     assert code == 0, err
     assert [r["id"] for r in _rows(out / "predictions.csv")] == ["g1"]
     (gone,) = _rows(out / "skipped_images.csv")
@@ -117,14 +108,14 @@ def test_predict_errors_are_one_line(trained_run: Path, tmp_path: Path, capsys):
     empty = tmp_path / "empty"
     (empty / "x").mkdir(parents=True)
     (empty / "x" / "a.txt").write_text("x")
-    code, _, err = _alr(["predict", str(empty), "--run_dir", str(trained_run)], capsys)
+    code, _, err = run_cli(["predict", str(empty), "--run_dir", str(trained_run)], capsys)
     assert code == 2 and "no image files" in err and "found 1 .txt" in err
-    code, _, err = _alr(["predict", str(tmp_path / "nothing"), "--run_dir", str(trained_run)], capsys)
+    code, _, err = run_cli(["predict", str(tmp_path / "nothing"), "--run_dir", str(trained_run)], capsys)
     assert code == 2 and "nothing not found: pass a manifest CSV or a folder" in err
     broken = tmp_path / "only_bad"
     broken.mkdir()
     (broken / "a.png").write_bytes(b"no")
-    code, _, err = _alr(["predict", str(broken), "--run_dir", str(trained_run), "--device", "cpu"], capsys)
+    code, _, err = run_cli(["predict", str(broken), "--run_dir", str(trained_run), "--device", "cpu"], capsys)
     assert code == 2 and "every image was skipped as unreadable (1)" in err, err
 
 

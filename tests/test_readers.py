@@ -6,7 +6,8 @@ import json
 import math
 
 import pytest
-from test_cli import run_cli, write_csv
+from conftest import run_cli
+from test_cli import write_csv
 
 from alr_monai.relabel import AuditTrail, RoundState
 from alr_monai.relabel.expert import Answer
