@@ -27,6 +27,34 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
+def hold_run_lock(run_dir: Path, command: str = "answer"):
+    """Another process that takes ``run_dir``'s run lock as ``command`` and holds it until :func:`release_run_lock`."""
+    import os
+    import subprocess
+    import sys
+
+    holder = (
+        "import sys, alr_monai.runlock as r; r.acquire(sys.argv[1], sys.argv[2]); print('held', flush=True); "
+        "sys.stdin.read()"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    process = subprocess.Popen(
+        [sys.executable, "-c", holder, str(run_dir), command],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert process.stdout.readline().strip() == "held"
+    return process
+
+
+def release_run_lock(process) -> None:
+    """Let a :func:`hold_run_lock` process release the lock and exit."""
+    process.stdin.close()
+    process.wait(timeout=60)
+
+
 def new_dicom_dataset(sop_class_uid: str):
     """An empty DICOM dataset of ``sop_class_uid`` with its file meta (explicit VR little endian) and new UIDs."""
     import pydicom

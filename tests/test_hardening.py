@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import hold_run_lock, release_run_lock, run_cli
 
 from alr_monai import runlock
 from alr_monai.relabel.state import AuditTrail, RoundState, apply_answers_file, open_state, start_round
@@ -290,11 +290,6 @@ def test_a_setting_refused_inside_the_bundle_leaves_the_folder_as_it_was(
 
 
 # ------------------------------------------------------------------------------------------------ writers under the lock
-HOLDER = (
-    "import sys, alr_monai.runlock as r; r.acquire(sys.argv[1], 'train'); print('held', flush=True); sys.stdin.read()"
-)
-
-
 @pytest.mark.parametrize("command", ["answer --reader", "issues", "report"])
 def test_every_writer_is_refused_while_another_command_holds_the_lock(command, pending_run, capsys):
     import json
@@ -308,20 +303,12 @@ def test_every_writer_is_refused_while_another_command_holds_the_lock(command, p
         "issues": ["issues", "--run_dir", str(pending_run)],
         "report": ["report", "--run_dir", str(pending_run)],
     }[command]
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(pending_run)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env=ENV,
-    )
+    holder = hold_run_lock(pending_run, "train")
     try:
-        assert holder.stdout.readline().strip() == "held"
         before = _snapshot(pending_run)
         code, _, err = run_cli(argv, capsys)
     finally:
-        holder.stdin.close()
-        holder.wait(timeout=60)
+        release_run_lock(holder)
     assert code == 2 and f"is in use by process {holder.pid}" in err, err
     assert _snapshot(pending_run) == before
     if command == "answer --reader":  # with the lock free, the reader's file is kept
@@ -412,11 +399,8 @@ def test_bundle_inference_takes_the_run_lock(tmp_path):
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(run_dir)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=ENV
-    )
+    holder = hold_run_lock(run_dir, "train")
     try:
-        assert holder.stdout.readline().strip() == "held"
         workflow = ConfigWorkflow(
             config_file=str(REPO / "bundles" / "alr_classification" / "configs" / "inference.json"),
             workflow_type="infer",
@@ -426,8 +410,7 @@ def test_bundle_inference_takes_the_run_lock(tmp_path):
         with pytest.raises(RuntimeError) as info:
             workflow.initialize()
     finally:
-        holder.stdin.close()
-        holder.wait(timeout=60)
+        release_run_lock(holder)
     assert isinstance(info.value.__cause__, RunLockedError)
     assert sorted(p.name for p in run_dir.iterdir()) == [runlock.LOCK_NAME]
 

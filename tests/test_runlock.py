@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import hold_run_lock, release_run_lock
 
 from alr_monai import runlock
 from alr_monai.relabel.state import RoundState, apply_answers_file, open_state, start_round
@@ -17,28 +18,11 @@ from alr_monai.runlock import RunLockedError
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
-HOLDER = (
-    "import sys, alr_monai.runlock as r; r.acquire(sys.argv[1], 'answer'); print('held', flush=True); sys.stdin.read()"
-)
-
-
-def _holder(run_dir: Path) -> subprocess.Popen:
-    """A process that holds the lock until its stdin closes."""
-    process = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(run_dir)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=ENV
-    )
-    assert process.stdout.readline().strip() == "held"
-    return process
-
-
-def _stop(process: subprocess.Popen) -> None:
-    process.stdin.close()
-    process.wait(timeout=60)
 
 
 def test_a_second_process_is_refused_with_the_holders_pid_and_command(tmp_path):
     run_dir = tmp_path / "run"
-    holder = _holder(run_dir)
+    holder = hold_run_lock(run_dir)
     try:
         with pytest.raises(RunLockedError) as info:
             runlock.acquire(run_dir, "train")
@@ -48,7 +32,7 @@ def test_a_second_process_is_refused_with_the_holders_pid_and_command(tmp_path):
         assert runlock.holder(run_dir)["pid"] == holder.pid
         assert not runlock.is_held(run_dir)
     finally:
-        _stop(holder)
+        release_run_lock(holder)
     # The holder exited: its lock went with it, and the folder is free again.
     assert runlock.holder(run_dir) is None
     with runlock.run_lock(run_dir, "train"):
@@ -57,7 +41,7 @@ def test_a_second_process_is_refused_with_the_holders_pid_and_command(tmp_path):
 
 def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
     run_dir = tmp_path / "run"
-    holder = _holder(run_dir)
+    holder = hold_run_lock(run_dir)
     holder.kill()
     holder.wait(timeout=60)
     with runlock.run_lock(run_dir, "answer"):
@@ -73,8 +57,8 @@ def test_the_lock_is_reentrant_within_a_process_and_freed_by_the_last_release(tm
         assert runlock.is_held(run_dir)
         assert runlock.holder(run_dir)["purpose"] == "relabel"
     assert not runlock.is_held(run_dir)
-    holder = _holder(run_dir)  # another process can take it now
-    _stop(holder)
+    holder = hold_run_lock(run_dir)  # another process can take it now
+    release_run_lock(holder)
 
 
 def test_first_acquisition_removes_stray_temporary_files(tmp_path):
@@ -121,11 +105,11 @@ def _alr_answer(answers: Path, run_dir: Path) -> subprocess.CompletedProcess:
 def test_alr_answer_is_refused_while_another_process_writes_the_run(tmp_path):
     run_dir = tmp_path / "run"
     answers = _pending_round(run_dir)
-    holder = _holder(run_dir)
+    holder = hold_run_lock(run_dir)
     try:
         refused = _alr_answer(answers, run_dir)
     finally:
-        _stop(holder)
+        release_run_lock(holder)
     assert refused.returncode == 2, refused.stderr
     assert f"is in use by process {holder.pid}" in refused.stderr
     relabel = run_dir / "relabel"
@@ -174,7 +158,7 @@ def test_bundle_runs_take_the_lock_in_initialize(tmp_path, overlay):
 
     configs = REPO / "bundles" / "alr_classification" / "configs"
     run_dir = tmp_path / "run"
-    holder = _holder(run_dir)
+    holder = hold_run_lock(run_dir)
     try:
         workflow = ConfigWorkflow(
             config_file=[str(configs / name) for name in ["train.json", *overlay]],
@@ -185,7 +169,7 @@ def test_bundle_runs_take_the_lock_in_initialize(tmp_path, overlay):
         with pytest.raises(RuntimeError) as info:
             workflow.initialize()
     finally:
-        _stop(holder)
+        release_run_lock(holder)
     assert isinstance(info.value.__cause__, RunLockedError)
     assert f"process {holder.pid}" in str(info.value.__cause__)
     assert sorted(p.name for p in run_dir.iterdir()) == [runlock.LOCK_NAME], "nothing was written"
@@ -193,10 +177,10 @@ def test_bundle_runs_take_the_lock_in_initialize(tmp_path, overlay):
 
 def test_only_rank_0_of_a_distributed_run_takes_the_lock(tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
-    holder = _holder(run_dir)  # rank 0 of the same torchrun command
+    holder = hold_run_lock(run_dir)  # rank 0 of the same torchrun command
     try:
         monkeypatch.setenv("RANK", "1")
         with runlock.run_lock(run_dir, "train"):
             assert not runlock.is_held(run_dir)
     finally:
-        _stop(holder)
+        release_run_lock(holder)
