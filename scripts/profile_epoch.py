@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
+ONCE = "noise-rate estimate (one-off, epochs 2+)"
 # Handler class -> row of the table; anything else is "other handlers".
 GROUPS = {
     "BatchAugmentHandler": "augmentation (batched, on the device)",
@@ -31,7 +32,7 @@ GROUPS = {
     "VoGHandler": "VoG",
     "ValidationHandler": "validation",
     "RunCheckpointer": "checkpoint",
-    "NoiseRateEstimateHandler": "noise-rate estimate (one-off, epochs 2+)",
+    "NoiseRateEstimateHandler": ONCE,
     "TensorBoardImageHandler": "TensorBoard charts",
 }
 DATA = "data loading (DataLoader next())"
@@ -45,12 +46,11 @@ ROWS = [
     "VoG",
     "validation",
     "checkpoint",
-    "noise-rate estimate (one-off, epochs 2+)",
+    ONCE,
     "TensorBoard charts",
     "other handlers",
     "engine and unaccounted",
 ]
-ONCE = "noise-rate estimate (one-off, epochs 2+)"
 
 
 def _owner(handler: Callable) -> Any:

@@ -107,13 +107,9 @@ class SmallLossSelectionHandler:
                 self.ids[i] = str(sample_id)
 
     def _complete_epoch(self, engine: Engine) -> None:
-        drawn = self._epoch_seen
-        if bool(drawn.all()):  # every sample drawn (shuffling): the epoch's record is the whole record
-            self.losses.copy_(self._epoch_losses)
-            self.kept.copy_(self._epoch_kept)
-        else:
-            self.losses[:, drawn] = self._epoch_losses[:, drawn]
-            self.kept[:, drawn] = self._epoch_kept[:, drawn]
+        drawn = self._epoch_seen  # every sample when shuffling; a class-balanced epoch leaves some out
+        self.losses[:, drawn] = self._epoch_losses[:, drawn]
+        self.kept[:, drawn] = self._epoch_kept[:, drawn]
         self.seen |= drawn
         self.completed_epoch = engine.state.epoch
         self.cut_rates = self._rates_in_force(engine)
