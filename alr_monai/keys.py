@@ -400,7 +400,9 @@ KEYS: tuple[Key, ...] = (
         TRAIN,
         "train",
         "bool",
-        "channels-last memory format for the training network and batches (faster convolutions on GPUs with AMP)",
+        "channels-last memory format for the training network and batches: on for images (a CPU epoch about 20% "
+        "faster), off for volumes (channels_last_3d was slower for ResNet-18/DenseNet-121 3D on a CPU)",
+        shown_default="true in 2D, false in 3D",
     ),
     Key(
         "network_def#num_peers",

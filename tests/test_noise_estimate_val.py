@@ -175,6 +175,65 @@ def test_simplex_mixture_weights_recover_a_known_mixture():
     assert float(found.sum()) == pytest.approx(1.0) and (found >= 0).all()
 
 
+def _enumerated_optimum(components: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The simplex least-squares optimum by trying every support (exponential; fine for K <= 6)."""
+    import itertools
+
+    a, b = components.double(), target.double()
+    best, best_weights = float("inf"), None
+    for size in range(1, a.shape[0] + 1):
+        for support in itertools.combinations(range(a.shape[0]), size):
+            rows = list(support)
+            kkt = torch.zeros(size + 1, size + 1, dtype=torch.float64)
+            kkt[:size, :size] = a[rows] @ a[rows].T
+            kkt[:size, size] = kkt[size, :size] = 1.0
+            solution = torch.linalg.lstsq(kkt, torch.cat([a[rows] @ b, torch.ones(1, dtype=torch.float64)])).solution
+            if (solution[:size] < -1e-12).any():
+                continue
+            weights = torch.zeros(a.shape[0], dtype=torch.float64)
+            weights[rows] = solution[:size].clamp_min(0.0)
+            objective = float(((a.T @ weights - b) ** 2).sum())
+            if objective < best:
+                best, best_weights = objective, weights
+    return best_weights
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_simplex_mixture_weights_are_the_exact_optimum(seed):
+    # Targets outside the components' hull, so the optimum sits on a face of the simplex (some weights 0).
+    generator = torch.Generator().manual_seed(seed)
+    size, dim = 3 + seed % 4, 4 + 3 * seed
+    components = torch.randn(size, dim, generator=generator, dtype=torch.float64)
+    target = torch.randn(dim, generator=generator, dtype=torch.float64) * 1.5
+    found = simplex_mixture_weights(target, components)
+    torch.testing.assert_close(found, _enumerated_optimum(components, target), atol=1e-10, rtol=0)
+    assert float(found.sum()) == pytest.approx(1.0, abs=1e-12) and (found >= 0).all()
+
+
+def test_simplex_mixture_weights_are_exact_for_a_weak_models_class_means():
+    # Class-mean softmax vectors of a network that barely separates the classes: near-uniform, ill-conditioned.
+    # 3000 steps of projected gradient stopped 0.04 away from this optimum; the active-set solution is exact.
+    generator = torch.Generator().manual_seed(0)
+    noise = 0.2 * torch.randn(6, 6, generator=generator, dtype=torch.float64)
+    components = torch.softmax(0.6 * torch.eye(6, dtype=torch.float64) + noise, -1)
+    target = torch.softmax(0.5 * torch.randn(6, generator=generator, dtype=torch.float64), -1)
+    found = simplex_mixture_weights(target, components)
+    torch.testing.assert_close(found, _enumerated_optimum(components, target), atol=1e-10, rtol=0)
+
+
+def test_simplex_mixture_weights_with_dependent_components_fall_back_to_gradient_descent():
+    # Two identical components: the optimum is not unique, the active-set systems are singular, and the
+    # iterative solver still returns a minimiser on the simplex.
+    generator = torch.Generator().manual_seed(1)
+    base = torch.randn(3, 6, generator=generator, dtype=torch.float64)
+    components = torch.cat([base, base[:1]])
+    target = 0.5 * base[0] + 0.5 * base[1]
+    found = simplex_mixture_weights(target, components)
+    assert float(found.sum()) == pytest.approx(1.0, abs=1e-9) and (found >= 0).all()
+    assert float(((components.T @ found - target) ** 2).sum()) < 1e-10
+    assert float(found[0] + found[3]) == pytest.approx(0.5, abs=1e-5)
+
+
 def test_invalid_inputs_are_named():
     data = _dataset(0)
     with pytest.raises(ValueError, match="given labels"):

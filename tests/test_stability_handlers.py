@@ -142,3 +142,27 @@ def test_weight_averaging_off_evaluates_the_network_itself():
     assert not engine.has_event_handler(handler._update)
     with pytest.raises(ValueError, match="epochs"):
         WeightAverageHandler(network, epochs=-1)
+
+
+def test_evaluation_network_follows_the_live_networks_channels_last_format():
+    # The trainer turns the live peers channels-last at its first batch (channels_last on); the averaged copy must
+    # follow, or validation runs contiguous convolutions. The published weights are unchanged by the format.
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(16, 1))
+    optimizer = torch.optim.SGD(network.parameters(), lr=0.05)
+    data = [torch.randn(2, 3, 4, 4) for _ in range(EPOCH_LENGTH)]
+
+    def step(engine: Engine, batch: torch.Tensor) -> None:
+        if engine.state.iteration == 1:
+            network.to(memory_format=torch.channels_last)
+        optimizer.zero_grad()
+        network(batch.contiguous(memory_format=torch.channels_last)).square().mean().backward()
+        optimizer.step()
+
+    engine = Engine(step)
+    handler = WeightAverageHandler(network, epochs=1.0, start_epoch=1)
+    handler.attach(engine)
+    engine.run(data, max_epochs=2)
+    weight = handler.evaluation_network[0].weight
+    assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    torch.testing.assert_close(weight, handler.average.average["0.weight"], rtol=0, atol=0)

@@ -200,15 +200,82 @@ def _project_to_simplex(v: Tensor) -> Tensor:
     return (v - cumulative[rho - 1] / rho).clamp_min(0.0)
 
 
+def _fista_simplex(gram: Tensor, ab: Tensor, iterations: int) -> Tensor:
+    """Accelerated projected gradient (FISTA) for ``min 1/2 w'Gw - ab'w`` on the simplex; deterministic."""
+    lipschitz = float(torch.linalg.eigvalsh(gram).max().clamp_min(1e-12))
+    weights = torch.full((gram.shape[0],), 1.0 / gram.shape[0], dtype=torch.float64)
+    momentum, previous, step = weights.clone(), weights.clone(), 1.0
+    for _ in range(iterations):
+        weights = _project_to_simplex(momentum - (gram @ momentum - ab) / lipschitz)
+        next_step = (1.0 + (1.0 + 4.0 * step * step) ** 0.5) / 2.0
+        momentum = weights + ((step - 1.0) / next_step) * (weights - previous)
+        if float((weights - previous).abs().max()) < 1e-12:
+            break
+        previous, step = weights.clone(), next_step
+    return weights
+
+
+def _active_set_simplex(gram: Tensor, ab: Tensor) -> Tensor | None:
+    """Exact minimiser of ``1/2 w'Gw - ab'w`` over the simplex by a primal active-set method.
+
+    Nocedal and Wright, Numerical Optimization, algorithm 16.3: from the uniform (feasible) point, each step solves
+    the equality-constrained problem on the free weights (sum of the step zero), moves as far as the bounds allow,
+    and frees the bound with the most negative multiplier once the step vanishes. Returns None when a system is
+    singular (components that are not linearly independent) or it does not finish, so the caller falls back.
+    """
+    size = gram.shape[0]
+    weights = torch.full((size,), 1.0 / size, dtype=torch.float64)
+    at_bound = torch.zeros(size, dtype=torch.bool)
+    scale = max(1.0, float(gram.abs().max()), float(ab.abs().max()))
+    for _ in range(20 * size + 20):
+        free = torch.nonzero(~at_bound).reshape(-1)
+        gradient = gram @ weights - ab
+        n = free.numel()
+        kkt = torch.zeros(n + 1, n + 1, dtype=torch.float64)
+        kkt[:n, :n] = gram[free][:, free]
+        kkt[:n, n] = 1.0
+        kkt[n, :n] = 1.0
+        rhs = torch.cat([-gradient[free], torch.zeros(1, dtype=torch.float64)])
+        try:
+            solution = torch.linalg.solve(kkt, rhs)
+        except RuntimeError:  # torch.linalg.LinAlgError: exactly singular
+            return None
+        if not bool(torch.isfinite(solution).all()) or float((kkt @ solution - rhs).abs().max()) > 1e-9 * scale:
+            return None
+        step = torch.zeros(size, dtype=torch.float64)
+        step[free] = solution[:n]
+        if float(step.abs().max()) <= 1e-13:
+            # Stationary on the free set: a bound whose multiplier is negative is released, else this is optimal.
+            multipliers = gradient + solution[n]
+            multipliers[~at_bound] = float("inf")
+            if float(multipliers.min()) >= -1e-10 * scale:
+                return weights
+            at_bound[int(multipliers.argmin())] = False
+            continue
+        shrinking = (step < 0) & ~at_bound
+        ratios = torch.where(shrinking, -weights / step.where(shrinking, torch.ones_like(step)), torch.inf)
+        blocking = int(ratios.argmin())
+        length = min(1.0, float(ratios[blocking]))
+        weights = weights + length * step
+        if length < 1.0:
+            weights[blocking] = 0.0
+            at_bound[blocking] = True
+        weights = weights.clamp_min(0.0)
+        weights = weights / weights.sum()
+    return None
+
+
 def simplex_mixture_weights(target: Tensor, components: Tensor, iterations: int = 3000) -> Tensor:
     """Non-negative, sum-to-one weights ``w`` minimising ``||components.T @ w - target||^2``.
 
-    Accelerated projected gradient (FISTA) in float64; deterministic.
+    Solved exactly by an active-set method in float64 (a few small linear solves: K is the class count); where the
+    components are linearly dependent, so the minimiser need not be unique, accelerated projected gradient (FISTA)
+    finds one instead. Both are deterministic.
 
     Args:
         target: the mixture's mean statistic, shape (D,).
         components: each component's mean statistic, shape (K, D).
-        iterations: gradient steps (the problem is K-dimensional and small; 3000 is far more than needed).
+        iterations: FISTA's gradient steps for the dependent case (the problem is K-dimensional and small).
 
     Returns:
         float64 tensor of shape (K,) on the CPU, summing to 1.
@@ -219,19 +286,9 @@ def simplex_mixture_weights(target: Tensor, components: Tensor, iterations: int 
         )
     a = components.detach().to("cpu", torch.float64)
     b = target.detach().to("cpu", torch.float64)
-    gram = a @ a.T
-    lipschitz = float(torch.linalg.eigvalsh(gram).max().clamp_min(1e-12))
-    weights = torch.full((a.shape[0],), 1.0 / a.shape[0], dtype=torch.float64)
-    momentum, previous, step = weights.clone(), weights.clone(), 1.0
-    ab = a @ b
-    for _ in range(iterations):
-        weights = _project_to_simplex(momentum - (gram @ momentum - ab) / lipschitz)
-        next_step = (1.0 + (1.0 + 4.0 * step * step) ** 0.5) / 2.0
-        momentum = weights + ((step - 1.0) / next_step) * (weights - previous)
-        if float((weights - previous).abs().max()) < 1e-12:
-            break
-        previous, step = weights.clone(), next_step
-    return weights
+    gram, ab = a @ a.T, a @ b
+    exact = _active_set_simplex(gram, ab)
+    return exact if exact is not None else _fista_simplex(gram, ab, iterations)
 
 
 def _mixture_rates(

@@ -66,6 +66,18 @@ class LearningRateScheduleHandler:
             group["lr"] = rate
 
 
+def _memory_format(network: torch.nn.Module) -> torch.memory_format | None:
+    """The memory format of the network's convolution weights: channels-last (2D or 3D) or contiguous; None if it
+    has no 4-D or 5-D weight whose formats differ (a 1x1 kernel over one channel is both)."""
+    for parameter in network.parameters():
+        if parameter.ndim not in (4, 5):
+            continue
+        channels_last = torch.channels_last if parameter.ndim == 4 else torch.channels_last_3d
+        if parameter.is_contiguous(memory_format=channels_last) != parameter.is_contiguous():
+            return channels_last if parameter.is_contiguous(memory_format=channels_last) else torch.contiguous_format
+    return None
+
+
 class WeightAverageHandler:
     """Validates, saves and tests an exponential moving average of phase 1's weights instead of the last step's.
 
@@ -127,6 +139,11 @@ class WeightAverageHandler:
 
     def _publish(self, engine: Engine) -> None:
         source = self.network.state_dict() if self.average is None else self.average.average
+        # The trainer may have turned the live peers channels-last (``channels_last``); the copy follows, or
+        # validation would run contiguous convolutions (2.5x slower for the default network on a CPU).
+        memory_format = _memory_format(self.network)
+        if memory_format is not None and _memory_format(self.evaluation_network) != memory_format:
+            self.evaluation_network.to(memory_format=memory_format)
         self.evaluation_network.load_state_dict(source)
 
     def state_dict(self) -> dict:
