@@ -5,8 +5,10 @@ the embedded set by default), then wraps every handler the trainer has attached 
 data loader's ``next()`` (between ``GET_BATCH_STARTED`` and ``GET_BATCH_COMPLETED``), the trainer's iteration
 (forward, loss, backward and optimiser step, less the selection policy and the handlers fired inside it) and
 the selection policy. Handlers are grouped by class: batch augmentation, selection (the small-loss tracker and
-the policy), VoG, validation (the evaluator's whole run), checkpoint, and the rest. Prints seconds per epoch and
-the share of the training run (setup and caching excluded).
+the policy), VoG, validation (the evaluator's whole run; its network's forward passes are timed within it),
+checkpoint, and the rest. Prints seconds per epoch and the share of the training run (setup and caching excluded),
+then the overhead: the run less the networks' own work (training step, selection, VoG and validation's forward
+pass), and again counting validation's forward pass as overhead.
 
     python scripts/profile_epoch.py [--epochs 3] [--override augment_on=sample] [--override num_workers=2]
 """

@@ -86,3 +86,25 @@ def test_val_interval_study_finds_the_choice_an_even_interval_would_miss():
     changed, given_up = val_interval_study.choice_change(history, 2)
     assert changed and given_up == pytest.approx(0.10)
     assert val_interval_study.choice_change(history[:2], 2) == (False, 0.0)  # best at epoch 2: kept
+
+
+def test_profile_epoch_times_validations_forward_pass_inside_its_row(tmp_path):
+    # Two epochs of the real bundle: the evaluator's forward passes are timed (not the trainer's, which may be the
+    # same network) and are part of the validation row; the overhead is printed with and without them.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "profile_epoch.py"), "--epochs", "2", "--output_dir", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    lines = result.stdout.splitlines()
+    validation = next(line for line in lines if line.startswith("validation: "))
+    words = validation.replace(",", "").split()
+    whole, forward = float(words[1]), float(words[words.index("pass") + 1])
+    assert 0.0 < forward <= whole
+    overheads = [line for line in lines if line.startswith("overhead ")]
+    shares = [float(line.split(": ")[1].split("%")[0]) for line in overheads]
+    assert len(shares) == 2 and 0.0 < shares[0] < shares[1] < 100.0

@@ -17,6 +17,7 @@ import torch
 from monai.bundle import ConfigWorkflow, ckpt_export
 
 from alr_monai import cli
+from alr_monai.networks import read_state_dict
 from alr_monai.relabel import RoundState
 
 CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "alr_classification" / "configs"
@@ -75,6 +76,13 @@ def test_from_a_folder_of_images_to_a_torchscript_model(kind, tmp_path, capsys, 
     _alr([*train, "--max_epochs", "1", *image_keys], capsys)
     metadata = json.loads((run / "models" / "metadata.json").read_text())
     assert json.dumps(metadata).count("28x28") == 0
+    # channels_last's default: on for images (the saved average follows the trained peers), off for volumes
+    # (a kernel over several channels and pixels: for one channel or a 1x1 kernel both formats coincide)
+    weights = read_state_dict(run / "models" / "model.pt").values()
+    conv = next(w for w in weights if w.ndim == dims + 2 and w.shape[1] > 1 and w.shape[2] > 1)
+    channels_last = torch.channels_last if dims == 2 else torch.channels_last_3d
+    assert conv.is_contiguous(memory_format=channels_last) is (dims == 2)
+    assert conv.is_contiguous() is (dims == 3)
 
     budget = ["--relabel#round_budget", "3", "--relabel#recalibration_epochs", "1", "--relabel#num_rounds", "1"]
     printed = _alr(["query", "--run_dir", str(run), *budget], capsys)
