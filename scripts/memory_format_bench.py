@@ -1,5 +1,7 @@
-"""One training step (forward, cross-entropy, backward, SGD step) in contiguous against channels-last memory format,
-on this machine's CPU, for the bundle's default network and some ``network_name`` choices in 2D and 3D.
+"""Time one training step in contiguous against channels-last memory format, 2D and 3D, on this CPU.
+
+One step is forward, cross-entropy, backward and an SGD step, for the bundle's default network and some
+``network_name`` choices.
 
 The evidence behind ``channels_last``'s default (on for images, off for volumes). Each case alternates the two
 formats twice and keeps the faster of each pair of runs, so a load spike on a shared machine hits both.

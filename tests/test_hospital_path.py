@@ -83,6 +83,7 @@ def test_from_a_folder_of_images_to_a_torchscript_model(kind, tmp_path, capsys, 
     channels_last = torch.channels_last if dims == 2 else torch.channels_last_3d
     assert conv.is_contiguous(memory_format=channels_last) is (dims == 2)
     assert conv.is_contiguous() is (dims == 3)
+    assert json.loads((run / "metrics.json").read_text())["channels_last"] is (dims == 2)  # recorded per run
 
     budget = ["--relabel#round_budget", "3", "--relabel#recalibration_epochs", "1", "--relabel#num_rounds", "1"]
     printed = _alr(["query", "--run_dir", str(run), *budget], capsys)
