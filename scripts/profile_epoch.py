@@ -219,6 +219,7 @@ def main() -> None:
     steady = total - once
     amortised_total = steady / epochs + once / run_epochs
     validation = seconds.get("validation", 0.0)
+    print(f"noise-rate estimate: {once:.2f} s in all, once per run (its row above is that spread over {epochs} epochs)")
     print(
         f"validation: {validation / epochs:.3f} s / epoch, of which the network's forward pass "
         f"{profiler.validation_forward / epochs:.3f} s ({len(parsed.get_parsed_content('validate#items'))} images)"
