@@ -311,9 +311,9 @@ class RelabelDriver:
         self.recut = recut if recut is not None and recut.enabled else None
         if self.recut is not None:
             # the audit is asked within round 1's budget; one larger than it would spend labels nobody budgeted
-            most = 2 * self.recut.per_class * self.recut.num_classes
+            most = self.recut.most_labels
             if most > round_budget:
-                fits = round_budget // (2 * self.recut.num_classes)
+                fits = round_budget * self.recut.per_class // most  # the per_class whose most_labels fits
                 raise ValueError(
                     f"relabel#audit_per_class {self.recut.per_class} asks up to {most} labels in round 1 "
                     f"({self.recut.per_class} per given class from the trusted set and as many from the pool, "

@@ -82,6 +82,11 @@ class TrustedRecut:
     def enabled(self) -> bool:
         return self.per_class > 0
 
+    @property
+    def most_labels(self) -> int:
+        """The most labels :meth:`draw` can ask: ``per_class`` from each part (trusted set, pool) of every class."""
+        return 2 * self.per_class * self.num_classes
+
     # ------------------------------------------------------------------------------------------ the audit draw
     def draws(self) -> dict[str, list[int]]:
         """The audit's samples by part (``trusted``, ``pool``), as training indices; empty before the draw."""
